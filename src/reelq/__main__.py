@@ -1,0 +1,5 @@
+"""`python -m reelq` is the `reelq` command."""
+
+from reelq.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""The HTTP API (FastAPI): Vidu routes, signed downloads, health."""
+
+from reelq.api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,171 @@
+"""Wire shapes: the create request (validated strictly, errors naming the field) and the task object."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from reelq.api.errors import InvalidRequest
+from reelq.domain import (
+    DEFAULT_DURATION,
+    MAX_DURATION,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MIN_DURATION,
+    Status,
+    wire_number,
+    wire_status,
+)
+from reelq.images import ImageError, validate_image_reference
+from reelq.store import NewTask
+
+AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4"]
+Resolution = Literal["540p", "720p", "1080p"]
+MAX_URL_CHARS = 2048
+# Optional fields sent as JSON null mean "not given" (clients built from typed models send them).
+NULLABLE_OPTIONAL = ("duration", "aspect_ratio", "resolution", "first_image", "last_image", "seed", "callback_url")
+
+
+class CreateVideoRequest(BaseModel):
+    """POST /v1/vidu/videos. Strict types: "5" is not a duration, true is not a seed."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str = Field(min_length=1, max_length=100, description="viduq3-pro or viduq3-turbo (or an operator-mapped name)")
+    prompt: str = Field(description="1..5000 characters after trimming")
+    duration: int = Field(DEFAULT_DURATION, ge=MIN_DURATION, le=MAX_DURATION, description="seconds")
+    aspect_ratio: AspectRatio = "16:9"
+    resolution: Resolution = "720p"
+    first_image: str | None = Field(None, description="http(s) URL or data:image/(png|jpeg|webp);base64,…")
+    last_image: str | None = Field(None, description="only together with first_image")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    callback_url: str | None = Field(None, max_length=MAX_URL_CHARS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"must be at most {MAX_PROMPT_CHARS} characters (got {len(value)})")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.startswith(("http://", "https://")) or any(c.isspace() or ord(c) < 32 for c in value)
+        ):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+def _first_error(exc: ValidationError) -> InvalidRequest:
+    error = exc.errors(include_url=False)[0]
+    loc = error.get("loc") or ()
+    param = str(loc[0]) if loc else None
+    message = str(error.get("msg", "invalid value"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error.get("type") == "missing":
+        return InvalidRequest(f"Missing required field '{param}'.", param=param)
+    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
+
+
+def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 explaining what is wrong with it."""
+    if content_type:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+            raise InvalidRequest(
+                f"Content-Type must be application/json (got {media or 'nothing'}).", code="invalid_content_type"
+            )
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def validate_create(data: dict[str, Any], models: list[str]) -> NewTask:
+    """Validate a create body fully (images included) and return what to store."""
+    cleaned = {k: v for k, v in data.items() if not (k in NULLABLE_OPTIONAL and v is None)}
+    try:
+        req = CreateVideoRequest.model_validate(cleaned)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    if req.model not in models:
+        raise InvalidRequest(
+            f"Unknown model '{req.model}'; available: {', '.join(models)}.", param="model", code="invalid_model"
+        )
+    if req.last_image is not None and req.first_image is None:
+        raise InvalidRequest("last_image requires first_image.", param="last_image")
+    for name in ("first_image", "last_image"):
+        value = getattr(req, name)
+        if value is not None:
+            try:
+                validate_image_reference(value, name)
+            except ImageError as exc:
+                raise InvalidRequest(str(exc), param=name, code="invalid_image") from None
+    return NewTask(
+        model=req.model,
+        prompt=req.prompt,
+        duration=req.duration,
+        aspect_ratio=req.aspect_ratio,
+        resolution=req.resolution,
+        seed=req.seed,
+        first_image=req.first_image,
+        last_image=req.last_image,
+        callback_url=req.callback_url,
+    )
+
+
+def request_fingerprint(new: NewTask) -> str:
+    """What "the same body" means for Idempotency-Key: the validated request, not its bytes."""
+    payload = orjson.dumps(
+        [new.model, new.prompt, new.duration, new.aspect_ratio, new.resolution, new.seed,
+         new.first_image, new.last_image, new.callback_url]
+    )
+    return hashlib.sha256(payload).hexdigest()
+
+
+def task_object(
+    *,
+    task_id: str,
+    model: str,
+    created_at: float,
+    status: str,
+    attempts: int,
+    progress: int,
+    video_url: str | None,
+    actual_duration: float | None,
+    total_tokens: int | None,
+    error: str | None,
+) -> dict[str, Any]:
+    """The SPEC §1 task object, keys in the Vidu order, plus the `progress` extension."""
+    shown = wire_status(status, attempts)
+    completed = shown == Status.COMPLETED
+    obj: dict[str, Any] = {
+        "id": task_id,
+        "object": "Video",
+        "created": int(created_at),
+        "model": model,
+        "status": shown,
+        "video_url": video_url if completed else None,
+    }
+    if completed and actual_duration is not None:
+        obj["actualDuration"] = wire_number(actual_duration)
+    obj["totalTokens"] = total_tokens if completed else None
+    obj["error"] = error if shown == Status.FAILED else None
+    obj["progress"] = 100 if completed else (progress if shown == Status.PROCESSING else 0)
+    return obj

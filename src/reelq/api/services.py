@@ -1,0 +1,48 @@
+"""What the routes need, built once per API process and reached through `Annotated` dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from reelq.config import Settings
+from reelq.dispatch.doorbell import ring
+from reelq.storage import LocalStorage
+from reelq.store import TaskStore
+from reelq.store.fastread import TASK_COLUMNS, SqliteReader
+
+TaskView = tuple[Any, ...]  # columns of fastread.TASK_COLUMNS, in that order
+VIEW_FIELDS = [c.strip() for c in TASK_COLUMNS.split(",")]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: TaskStore
+    storage: LocalStorage
+    reader: SqliteReader | None  # the inline SQLite read path; None on other databases
+
+    async def key_id_for(self, plain: str) -> str | None:
+        if self.reader is not None:
+            return self.reader.key_id_for(plain)
+        return await run_in_threadpool(self.store.key_id_for, plain)
+
+    async def task_view(self, task_id: str, key_id: str) -> TaskView | None:
+        if self.reader is not None:
+            return self.reader.task(task_id, key_id)
+        row = await run_in_threadpool(self.store.get_task, task_id, key_id)
+        return None if row is None else tuple(getattr(row, name) for name in VIEW_FIELDS)
+
+    def notify_workers(self) -> None:
+        """Wake idle workers now (embedded dispatch)."""
+        ring(self.settings.run_dir)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

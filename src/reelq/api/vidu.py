@@ -1,0 +1,161 @@
+"""The Vidu-compatible surface: create a task, read its status (SPEC §1)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from reelq.api.auth import KeyDep
+from reelq.api.errors import Conflict, InvalidRequest, NotFound
+from reelq.api.schemas import CreateVideoRequest, parse_json_object, request_fingerprint, task_object, validate_create
+from reelq.api.services import Services, ServicesDep, TaskView
+from reelq.domain import Status, is_task_id
+from reelq.store import TaskRow
+
+router = APIRouter()
+
+# Bodies above this are validated off the event loop: decoding a 20 MB data-URI image takes a while.
+INLINE_VALIDATION_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY = 200
+
+TASK_EXAMPLE = {
+    "id": "video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd",
+    "object": "Video",
+    "created": 1774836724,
+    "model": "viduq3-pro",
+    "status": "completed",
+    "video_url": "https://example.com/v1/files/video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd.mp4?expires=…",
+    "actualDuration": 5,
+    "totalTokens": 1500,
+    "error": None,
+    "progress": 100,
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+            },
+            "required": ["code", "message", "param"],
+        }
+    },
+    "required": ["error"],
+}
+TASK_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["Video"]},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in Status]},
+        "video_url": {"type": ["string", "null"]},
+        "actualDuration": {"type": "number"},
+        "totalTokens": {"type": ["number", "null"]},
+        "error": {"type": ["string", "null"]},
+        "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+    "required": ["id", "object", "created", "model", "status", "video_url", "totalTokens", "error"],
+    "example": TASK_EXAMPLE,
+}
+
+
+def _json(content: bytes, status: int = 200) -> Response:
+    return Response(content, status, media_type="application/json")
+
+
+def _err(status: int, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The task object", "content": {"application/json": {"schema": TASK_SCHEMA}}},
+    401: _err(401, "Missing, malformed, unknown or revoked API key"),
+    404: _err(404, "No such task for this key"),
+}
+
+
+def video_url_for(services: Services, request: Request, task_id: str, finished_at: float) -> str:
+    base = services.settings.public_base_url or str(request.base_url).rstrip("/")
+    expires = int(finished_at + services.settings.video_url_ttl)
+    return services.storage.signed_url(base, task_id, expires)
+
+
+def render_task(services: Services, request: Request, view: TaskView) -> dict[str, Any]:
+    (task_id, _key, model, status, attempts, progress, created_at, finished_at, _deleted,
+     actual_duration, total_tokens, error) = view
+    url = video_url_for(services, request, task_id, finished_at) if status == Status.COMPLETED else None
+    return task_object(
+        task_id=task_id, model=model, created_at=created_at, status=status, attempts=attempts,
+        progress=progress, video_url=url, actual_duration=actual_duration, total_tokens=total_tokens,
+        error=error,
+    )
+
+
+def _row_view(row: TaskRow) -> TaskView:
+    return (row.id, row.key_id, row.model, row.status, row.attempts, row.progress, row.created_at,
+            row.finished_at, row.video_deleted, row.actual_duration, row.total_tokens, row.error)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    value = request.headers.get("idempotency-key")
+    if value is None:
+        return None
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY or not all(32 <= ord(c) < 127 for c in value):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1..200 printable ASCII characters.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return value
+
+
+@router.post(
+    "/v1/vidu/videos",
+    summary="Create a video task",
+    responses={**TASK_RESPONSES, 400: _err(400, "Invalid input, naming the field in `param`")},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CreateVideoRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
+    idempotency_key = _idempotency_key(request)
+    body = await request.body()
+    data = parse_json_object(body, request.headers.get("content-type"))
+    models = services.settings.models
+    if len(body) > INLINE_VALIDATION_BYTES:
+        new = await run_in_threadpool(validate_create, data, models)
+    else:
+        new = validate_create(data, models)
+    if idempotency_key is not None:
+        new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
+    row, created = await run_in_threadpool(services.store.create_task, key_id, new)
+    if not created and row.request_hash != new.request_hash:
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request body.",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    if created:
+        await run_in_threadpool(services.notify_workers)
+    return _json(orjson.dumps(render_task(services, request, _row_view(row))))
+
+
+@router.get("/v1/result/{task_id}", summary="Task status and result", responses=TASK_RESPONSES)
+async def get_result(task_id: str, request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
+    view = await services.task_view(task_id, key_id) if is_task_id(task_id) else None
+    if view is None:
+        raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
+    return _json(orjson.dumps(render_task(services, request, view)))

@@ -1,0 +1,292 @@
+"""The `reelq` command: serve, worker, keys, generate."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from reelq.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="reelq: a self-hosted, Vidu-compatible video-generation API.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data directory (REELQ_HOME).", show_default=False)]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        err.print(f"reelq: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("REELQ_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from reelq.store import TaskStore, make_engine, migrate
+
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        migrate(engine)
+    except Exception as exc:
+        err.print(f"reelq: cannot open the database: {type(exc).__name__}: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    return TaskStore(engine)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int | None, typer.Option(help="Render worker processes (REELQ_WORKERS, default 2).")] = None,
+    root_path: Annotated[str | None, typer.Option(help="Also serve every route under this prefix.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Run the API and N supervised render workers on the embedded store."""
+    import uvicorn
+
+    from reelq.api import create_app
+    from reelq.api.app import build_services
+    from reelq.dispatch.embedded import Supervisor
+
+    settings = _settings(workers=workers, root_path=root_path, home=home)
+    _logging()
+    # Workers are started with these values through the environment.
+    os.environ["REELQ_HOME"] = str(settings.home_dir)
+    try:
+        services = build_services(settings)
+    except Exception as exc:
+        err.print(f"reelq: cannot start: {type(exc).__name__}: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    supervisor = Supervisor(settings, settings.workers)
+    config = uvicorn.Config(
+        create_app(settings, services),
+        host=host,
+        port=port,
+        log_level=os.environ.get("REELQ_LOG_LEVEL", "info").lower(),
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once it has shut down; with our own handler in
+    # place that re-raise is harmless and we get to drain the workers afterwards.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    supervisor.start()
+    try:
+        server.run()
+    finally:
+        logging.getLogger("reelq").info("draining render workers")
+        supervisor.stop()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    workers: Annotated[int, typer.Option("--workers", "-n", help="Render worker processes.")] = 1,
+    home: HomeOpt = None,
+) -> None:
+    """Run render workers without the API (they share the database with the API processes)."""
+    from reelq.dispatch.embedded import Supervisor
+
+    settings = _settings(home=home)
+    _logging()
+    os.environ["REELQ_HOME"] = str(settings.home_dir)
+    supervisor = Supervisor(settings, workers)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor.start()
+    stop.wait()
+    supervisor.stop()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    home: HomeOpt = None,
+) -> None:
+    """Create an API key. Prints its id, then the key alone on the last line (shown only once)."""
+    store = _store(_settings(home=home))
+    record, plain = store.create_key(name)
+    typer.echo(f"id: {record.id}")
+    typer.echo(plain)
+
+
+@keys_app.command("list")
+def keys_list(home: HomeOpt = None) -> None:
+    """List keys: ids, names, dates (never the keys themselves)."""
+    store = _store(_settings(home=home))
+    for key in store.list_keys():
+        if key.id == "key_local":
+            continue
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.created_at))
+        state = "active" if key.revoked_at is None else "revoked " + time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.gmtime(key.revoked_at)
+        )
+        typer.echo(f"{key.id}\t{key.name or '-'}\t{key.key_prefix}…\tcreated {created} UTC\t{state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(id_or_key: Annotated[str, typer.Argument(help="The key's id or the key itself.")],
+                home: HomeOpt = None) -> None:
+    """Revoke a key; it stops working at once."""
+    store = _store(_settings(home=home))
+    record = store.revoke_key(id_or_key)
+    if record is None:
+        err.print("reelq: no such key", markup=False)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {record.id}")
+
+
+def _image_argument(value: str | None) -> str | None:
+    """A local file becomes a data URI; URLs and data URIs pass through."""
+    if value is None or value.startswith(("http://", "https://", "data:")):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        err.print(f"reelq: image file not found: {value}", markup=False)
+        raise typer.Exit(2)
+    data = path.read_bytes()
+    kind = "png" if data.startswith(b"\x89PNG") else "webp" if data[8:12] == b"WEBP" else "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What the video shows.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the MP4.")] = Path("out.mp4"),
+    model: Annotated[str, typer.Option(help="viduq3-pro or viduq3-turbo.")] = "viduq3-turbo",
+    duration: Annotated[int, typer.Option(help="Seconds, 1..16.")] = 5,
+    aspect_ratio: Annotated[str, typer.Option(help="16:9, 9:16, 1:1, 4:3 or 3:4.")] = "16:9",
+    resolution: Annotated[str, typer.Option(help="540p, 720p or 1080p.")] = "720p",
+    first_image: Annotated[str | None, typer.Option(help="Image file, URL or data URI.")] = None,
+    last_image: Annotated[str | None, typer.Option(help="Image file, URL or data URI.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Same inputs + seed give the same video.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Generate one video with a progress bar: remote with REELQ_BASE_URL + REELQ_API_KEY, else embedded."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "duration": duration,
+        "aspect_ratio": aspect_ratio,
+        "resolution": resolution,
+        "first_image": _image_argument(first_image),
+        "last_image": _image_argument(last_image),
+        "seed": seed,
+    }
+    base_url, api_key = os.environ.get("REELQ_BASE_URL"), os.environ.get("REELQ_API_KEY")
+    if base_url and api_key:
+        _generate_remote(base_url, api_key, body, output)
+    else:
+        _generate_embedded(_settings(home=home), body, output)
+
+
+def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: Path) -> None:
+    from reelq.client import Client, ReelqError
+
+    try:
+        with Client(base_url=base_url, api_key=api_key) as client, _progress_bar() as bar:
+            task = client.create(**{k: v for k, v in body.items() if v is not None})
+            bar_id = bar.add_task(f"{task.id} {task.status}", total=100)
+
+            def update(current: Any) -> None:
+                bar.update(bar_id, completed=current.progress or 0, description=f"{current.id} {current.status}")
+
+            task = client.wait(task.id, timeout=3600, on_update=update)
+            if task.status != "completed":
+                raise typer.Exit(_fail(task.error))
+            bar.update(bar_id, completed=100)
+            client.download(task, output)
+    except ReelqError as exc:
+        err.print(f"reelq: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    _report(output, task.actual_duration, task.total_tokens)
+
+
+def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -> None:
+    from reelq.api.errors import ApiError
+    from reelq.api.schemas import validate_create
+    from reelq.dispatch.doorbell import ring
+    from reelq.domain import TERMINAL
+    from reelq.storage import LocalStorage
+    from reelq.worker import WorkerContext, build_engines, make_worker_id, run_task
+
+    store = _store(settings)
+    try:
+        new = validate_create({k: v for k, v in body.items() if v is not None}, settings.models)
+    except ApiError as exc:
+        err.print(f"reelq: {exc.message}", markup=False)
+        raise typer.Exit(2) from None
+    storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+    task, _ = store.create_task(store.ensure_local_key(), new)
+    ctx = WorkerContext(settings, store, storage, build_engines(settings), make_worker_id("cli"))
+    with _progress_bar() as bar:
+        bar_id = bar.add_task(f"{task.id} rendering", total=100)
+        claimed = store.claim_next(ctx.worker_id, settings.lease_seconds, task_id=task.id)
+        if claimed is not None:
+            run_task(ctx, claimed, on_progress=lambda p: bar.update(bar_id, completed=p))
+        else:  # a running `reelq serve` on this home took it first: follow its progress
+            ring(settings.run_dir)
+        row = store.get_task(task.id)
+        while row is not None and row.status not in TERMINAL:
+            bar.update(bar_id, completed=row.progress)
+            time.sleep(0.2)
+            row = store.get_task(task.id)
+        if row is None or row.status != "completed" or row.video_key is None:
+            raise typer.Exit(_fail(row.error if row else "task vanished"))
+        bar.update(bar_id, completed=100)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(storage.path(row.video_key), output)
+    _report(output, row.actual_duration, row.total_tokens)
+
+
+def _fail(error: str | None) -> int:
+    err.print(f"reelq: generation failed: {error or 'unknown error'}", markup=False)
+    return 1
+
+
+def _report(output: Path, duration: float | None, tokens: int | None) -> None:
+    err.print(f"wrote {output} ({duration} s, {tokens} tokens)", markup=False, highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,167 @@
+"""Settings: environment variables `REELQ_*` (or CLI flags), validated once at start-up."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from reelq.domain import DEFAULT_MODEL_RATES, DEFAULT_RESOLUTION_FACTORS, RESOLUTIONS
+
+# Kept short on purpose: operators replace it with their own list (REELQ_BLOCKED_TERMS).
+DEFAULT_BLOCKED_TERMS = ["child sexual abuse", "csam", "beheading", "bomb making"]
+
+
+class ConfigError(Exception):
+    """Bad configuration: the CLI prints the message as one line and exits."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REELQ_", extra="ignore", frozen=True)
+
+    home: Path = Path(".reelq")
+    database_url: str | None = None
+    storage_url: str | None = None
+
+    public_base_url: str | None = None
+    root_path: str = ""
+    video_url_ttl: int = Field(86400, ge=1)
+    signing_secret: str | None = None
+    allow_private_urls: bool = False
+    blocked_terms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKED_TERMS))
+
+    synthetic_delay: float = Field(0.0, ge=0)
+    workers: int = Field(2, ge=0, le=256)
+    max_attempts: int = Field(3, ge=1, le=100)
+    lease_seconds: float = Field(30.0, gt=0)
+    sweep_interval: float = Field(1.0, gt=0)
+    queued_redispatch_seconds: float = Field(5.0, gt=0)
+    drain_seconds: float = Field(30.0, ge=0)
+    fetch_timeout: float = Field(10.0, gt=0)
+    fetch_deadline: float = Field(30.0, gt=0)
+
+    # Defined by SPEC §5; enforced by the rate-limit work (issue "Nothing lost, nothing let in").
+    poll_rate: float = Field(1.0, gt=0)
+    create_rate: float = Field(60.0, gt=0)
+    max_active_per_key: int = Field(16, ge=1)
+    max_queue: int = Field(10000, ge=1)
+
+    model_rates: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_RATES))
+    resolution_factors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTION_FACTORS))
+    # model name -> engine name; every model in model_rates is served by the synthetic engine unless mapped.
+    engines: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("blocked_terms", mode="before")
+    @classmethod
+    def _split_terms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("root_path")
+    @classmethod
+    def _normalise_root(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("must start with '/', e.g. /kyyReactApiServer")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _normalise_base(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("resolution_factors")
+    @classmethod
+    def _all_resolutions(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = set(RESOLUTIONS) - set(value)
+        if missing:
+            raise ValueError(f"missing factors for {', '.join(sorted(missing))}")
+        return value
+
+    @field_validator("engines")
+    @classmethod
+    def _known_engines(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, engine in value.items():
+            if engine not in {"synthetic"}:
+                raise ValueError(f"model {model!r}: unknown engine {engine!r} (available: synthetic)")
+        return value
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.model_rates)
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'reelq.db'}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file when the store is the embedded one (enables the inline read path)."""
+        url = self.sqlalchemy_url
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite:///") :])
+        return None
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.home_dir / "videos"
+
+    @property
+    def run_dir(self) -> Path:
+        """Per-host runtime files: worker doorbell sockets.
+
+        Unix socket paths are limited to ~107 bytes, so a deep REELQ_HOME gets a short
+        directory under the system temp dir, keyed by the home path.
+        """
+        preferred = self.home_dir / "run"
+        if len(str(preferred)) <= 70:
+            return preferred
+        digest = hashlib.sha256(str(self.home_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"reelq-{digest}"
+
+    def secret_bytes(self) -> bytes:
+        """The URL-signing secret: configured, or generated once into REELQ_HOME (mode 0600)."""
+        if self.signing_secret:
+            return self.signing_secret.encode()
+        path = self.home_dir / "signing_secret"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        self.home_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_hex(32).encode()
+        # O_EXCL: when two processes start at once, exactly one writes and both read the winner.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as f:
+            f.write(value)
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus explicit overrides; bad values raise ConfigError (one line)."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "REELQ_" + str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        raise ConfigError(f"invalid configuration: {name}: {first['msg']}") from None

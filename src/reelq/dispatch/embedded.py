@@ -1,0 +1,192 @@
+"""Embedded dispatch: render worker processes that claim rows, and the supervisor that keeps them alive.
+
+`reelq serve` = uvicorn (API) in the main process + `Supervisor` threads; each worker is
+a child process (`python -m reelq.dispatch.embedded`) in the same process group, so a
+kill of the group takes everything down and the leases bring the work back on restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from reelq.config import Settings, load_settings
+from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener, ring
+from reelq.storage import LocalStorage
+from reelq.store import TaskStore, make_engine, migrate
+from reelq.worker import WorkerContext, build_engines, make_worker_id, run_task, worker_marker
+
+log = logging.getLogger("reelq.dispatch")
+
+RESTART_BACKOFF_MAX = 10.0
+MONITOR_INTERVAL = 0.2
+TEMP_FILE_MAX_AGE_FACTOR = 4  # x lease: a temp file this old belongs to no live render
+
+
+# ---- the worker process -----------------------------------------------------------------------
+def worker_loop(settings: Settings, name: str, stop: threading.Event | None = None) -> None:
+    """Claim and run tasks until SIGTERM/SIGINT (or `stop`); a render in flight finishes or is handed back."""
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    ctx = WorkerContext(
+        settings=settings,
+        store=TaskStore(engine),
+        storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
+        engines=build_engines(settings),
+        worker_id=make_worker_id(name),
+    )
+    if stop is None:
+        def _drain(_signum: int, _frame: object) -> None:
+            ctx.start_drain()
+
+        signal.signal(signal.SIGTERM, _drain)
+        signal.signal(signal.SIGINT, _drain)
+    else:
+        threading.Thread(target=lambda: (stop.wait(), ctx.start_drain()), daemon=True).start()
+
+    listener = DoorbellListener(settings.run_dir, f"{os.getpid()}")
+    log.info("worker %s ready", ctx.worker_id)
+    try:
+        while not ctx.draining.is_set():
+            task = ctx.store.claim_next(ctx.worker_id, settings.lease_seconds)
+            if task is None:
+                listener.wait(FALLBACK_POLL_SECONDS)
+                continue
+            outcome = run_task(ctx, task)
+            log.info("task %s: %s (attempt %d)", task.id, outcome.value, task.attempts)
+    finally:
+        listener.close()
+        engine.dispose()
+
+
+def _worker_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="reelq-worker")
+    parser.add_argument("--name", default="w")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("REELQ_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker_loop(load_settings(), args.name)
+
+
+# ---- the supervisor ---------------------------------------------------------------------------
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    failures: int = 0
+    next_start: float = 0.0
+
+
+class Supervisor:
+    """Starts N worker processes, restarts the ones that die, and sweeps the store."""
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.settings = settings
+        engine = make_engine(settings.sqlalchemy_url)
+        migrate(engine)
+        self.store = TaskStore(engine)
+        self.storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+        self.children = [_Child(name=f"w{i}") for i in range(workers)]
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+        for target in (self._monitor, self._sweeper):
+            thread = threading.Thread(target=target, daemon=True, name=f"reelq-{target.__name__.strip('_')}")
+            thread.start()
+            self._threads.append(thread)
+
+    def _spawn(self, child: _Child) -> None:
+        env = dict(os.environ, REELQ_HOME=str(self.settings.home_dir))
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "reelq.dispatch.embedded", "--name", child.name], env=env
+        )
+        child.started = time.monotonic()
+        log.info("started render worker %s (pid %d)", child.name, child.process.pid)
+
+    def _monitor(self) -> None:
+        while not self._stopping.wait(MONITOR_INTERVAL):
+            for child in self.children:
+                proc = child.process
+                if proc is not None and proc.poll() is not None and not self._stopping.is_set():
+                    log.warning("render worker %s (pid %d) exited with %s", child.name, proc.pid, proc.returncode)
+                    self._recover(proc.pid)
+                    # Quick deaths in a row back off, so a broken install does not spin.
+                    quick = time.monotonic() - child.started < 5
+                    child.failures = child.failures + 1 if quick else 0
+                    child.next_start = time.monotonic() + min(RESTART_BACKOFF_MAX, 0.2 * 2**child.failures)
+                    child.process = None
+                if child.process is None and time.monotonic() >= child.next_start and not self._stopping.is_set():
+                    try:
+                        self._spawn(child)
+                    except OSError:
+                        log.exception("could not start render worker %s", child.name)
+                        child.next_start = time.monotonic() + RESTART_BACKOFF_MAX
+
+    def _recover(self, pid: int) -> None:
+        """A child died: its tasks need not wait for the lease to lapse, and its temp files go."""
+        marker = worker_marker(pid)
+        try:
+            expired = self.store.expire_leases_of(marker)
+            self.storage.remove_temp_files(worker_marker=marker.replace(":", "_"))
+            if expired:
+                self.sweep_once()
+        except Exception:
+            log.exception("recovery after worker %d died failed; the sweeper will retry", pid)
+
+    def sweep_once(self) -> None:
+        result = self.store.sweep(self.settings.max_attempts, self.settings.queued_redispatch_seconds)
+        for task_id in result.failed:
+            log.warning("task %s failed after %d attempts", task_id, self.settings.max_attempts)
+        if result.requeued or result.stale_queued:
+            ring(self.settings.run_dir)
+        for task_id, key in self.store.expired_videos(self.settings.video_url_ttl):
+            self.storage.delete(key)
+            self.store.mark_video_deleted(task_id)
+        self.storage.remove_temp_files(
+            older_than=max(3600.0, self.settings.lease_seconds * TEMP_FILE_MAX_AGE_FACTOR)
+        )
+
+    def _sweeper(self) -> None:
+        while not self._stopping.wait(self.settings.sweep_interval):
+            try:
+                self.sweep_once()
+            except Exception:
+                log.exception("sweep failed; retrying next interval")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain: workers stop claiming, finish or hand back their render, then exit."""
+        self._stopping.set()
+        deadline = time.monotonic() + (timeout if timeout is not None else self.settings.drain_seconds + 10)
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("render worker %s did not drain in time; killing it", child.name)
+                child.process.kill()
+                child.process.wait()
+                self._recover(child.process.pid)
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self.store.engine.dispose()
+
+
+if __name__ == "__main__":
+    _worker_main()

@@ -1,0 +1,139 @@
+"""The rules of the contract that need no I/O: ids, statuses, sizes, pricing.
+
+Everything here is pure so it can be shared by the API, the workers and the
+SDK without importing any of them (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+TASK_ID_PREFIX = "video_"
+DEFAULT_FPS = 24
+
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+    "1:1": (1, 1),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+}
+RESOLUTIONS: dict[str, int] = {"540p": 540, "720p": 720, "1080p": 1080}
+
+# Defaults of the token table (SPEC §1 "Tokens"); operators override them in config.
+DEFAULT_MODEL_RATES: dict[str, float] = {"viduq3-pro": 300.0, "viduq3-turbo": 150.0}
+DEFAULT_RESOLUTION_FACTORS: dict[str, float] = {"540p": 0.75, "720p": 1.0, "1080p": 2.0}
+
+MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 1, 16, 5
+MAX_PROMPT_CHARS = 5000
+MAX_SEED = 2**31 - 1
+CANCELLED_ERROR = "Cancelled by user."
+CONTENT_POLICY_PREFIX = "Content policy violation:"
+
+
+class Status(StrEnum):
+    """Status as stored in the task row (the wire status is derived, see `wire_status`)."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED})
+
+
+def wire_status(status: str, attempts: int) -> str:
+    """What a client sees: a row waiting for a retry after its worker died reads `processing`.
+
+    The row goes back to `queued` so another worker can claim it, but the client
+    already saw `processing` and must never see a step backwards (SPEC §1).
+    """
+    if status == Status.QUEUED and attempts > 0:
+        return Status.PROCESSING.value
+    return str(status)
+
+
+def new_task_id() -> str:
+    return f"{TASK_ID_PREFIX}{uuid.uuid4()}"
+
+
+def is_task_id(value: str) -> bool:
+    """True for `video_` + a canonical UUID4 string."""
+    if not value.startswith(TASK_ID_PREFIX):
+        return False
+    rest = value[len(TASK_ID_PREFIX) :]
+    try:
+        parsed = uuid.UUID(rest)
+    except ValueError:
+        return False
+    return str(parsed) == rest
+
+
+def frame_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height): the short side is the resolution, the long side the ratio of it rounded to even."""
+    short = RESOLUTIONS[resolution]
+    a, b = ASPECT_RATIOS[aspect_ratio]
+    long_side = round(short * max(a, b) / min(a, b) / 2) * 2
+    return (long_side, short) if a >= b else (short, long_side)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSpec:
+    """What to render, independent of how it is asked for or where it runs."""
+
+    model: str
+    prompt: str
+    duration: int = DEFAULT_DURATION
+    aspect_ratio: str = "16:9"
+    resolution: str = "720p"
+    seed: int | None = None
+    fps: int = DEFAULT_FPS
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return frame_size(self.resolution, self.aspect_ratio)
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+    @property
+    def frame_count(self) -> int:
+        return self.duration * self.fps
+
+
+def total_tokens(
+    model: str,
+    actual_duration: float,
+    resolution: str,
+    rates: Mapping[str, float] = DEFAULT_MODEL_RATES,
+    factors: Mapping[str, float] = DEFAULT_RESOLUTION_FACTORS,
+) -> int:
+    """rate(model) x seconds x factor(resolution), rounded to an integer (SPEC §1)."""
+    return round(rates[model] * actual_duration * factors[resolution])
+
+
+def wire_number(value: float) -> int | float:
+    """5.0 -> 5 so the JSON reads like the Vidu examples; keeps real fractions."""
+    return int(value) if float(value).is_integer() else value
+
+
+def find_blocked_term(prompt: str, terms: list[str]) -> str | None:
+    """The first blocked term found in the prompt, case-insensitively, as a whole word or phrase."""
+    for term in terms:
+        words = term.split()
+        if not words:
+            continue
+        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
+        if re.search(pattern, prompt, flags=re.IGNORECASE):
+            return term
+    return None

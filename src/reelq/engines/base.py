@@ -1,0 +1,42 @@
+"""The seam between a worker and whatever makes the pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from reelq.domain import VideoSpec
+
+ProgressCallback = Callable[[float], None]
+"""Called with the fraction done (0..1). It may raise `RenderAborted` to stop the render."""
+
+
+class RenderAborted(Exception):
+    """Raised through the progress callback when the render must stop (lease lost, drain)."""
+
+
+class RenderError(Exception):
+    """A render failed for a reason worth showing to the client (it becomes the task's `error`)."""
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    """Decoded input images (RGB) and their content digests (part of the determinism key)."""
+
+    first_image: Image.Image | None = None
+    last_image: Image.Image | None = None
+    digests: tuple[str, ...] = field(default=())
+
+
+class Engine(Protocol):
+    """Turns a spec (and optional images) into an MP4 file at `out_path`."""
+
+    name: str
+
+    def render(
+        self, spec: VideoSpec, inputs: RenderInputs, out_path: Path, progress: ProgressCallback
+    ) -> None: ...

@@ -1,0 +1,392 @@
+"""The `synthetic` engine: a deterministic, weight-free stand-in for a video model, fast on a CPU.
+
+Text-to-video draws an animated mesh gradient in a palette derived from the request, soft discs
+drifting over it and the prompt's words; image-to-video is a Ken Burns move over the first image,
+cross-fading into the last one when given. Everything is a function of a sha256 of the request
+(model, prompt, seed, image digests), so a retried task renders the same video.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import math
+import time
+import unicodedata
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from reelq.domain import VideoSpec
+from reelq.engines.base import ProgressCallback, RenderInputs
+from reelq.media import Mp4Writer, cover_box, cover_fit
+
+# Bumping this changes every synthetic video: do it only when the look changes on purpose.
+_SEED_DOMAIN = b"reelq-synthetic-v1"
+
+# Progress is reported at least this often (seconds) and on every 5 % step, but no more often than that:
+# the worker turns each call into a lease renewal.
+_PROGRESS_EVERY_S = 0.25
+_PROGRESS_STEP = 0.05
+# The frames' share of the progress bar; the rest is the encoder flush and faststart rewrite.
+_FRAMES_SHARE = 0.98
+# Longest single sleep of the artificial delay, so an abort raised by progress lands promptly.
+_DELAY_SLICE_S = 0.1
+
+_KEN_BURNS_ZOOM = 1.12  # zoom reached at the far end of an image-to-video move: gentle, not dizzying
+
+
+def request_seed(spec: VideoSpec, inputs: RenderInputs) -> int:
+    """A 128-bit seed from everything that defines the video (length-prefixed, so fields never blur)."""
+    h = hashlib.sha256(_SEED_DOMAIN)
+    for part in (spec.model, spec.prompt, "" if spec.seed is None else str(spec.seed), *inputs.digests):
+        data = part.encode("utf-8")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return int.from_bytes(h.digest()[:16], "big")
+
+
+class SyntheticEngine:
+    """Deterministic CPU engine; `delay_seconds` stretches each render to mimic a real model's latency."""
+
+    name = "synthetic"
+
+    def __init__(self, delay_seconds: float = 0.0) -> None:
+        if delay_seconds < 0 or not math.isfinite(delay_seconds):
+            raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds}")
+        self.delay_seconds = delay_seconds
+
+    def render(
+        self, spec: VideoSpec, inputs: RenderInputs, out_path: Path, progress: ProgressCallback
+    ) -> None:
+        rng = np.random.default_rng(request_seed(spec, inputs))
+        scene: _Scene
+        if inputs.first_image is not None:
+            scene = _ImageScene(spec, inputs.first_image, inputs.last_image, rng)
+        else:
+            scene = _PromptScene(spec, rng)
+        reporter = _Progress(progress)
+        n = spec.frame_count
+        delay_per_frame = self.delay_seconds / n if n else 0.0
+        out_path = Path(out_path)
+        try:
+            with Mp4Writer(out_path, spec.width, spec.height, spec.fps) as writer:
+                for i in range(n):
+                    writer.write(scene.frame(i))
+                    done, next_done = _FRAMES_SHARE * i / n, _FRAMES_SHARE * (i + 1) / n
+                    if delay_per_frame:
+                        _sleep_reporting(delay_per_frame, done, next_done, reporter)
+                    reporter.maybe(next_done)
+            reporter.report(1.0)
+        except BaseException:
+            # Mp4Writer already removed its file when the error came from inside the block; this covers
+            # a failure in the final report and keeps the promise "no partial file" in one place.
+            out_path.unlink(missing_ok=True)
+            raise
+
+
+class _Progress:
+    """Throttles calls to the caller's progress callback and keeps them monotonic."""
+
+    def __init__(self, callback: ProgressCallback) -> None:
+        self._callback = callback
+        self._last_value = -1.0
+        self._last_time = time.monotonic()
+
+    def maybe(self, value: float) -> None:
+        now = time.monotonic()
+        if value - self._last_value >= _PROGRESS_STEP or now - self._last_time >= _PROGRESS_EVERY_S:
+            self.report(value)
+
+    def report(self, value: float) -> None:
+        if value <= self._last_value:
+            return
+        self._last_value, self._last_time = value, time.monotonic()
+        self._callback(value)
+
+
+def _sleep_reporting(seconds: float, start: float, end: float, reporter: _Progress) -> None:
+    """Sleep in short slices, moving progress from `start` towards `end` so a waiting client sees motion."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, _DELAY_SLICE_S))
+        done = 1.0 - max(0.0, deadline - time.monotonic()) / seconds
+        reporter.maybe(start + (end - start) * done)
+
+
+class _Scene(Protocol):
+    def frame(self, index: int) -> np.ndarray: ...
+
+
+# -- text-to-video -------------------------------------------------------------------------------------
+
+
+def _palette(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """A harmonious palette: (background base colour, `count` accent colours), float32 RGB 0..255."""
+    base_hue = rng.random()
+    # Hue offsets of classic schemes: analogous, complementary, split-complementary, triadic.
+    schemes = [(-0.08, 0.0, 0.08), (0.0, 0.5), (0.0, 0.42, 0.58), (0.0, 1 / 3, 2 / 3)]
+    offsets = schemes[rng.integers(len(schemes))]
+    dark = rng.random() < 0.7  # mostly dusky backgrounds: accents and white text read best on them
+    bg_v = rng.uniform(0.10, 0.22) if dark else rng.uniform(0.55, 0.70)
+    base = colorsys.hsv_to_rgb(base_hue % 1.0, rng.uniform(0.35, 0.7), bg_v)
+    accents = []
+    for k in range(count):
+        hue = (base_hue + offsets[k % len(offsets)] + rng.normal(0, 0.025)) % 1.0
+        accents.append(colorsys.hsv_to_rgb(hue, rng.uniform(0.45, 0.85), rng.uniform(0.75, 1.0)))
+    return np.array(base, np.float32) * 255, np.array(accents, np.float32) * 255
+
+
+class _PromptScene:
+    """Mesh-gradient background, drifting soft discs and the prompt's words, all keyed on the request."""
+
+    _GLOWS = 7  # big blurry colour fields in the background
+    _DISCS = 6  # sharper soft-edged discs in front
+
+    def __init__(self, spec: VideoSpec, rng: np.random.Generator) -> None:
+        self.w, self.h, self.fps = spec.width, spec.height, spec.fps
+        short = min(self.w, self.h)
+        base, accents = _palette(rng, self._GLOWS + self._DISCS)
+        self._ys = np.arange(self.h, dtype=np.float32)
+        self._xs = np.arange(self.w, dtype=np.float32)
+
+        # Background = base + sum_k gy_k(y) gx_k(x) (colour_k - base): a sum of separable Gaussians is a
+        # low-rank matrix, so the whole H x W x 3 frame is one small matrix product per frame.
+        g = self._GLOWS
+        self._glow_colors = (accents[:g] - base) * rng.uniform(0.55, 0.9, (g, 1)).astype(np.float32)
+        self._glow_sigma = rng.uniform(0.22, 0.45, (g, 2)) * np.array([self.w, self.h])
+        self._glow_center = rng.uniform(0.0, 1.0, (g, 2))
+        self._glow_orbit = rng.uniform(0.08, 0.3, (g, 2))
+        self._glow_speed = rng.uniform(0.15, 0.45, (g, 2)) * rng.choice([-1, 1], (g, 2))
+        self._glow_phase = rng.uniform(0, 2 * math.pi, (g, 2))
+        # +0.5 so the final float -> uint8 truncation rounds to nearest.
+        self._base = base + 0.5
+        # A gentle vertical shade: lighter at the top, a tint that breathes over time.
+        self._shade = np.linspace(0.5, -0.5, self.h, dtype=np.float32)
+        self._shade_color = np.array([18.0, 18.0, 24.0], np.float32) * rng.uniform(0.5, 1.2)
+
+        d = self._DISCS
+        self._disc_colors = accents[g:]
+        self._disc_light = np.minimum(self._disc_colors * 1.25 + 30, 255)
+        self._disc_radius = rng.uniform(0.06, 0.16, d) * short
+        self._disc_opacity = rng.uniform(0.55, 0.9, d)
+        self._disc_center = rng.uniform(0.15, 0.85, (d, 2))
+        self._disc_orbit = rng.uniform(0.05, 0.3, (d, 2))
+        self._disc_speed = rng.uniform(0.25, 0.9, (d, 2)) * rng.choice([-1, 1], (d, 2))
+        self._disc_phase = rng.uniform(0, 2 * math.pi, (d, 2))
+        self._disc_pulse = rng.uniform(0.5, 1.5, d)
+
+        self._text = _TextSprite.build(spec.prompt, self.w, self.h)
+        self._text_bob_phase = rng.uniform(0, 2 * math.pi)
+
+    def frame(self, index: int) -> np.ndarray:
+        t = index / self.fps
+        buf = self._background(t)
+        for k in range(self._DISCS):
+            self._draw_disc(buf, k, t)
+        if self._text is not None:
+            self._draw_text(buf, t)
+        np.clip(buf, 0, 255, out=buf)
+        return buf.astype(np.uint8)
+
+    def _background(self, t: float) -> np.ndarray:
+        g = self._GLOWS
+        wobble = np.sin(self._glow_speed * t + self._glow_phase)
+        centers = (self._glow_center + self._glow_orbit * wobble) * np.array([self.w, self.h])
+        left = np.empty((self.h, g + 2), np.float32)
+        right = np.empty((g + 2, self.w, 3), np.float32)
+        left[:, :g] = np.exp(-(((self._ys[:, None] - centers[:, 1]) / self._glow_sigma[:, 1]) ** 2))
+        gx = np.exp(-(((self._xs[:, None] - centers[:, 0]) / self._glow_sigma[:, 0]) ** 2))  # W x g
+        right[:g] = gx.T[:, :, None] * self._glow_colors[:, None, :]
+        left[:, g] = 1.0
+        right[g] = self._base
+        left[:, g + 1] = self._shade
+        right[g + 1] = self._shade_color * (1.0 + 0.3 * math.sin(0.7 * t))
+        return (left @ right.reshape(g + 2, -1)).reshape(self.h, self.w, 3)
+
+    def _draw_disc(self, buf: np.ndarray, k: int, t: float) -> None:
+        cx, cy = (
+            self._disc_center[k] + self._disc_orbit[k] * np.sin(self._disc_speed[k] * t + self._disc_phase[k])
+        ) * np.array([self.w, self.h])
+        r = self._disc_radius[k] * (1.0 + 0.08 * math.sin(self._disc_pulse[k] * t))
+        feather = max(2.0, 0.12 * r)  # soft edge, but still reads as a disc rather than a glow
+        reach = r + feather
+        x0, x1 = max(0, int(cx - reach)), min(self.w, int(cx + reach) + 1)
+        y0, y1 = max(0, int(cy - reach)), min(self.h, int(cy + reach) + 1)
+        if x0 >= x1 or y0 >= y1:
+            return
+        dx = (self._xs[x0:x1] - cx) / r
+        dy = (self._ys[y0:y1] - cy) / r
+        dist = np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
+        alpha = np.clip((1.0 - dist) * (r / feather), 0.0, 1.0) * self._disc_opacity[k]
+        # Lit from the upper left: lighter tint there, the plain colour towards the lower right.
+        light = np.clip(0.5 - 0.35 * (dx[None, :] + dy[:, None]), 0.0, 1.0)[..., None]
+        color = self._disc_colors[k] + light * (self._disc_light[k] - self._disc_colors[k])
+        region = buf[y0:y1, x0:x1]
+        region += alpha[..., None] * (color - region)
+
+    def _draw_text(self, buf: np.ndarray, t: float) -> None:
+        sprite = self._text
+        assert sprite is not None
+        fade = min(1.0, t / 0.6)  # words fade in over the first 0.6 s
+        bob = round(0.008 * self.h * math.sin(0.9 * t + self._text_bob_phase))
+        x0 = (self.w - sprite.width) // 2
+        y0 = min(max(0, int(self.h * 0.72) - sprite.height // 2 + bob), self.h - sprite.height)
+        region = buf[y0 : y0 + sprite.height, x0 : x0 + sprite.width]
+        if fade >= 1.0:
+            region *= sprite.keep
+            region += sprite.add
+        else:
+            region *= 1.0 - fade * (1.0 - sprite.keep)
+            region += fade * sprite.add
+
+
+class _TextSprite:
+    """The prompt rendered once by Pillow; per frame it is `region * keep + add` (a shadow, then text)."""
+
+    def __init__(self, keep: np.ndarray, add: np.ndarray) -> None:
+        self.keep, self.add = keep, add
+        self.height, self.width = keep.shape[:2]
+
+    @classmethod
+    def build(cls, prompt: str, width: int, height: int) -> _TextSprite | None:
+        short = min(width, height)
+        font = ImageFont.load_default(size=max(12, round(short * 0.05)))
+        lines = _wrap(_renderable(prompt, font), font, max_width=width * 0.84, max_lines=3)
+        if not lines:
+            return None
+        text = "\n".join(lines)
+        pad = max(4, round(short * 0.02))
+        spacing = round(font.size * 0.25)
+        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+        left, top, right, bottom = probe.multiline_textbbox((0, 0), text, font=font, spacing=spacing, align="center")
+        w = min(width, int(right - left) + 2 * pad)
+        h = min(height, int(bottom - top) + 2 * pad)
+        mask = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(mask).multiline_text(
+            (pad - left, pad - top), text, fill=255, font=font, spacing=spacing, align="center"
+        )
+        shadow = mask.filter(ImageFilter.GaussianBlur(max(2, pad * 0.6)))
+        a_text = np.asarray(mask, np.float32)[..., None] / 255.0
+        a_shadow = np.minimum(1.0, np.asarray(shadow, np.float32)[..., None] / 255.0 * 1.6) * 0.55
+        keep = (1.0 - a_shadow) * (1.0 - a_text)
+        add = np.broadcast_to(a_text * np.float32(250.0), (h, w, 3)).astype(np.float32)
+        return cls(np.broadcast_to(keep, (h, w, 3)).astype(np.float32), add)
+
+
+def _renderable(prompt: str, font: ImageFont.FreeTypeFont) -> str:
+    """The prompt reduced to what the bundled font can draw: accents stripped, other scripts dropped.
+
+    Pillow's default font covers ASCII only; anything else would be drawn as a row of tofu boxes.
+    """
+    decomposed = unicodedata.normalize("NFKD", " ".join(prompt.split()))
+    missing = bytes(font.getmask("\U0010fffd"))
+    cache: dict[str, bool] = {}
+    out = []
+    for ch in decomposed:
+        if unicodedata.combining(ch):
+            continue
+        if ch not in cache:
+            cache[ch] = ch == " " or (ch.isprintable() and bytes(font.getmask(ch)) != missing)
+        out.append(ch if cache[ch] else " ")
+    return " ".join("".join(out).split())
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, max_width: float, max_lines: int) -> list[str]:
+    """Greedy word wrap by rendered width; the last line ends in an ellipsis when text is left over."""
+    lines: list[str] = []
+    words = text.split()
+    i = 0
+    while i < len(words) and len(lines) < max_lines:
+        line = words[i]
+        if font.getlength(line) > max_width:  # one overlong word: cut it and carry the rest over
+            while font.getlength(line) > max_width and len(line) > 1:
+                line = line[:-1]
+            words[i] = words[i][len(line) :]
+            lines.append(line)
+            continue
+        i += 1
+        while i < len(words) and font.getlength(f"{line} {words[i]}") <= max_width:
+            line = f"{line} {words[i]}"
+            i += 1
+        lines.append(line)
+    if i < len(words) and lines:
+        last = lines[-1]
+        while last and font.getlength(last + "...") > max_width:
+            last = last[:-1]
+        lines[-1] = last.rstrip() + "..."
+    return lines
+
+
+# -- image-to-video ------------------------------------------------------------------------------------
+
+
+def _ease(s: float) -> float:
+    """Smoothstep: starts and ends at rest, so moves neither jerk in nor stop dead."""
+    s = min(1.0, max(0.0, s))
+    return s * s * (3.0 - 2.0 * s)
+
+
+class _KenBurns:
+    """Zoomed, panned views of one image at the output size; zoom 1.0 is exactly `cover_fit`."""
+
+    def __init__(self, image: Image.Image, width: int, height: int, rng: np.random.Generator) -> None:
+        self.w, self.h = width, height
+        self.exact = np.asarray(cover_fit(image, width, height))
+        image = image.convert("RGB")
+        box = cover_box(*image.size, width, height)
+        # Resampling a big photo on every frame is slow; keep just enough pixels for the deepest zoom.
+        work_w, work_h = round(width * _KEN_BURNS_ZOOM), round(height * _KEN_BURNS_ZOOM)
+        if box[2] - box[0] > work_w * 1.05:
+            self.source = image.resize((work_w, work_h), Image.Resampling.LANCZOS, box=box)
+            self.box = (0.0, 0.0, float(work_w), float(work_h))
+        else:
+            self.source, self.box = image, box
+        angle = rng.uniform(0, 2 * math.pi)
+        self.pan = (math.cos(angle) * 0.7, math.sin(angle) * 0.7)  # fraction of the slack used by the pan
+
+    def view(self, zoom: float) -> Image.Image:
+        if zoom <= 1.0:
+            return Image.fromarray(self.exact)
+        left, top, right, bottom = self.box
+        bw, bh = right - left, bottom - top
+        vw, vh = bw / zoom, bh / zoom
+        cx = (left + right) / 2 + self.pan[0] * (bw - vw) / 2
+        cy = (top + bottom) / 2 + self.pan[1] * (bh - vh) / 2
+        view_box = (cx - vw / 2, cy - vh / 2, cx + vw / 2, cy + vh / 2)
+        return self.source.resize((self.w, self.h), Image.Resampling.BILINEAR, box=view_box)
+
+
+class _ImageScene:
+    """First image zooming in; with a last image, a cross-fade into it as it settles back to zoom 1.0."""
+
+    def __init__(
+        self,
+        spec: VideoSpec,
+        first: Image.Image,
+        last: Image.Image | None,
+        rng: np.random.Generator,
+    ) -> None:
+        self.n = spec.frame_count
+        self.first = _KenBurns(first, spec.width, spec.height, rng)
+        self.last = _KenBurns(last, spec.width, spec.height, rng) if last is not None else None
+
+    def frame(self, index: int) -> np.ndarray:
+        s = index / (self.n - 1) if self.n > 1 else 0.0
+        if index == 0:
+            return self.first.exact
+        if self.last is None:
+            return np.asarray(self.first.view(1.0 + (_KEN_BURNS_ZOOM - 1.0) * _ease(s)))
+        if index == self.n - 1:
+            return self.last.exact
+        # Both images move the whole time; the blend happens in the middle so each end holds its image.
+        mix = _ease((s - 0.2) / 0.6)
+        zoom_first = 1.0 + (_KEN_BURNS_ZOOM - 1.0) * _ease(s)
+        zoom_last = 1.0 + (_KEN_BURNS_ZOOM - 1.0) * (1.0 - _ease(s))
+        if mix <= 0.0:
+            return np.asarray(self.first.view(zoom_first))
+        if mix >= 1.0:
+            return np.asarray(self.last.view(zoom_last))
+        return np.asarray(Image.blend(self.first.view(zoom_first), self.last.view(zoom_last), mix))

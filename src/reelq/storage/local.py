@@ -1,0 +1,79 @@
+"""Local video storage: files under REELQ_HOME/videos, served through HMAC-signed URLs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import time
+from pathlib import Path
+
+FILES_ROUTE = "/v1/files/{task_id}.mp4"
+TEMP_SUFFIX = ".part"
+
+
+def file_path_for(task_id: str) -> str:
+    return FILES_ROUTE.format(task_id=task_id)
+
+
+class LocalStorage:
+    """Videos are written under a temporary name and renamed into place, so a half file is never served."""
+
+    def __init__(self, root: Path, secret: bytes) -> None:
+        self.root = root
+        self.tmp_dir = root / ".tmp"
+        self._secret = secret
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- files ------------------------------------------------------------------------------
+    def temp_path(self, task_id: str, worker: str) -> Path:
+        """Where a worker renders; the worker id in the name lets a supervisor clean up after a dead child."""
+        safe_worker = worker.replace("/", "_").replace(":", "_")
+        return self.tmp_dir / f"{task_id}.{safe_worker}{TEMP_SUFFIX}"
+
+    def commit(self, temp: Path, task_id: str, attempt: int) -> str:
+        """Move a finished render into place; returns its storage key.
+
+        The key carries the attempt so a late worker that lost its lease never replaces
+        the file of the attempt that won (it deletes its own file instead).
+        """
+        key = f"{task_id}-{attempt}.mp4"
+        with open(temp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, self.root / key)
+        return key
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / key).unlink()
+
+    def remove_temp_files(self, worker_marker: str | None = None, older_than: float | None = None) -> int:
+        """Delete temporary renders of one (dead) worker, or those older than `older_than` seconds."""
+        removed = 0
+        now = time.time()
+        for entry in self.tmp_dir.glob(f"*{TEMP_SUFFIX}"):
+            if worker_marker is not None and worker_marker not in entry.name:
+                continue
+            try:
+                if older_than is not None and now - entry.stat().st_mtime < older_than:
+                    continue
+                entry.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    # ---- signed URLs ------------------------------------------------------------------------
+    def signature(self, task_id: str, expires: int) -> str:
+        message = f"{file_path_for(task_id)}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def signed_url(self, base_url: str, task_id: str, expires: int) -> str:
+        return f"{base_url}{file_path_for(task_id)}?expires={expires}&signature={self.signature(task_id, expires)}"
+
+    def verify(self, task_id: str, expires: int, signature: str) -> bool:
+        return hmac.compare_digest(self.signature(task_id, expires), signature)

@@ -1,0 +1,77 @@
+"""The schema (SQLAlchemy Core). Alembic migrations in store/migrations create exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, server_default=""),
+    # sha256 of the plain key: keys are 256-bit random, so a fast hash is as safe as a slow one.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_prefix", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(48), primary_key=True),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("duration", Integer, nullable=False),
+    Column("aspect_ratio", String(8), nullable=False),
+    Column("resolution", String(8), nullable=False),
+    Column("seed", Integer, nullable=True),
+    Column("has_first_image", Boolean, nullable=False, server_default=text("0")),
+    Column("has_last_image", Boolean, nullable=False, server_default=text("0")),
+    Column("callback_url", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("worker", String(100), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("progress", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("video_key", String(200), nullable=True),
+    Column("video_deleted", Boolean, nullable=False, server_default=text("0")),
+    Column("actual_duration", Float, nullable=True),
+    Column("total_tokens", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    UniqueConstraint("key_id", "idempotency_key", name="uq_tasks_key_idempotency"),
+)
+# The claim looks for the oldest queued row; the sweeper for lapsed leases: both walk this index.
+Index("ix_tasks_status_created", tasks.c.status, tasks.c.created_at)
+Index("ix_tasks_key_created", tasks.c.key_id, tasks.c.created_at)
+
+# Input images live beside the row, not in it: a data URI can be 27 MB of text and the
+# hot status read must never drag that along.
+task_inputs = Table(
+    "task_inputs",
+    metadata,
+    Column("task_id", String(48), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("field", String(20), primary_key=True),
+    Column("value", Text, nullable=False),
+)

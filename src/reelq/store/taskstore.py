@@ -1,0 +1,464 @@
+"""TaskStore: every write to the task table, and the state machine that makes crashes harmless.
+
+The row is the single source of truth (docs/ARCHITECTURE.md). Every transition is one
+conditional UPDATE, so a lost message, a duplicated message or a worker that lost its
+lease can never move a task backwards or overwrite the work of the one that took over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+
+from reelq.domain import Status, VideoSpec, new_task_id
+from reelq.store.tables import api_keys, task_inputs, tasks
+
+KEY_PREFIX = "rq_"
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+
+
+def hash_key(plain: str) -> str:
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    key_prefix: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    id: str
+    key_id: str
+    model: str
+    prompt: str
+    duration: int
+    aspect_ratio: str
+    resolution: str
+    seed: int | None
+    has_first_image: bool
+    has_last_image: bool
+    callback_url: str | None
+    status: str
+    attempts: int
+    worker: str | None
+    lease_until: float | None
+    progress: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    video_key: str | None
+    video_deleted: bool
+    actual_duration: float | None
+    total_tokens: int | None
+    error: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> TaskRow:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    @property
+    def spec(self) -> VideoSpec:
+        return VideoSpec(
+            model=self.model,
+            prompt=self.prompt,
+            duration=self.duration,
+            aspect_ratio=self.aspect_ratio,
+            resolution=self.resolution,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated create request, ready to store."""
+
+    model: str
+    prompt: str
+    duration: int
+    aspect_ratio: str
+    resolution: str
+    seed: int | None = None
+    first_image: str | None = None
+    last_image: str | None = None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    requeued: list[str]
+    failed: list[str]
+    stale_queued: list[str]
+
+
+class TaskStore:
+    """All reads and writes of keys and tasks through SQLAlchemy Core (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # ---- API keys -------------------------------------------------------------------------
+    def create_key(self, name: str = "") -> tuple[ApiKey, str]:
+        """Create a key; returns the record and the plain key (shown once, never stored)."""
+        plain = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = ApiKey(
+            id="key_" + secrets.token_hex(8),
+            name=name,
+            key_prefix=plain[:10],
+            created_at=time.time(),
+            revoked_at=None,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(api_keys).values(
+                    id=record.id,
+                    name=name,
+                    key_hash=hash_key(plain),
+                    key_prefix=record.key_prefix,
+                    created_at=record.created_at,
+                )
+            )
+        return record, plain
+
+    def list_keys(self) -> list[ApiKey]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    api_keys.c.id,
+                    api_keys.c.name,
+                    api_keys.c.key_prefix,
+                    api_keys.c.created_at,
+                    api_keys.c.revoked_at,
+                ).order_by(api_keys.c.created_at)
+            ).mappings()
+            return [ApiKey(**row) for row in rows]
+
+    def revoke_key(self, id_or_key: str) -> ApiKey | None:
+        """Revoke by id or by the plain key; returns the key, or None when there is no such key."""
+        cond = or_(api_keys.c.id == id_or_key, api_keys.c.key_hash == hash_key(id_or_key))
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
+            )
+            row = conn.execute(
+                select(
+                    api_keys.c.id,
+                    api_keys.c.name,
+                    api_keys.c.key_prefix,
+                    api_keys.c.created_at,
+                    api_keys.c.revoked_at,
+                ).where(cond)
+            ).mappings().first()
+        return ApiKey(**row) if row else None
+
+    def key_id_for(self, plain: str) -> str | None:
+        """The id of an active key, or None (unknown or revoked)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(api_keys.c.id).where(
+                    api_keys.c.key_hash == hash_key(plain), api_keys.c.revoked_at.is_(None)
+                )
+            ).scalar()
+
+    def ensure_local_key(self) -> str:
+        """A key row for the embedded CLI (`reelq generate` without a server); it has no usable plain key."""
+        key_id = "key_local"
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).scalar()
+            if not exists:
+                conn.execute(
+                    insert(api_keys).values(
+                        id=key_id,
+                        name="embedded cli",
+                        key_hash=hash_key(secrets.token_hex(32)),
+                        key_prefix="(local)",
+                        created_at=time.time(),
+                    )
+                )
+        return key_id
+
+    # ---- tasks: create and read -----------------------------------------------------------
+    def create_task(self, key_id: str, new: NewTask) -> tuple[TaskRow, bool]:
+        """Store a new queued task; returns (row, created).
+
+        With an idempotency key, a task made under the same key in the last 24 h is
+        returned instead (created=False); the unique index settles concurrent retries.
+        """
+        if new.idempotency_key is None:
+            return self._insert_task(key_id, new), True
+        for _ in range(3):
+            existing = self._by_idempotency_key(key_id, new.idempotency_key)
+            if existing is not None and existing.created_at > time.time() - IDEMPOTENCY_WINDOW_SECONDS:
+                return existing, False
+            if existing is not None:  # an old task keeps its id; its key is free for reuse
+                with self.engine.begin() as conn:
+                    conn.execute(update(tasks).where(tasks.c.id == existing.id).values(idempotency_key=None))
+            try:
+                return self._insert_task(key_id, new), True
+            except IntegrityError:
+                continue  # a concurrent request with the same key won: read its task
+        raise RuntimeError("idempotency key contention did not settle")
+
+    def _by_idempotency_key(self, key_id: str, idempotency_key: str) -> TaskRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(tasks).where(tasks.c.key_id == key_id, tasks.c.idempotency_key == idempotency_key)
+            ).mappings().first()
+        return TaskRow.from_mapping(row) if row else None
+
+    def _insert_task(self, key_id: str, new: NewTask) -> TaskRow:
+        now = time.time()
+        values = {
+            "id": new_task_id(),
+            "key_id": key_id,
+            "model": new.model,
+            "prompt": new.prompt,
+            "duration": new.duration,
+            "aspect_ratio": new.aspect_ratio,
+            "resolution": new.resolution,
+            "seed": new.seed,
+            "has_first_image": new.first_image is not None,
+            "has_last_image": new.last_image is not None,
+            "callback_url": new.callback_url,
+            "status": Status.QUEUED.value,
+            "attempts": 0,
+            "progress": 0,
+            "created_at": now,
+            "video_deleted": False,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": new.request_hash,
+        }
+        inputs = [
+            {"task_id": values["id"], "field": name, "value": value}
+            for name, value in (("first_image", new.first_image), ("last_image", new.last_image))
+            if value is not None
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(insert(tasks).values(**values))
+            if inputs:
+                conn.execute(insert(task_inputs), inputs)
+        defaults = {
+            "worker": None,
+            "lease_until": None,
+            "started_at": None,
+            "finished_at": None,
+            "video_key": None,
+            "actual_duration": None,
+            "total_tokens": None,
+            "error": None,
+        }
+        return TaskRow.from_mapping({**defaults, **values})
+
+    def get_task(self, task_id: str, key_id: str | None = None) -> TaskRow | None:
+        """A task by id; with key_id, only when that key owns it."""
+        query = select(tasks).where(tasks.c.id == task_id)
+        if key_id is not None:
+            query = query.where(tasks.c.key_id == key_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return TaskRow.from_mapping(row) if row else None
+
+    def get_inputs(self, task_id: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(task_inputs.c.field, task_inputs.c.value).where(task_inputs.c.task_id == task_id)
+            )
+            return {field: value for field, value in rows}
+
+    # ---- the state machine ----------------------------------------------------------------
+    def claim_next(self, worker: str, lease_seconds: float, task_id: str | None = None) -> TaskRow | None:
+        """Atomically move the oldest queued task (or `task_id`) to processing for `worker`."""
+        now = time.time()
+        pick = select(tasks.c.id).where(tasks.c.status == Status.QUEUED.value)
+        if task_id is not None:
+            pick = pick.where(tasks.c.id == task_id)
+        pick = pick.order_by(tasks.c.created_at).limit(1)
+        if self._postgres:
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == Status.QUEUED.value)
+            .values(
+                status=Status.PROCESSING.value,
+                worker=worker,
+                lease_until=now + lease_seconds,
+                attempts=tasks.c.attempts + 1,
+                started_at=func.coalesce(tasks.c.started_at, now),
+            )
+            .returning(*tasks.c)
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return TaskRow.from_mapping(row) if row else None
+
+    def has_queued(self) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(tasks.c.id).where(tasks.c.status == Status.QUEUED.value).limit(1)
+                ).first()
+                is not None
+            )
+
+    def _owned(self, task_id: str, worker: str) -> Any:
+        return and_(
+            tasks.c.id == task_id, tasks.c.worker == worker, tasks.c.status == Status.PROCESSING.value
+        )
+
+    def renew(self, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
+        """Extend the lease and record progress; False means the lease was lost (stop working)."""
+        larger = func.greatest if self._postgres else func.max  # SQLite's two-argument max() is scalar
+        stmt = (
+            update(tasks)
+            .where(self._owned(task_id, worker))
+            .values(lease_until=time.time() + lease_seconds, progress=larger(tasks.c.progress, progress))
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def complete(
+        self, task_id: str, worker: str, video_key: str, actual_duration: float, total_tokens: int
+    ) -> bool:
+        """Finish successfully; False when this worker no longer owns the task (its video is discarded)."""
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(
+                    update(tasks)
+                    .where(self._owned(task_id, worker))
+                    .values(
+                        status=Status.COMPLETED.value,
+                        finished_at=time.time(),
+                        video_key=video_key,
+                        actual_duration=actual_duration,
+                        total_tokens=total_tokens,
+                        progress=100,
+                        lease_until=None,
+                        error=None,
+                    )
+                ).rowcount
+                == 1
+            )
+
+    def fail(self, task_id: str, error: str, worker: str | None = None) -> bool:
+        """Move a task to failed. With `worker`, only if that worker still owns it; else from any live state."""
+        cond = (
+            self._owned(task_id, worker)
+            if worker is not None
+            else and_(tasks.c.id == task_id, tasks.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+        )
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(
+                    update(tasks)
+                    .where(cond)
+                    .values(status=Status.FAILED.value, finished_at=time.time(), error=error, lease_until=None)
+                ).rowcount
+                == 1
+            )
+
+    def release(self, task_id: str, worker: str) -> bool:
+        """Hand a task back without spending an attempt (graceful shutdown while rendering)."""
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(
+                    update(tasks)
+                    .where(self._owned(task_id, worker))
+                    .values(
+                        status=Status.QUEUED.value,
+                        worker=None,
+                        lease_until=None,
+                        attempts=tasks.c.attempts - 1,
+                    )
+                ).rowcount
+                == 1
+            )
+
+    def expire_leases_of(self, worker_prefix: str) -> int:
+        """Mark the leases of a worker known to be dead as lapsed, so the sweeper recovers them now."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(tasks)
+                .where(tasks.c.status == Status.PROCESSING.value, tasks.c.worker.startswith(worker_prefix))
+                .values(lease_until=0.0)
+            ).rowcount
+
+    def sweep(self, max_attempts: int, queued_stale_seconds: float) -> SweepResult:
+        """Recover lapsed leases (requeue, or fail after max_attempts) and find queued rows left waiting."""
+        now = time.time()
+        lapsed = and_(tasks.c.status == Status.PROCESSING.value, tasks.c.lease_until < now)
+        with self.engine.begin() as conn:
+            failed = list(
+                conn.execute(
+                    update(tasks)
+                    .where(lapsed, tasks.c.attempts >= max_attempts)
+                    .values(
+                        status=Status.FAILED.value,
+                        finished_at=now,
+                        lease_until=None,
+                        error=(
+                            f"Render failed after {max_attempts} attempts: "
+                            "the worker stopped responding or crashed."
+                        ),
+                    )
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            requeued = list(
+                conn.execute(
+                    update(tasks)
+                    .where(lapsed, tasks.c.attempts < max_attempts)
+                    .values(status=Status.QUEUED.value, worker=None, lease_until=None)
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            stale = list(
+                conn.execute(
+                    select(tasks.c.id)
+                    .where(
+                        tasks.c.status == Status.QUEUED.value,
+                        tasks.c.created_at < now - queued_stale_seconds,
+                    )
+                    .limit(1000)
+                ).scalars()
+            )
+        return SweepResult(requeued=requeued, failed=failed, stale_queued=stale)
+
+    def expired_videos(self, ttl_seconds: float, limit: int = 500) -> list[tuple[str, str]]:
+        """(task id, video key) of completed tasks whose download link has expired and file still exists."""
+        cutoff = time.time() - ttl_seconds
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tasks.c.id, tasks.c.video_key)
+                .where(
+                    tasks.c.status == Status.COMPLETED.value,
+                    tasks.c.video_deleted.is_(False),
+                    tasks.c.finished_at < cutoff,
+                )
+                .limit(limit)
+            )
+            return [(task_id, key) for task_id, key in rows]
+
+    def mark_video_deleted(self, task_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(video_deleted=True))
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
+            return {status: count for status, count in rows}

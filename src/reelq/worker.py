@@ -1,0 +1,211 @@
+"""Run one claimed task end to end; shared by every dispatcher (embedded processes, Celery, the CLI).
+
+claim (done by the caller) -> content policy -> inputs (SSRF-safe) -> Engine.render to a
+temporary file (lease renewed by a heartbeat) -> probe the real file -> move into place ->
+conditional finish. Every way out leaves the row terminal, or handed back for another try.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from reelq.config import Settings
+from reelq.domain import CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
+from reelq.engines.base import Engine, RenderAborted, RenderError, RenderInputs
+from reelq.fetch import FetchError, fetch_bytes
+from reelq.images import ImageError, decode_image, is_data_uri, parse_data_uri
+from reelq.media import probe
+from reelq.storage import LocalStorage
+from reelq.store import TaskRow, TaskStore
+
+log = logging.getLogger("reelq.worker")
+
+INPUT_FIELDS = ("first_image", "last_image")
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RELEASED = "released"  # handed back on shutdown, another worker will run it
+    LOST = "lost"  # the lease lapsed and someone else owns the task now
+
+
+def make_worker_id(name: str = "") -> str:
+    """host:pid:name — the supervisor finds a dead child's tasks by the `host:pid:` prefix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{name or 'w'}"
+
+
+def worker_marker(pid: int, host: str | None = None) -> str:
+    """The prefix of every worker id (and temp file) of one process."""
+    return f"{host or socket.gethostname()}:{pid}:"
+
+
+def build_engines(settings: Settings) -> dict[str, Engine]:
+    """One engine per configured model (the synthetic engine unless REELQ_ENGINES maps it elsewhere)."""
+    from reelq.engines.synthetic import SyntheticEngine
+
+    synthetic = SyntheticEngine(delay_seconds=settings.synthetic_delay)
+    available: dict[str, Engine] = {"synthetic": synthetic}
+    return {model: available[settings.engines.get(model, "synthetic")] for model in settings.models}
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    store: TaskStore
+    storage: LocalStorage
+    engines: dict[str, Engine]
+    worker_id: str
+    draining: threading.Event = field(default_factory=threading.Event)
+    drain_started: float | None = None
+
+    def start_drain(self) -> None:
+        if not self.draining.is_set():
+            self.drain_started = time.monotonic()
+            self.draining.set()
+
+    def drain_expired(self) -> bool:
+        return (
+            self.drain_started is not None
+            and time.monotonic() - self.drain_started > self.settings.drain_seconds
+        )
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the lease (with the latest progress) while the render runs."""
+
+    def __init__(self, ctx: WorkerContext, task_id: str) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{task_id}")
+        self.ctx = ctx
+        self.task_id = task_id
+        self.progress = 0
+        self.lost = threading.Event()
+        self._stop_event = threading.Event()
+        # Renew well before the lease lapses, and often enough that progress reads feel live.
+        self.interval = min(ctx.settings.lease_seconds / 3, 1.0)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                if not self.ctx.store.renew(
+                    self.task_id, self.ctx.worker_id, self.ctx.settings.lease_seconds, self.progress
+                ):
+                    self.lost.set()
+                    return
+            except Exception:  # a busy database must not kill the heartbeat; the lease has slack
+                log.warning("lease renewal failed for %s", self.task_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def load_inputs(ctx: WorkerContext, task: TaskRow) -> RenderInputs:
+    """Decode data URIs and fetch URLs; raises ImageError/FetchError naming the field."""
+    stored = ctx.store.get_inputs(task.id) if (task.has_first_image or task.has_last_image) else {}
+    images: dict[str, object] = {}
+    digests: list[str] = []
+    for name in INPUT_FIELDS:
+        value = stored.get(name)
+        if value is None:
+            continue
+        if is_data_uri(value):
+            data = parse_data_uri(value, name)
+        else:
+            data = fetch_bytes(
+                value,
+                field=name,
+                allow_private=ctx.settings.allow_private_urls,
+                timeout=ctx.settings.fetch_timeout,
+                total_deadline=ctx.settings.fetch_deadline,
+            )
+        image, digest = decode_image(data, name)
+        images[name] = image
+        digests.append(f"{name}:{digest}")
+    return RenderInputs(
+        first_image=images.get("first_image"),  # type: ignore[arg-type]
+        last_image=images.get("last_image"),  # type: ignore[arg-type]
+        digests=tuple(digests),
+    )
+
+
+def run_task(
+    ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], None] | None = None
+) -> Outcome:
+    """Run a task this worker has claimed, and leave the row terminal or handed back."""
+    settings = ctx.settings
+    term = find_blocked_term(task.prompt, settings.blocked_terms)
+    if term is not None:
+        ctx.store.fail(task.id, f"{CONTENT_POLICY_PREFIX} prompt contains restricted content.", ctx.worker_id)
+        return Outcome.FAILED
+
+    heartbeat = _Heartbeat(ctx, task.id)
+    heartbeat.start()
+    temp = ctx.storage.temp_path(task.id, ctx.worker_id)
+
+    def progress(fraction: float) -> None:
+        # Never report 100 before the row is completed: 100 means "done" to clients.
+        heartbeat.progress = max(heartbeat.progress, min(99, int(fraction * 100)))
+        if on_progress is not None:
+            on_progress(heartbeat.progress)
+        if heartbeat.lost.is_set():
+            raise RenderAborted("lease lost")
+        if ctx.drain_expired():
+            raise RenderAborted("draining")
+
+    try:
+        inputs = load_inputs(ctx, task)
+        engine = ctx.engines[task.model]
+        engine.render(task.spec, inputs, temp, progress)
+        info = probe(temp)
+        if info.frame_count <= 0:
+            raise RenderError("the engine produced an empty video")
+        tokens = total_tokens(
+            task.model, info.duration, task.resolution, settings.model_rates, settings.resolution_factors
+        )
+        key = ctx.storage.commit(temp, task.id, task.attempts)
+    except RenderAborted:
+        _discard(temp)
+        if heartbeat.lost.is_set():
+            log.warning("task %s: lease lost, abandoning this attempt", task.id)
+            return Outcome.LOST
+        ctx.store.release(task.id, ctx.worker_id)
+        log.info("task %s: handed back while draining", task.id)
+        return Outcome.RELEASED
+    except (ImageError, FetchError, RenderError) as exc:
+        _discard(temp)
+        ctx.store.fail(task.id, str(exc) if not isinstance(exc, RenderError) else f"Render failed: {exc}",
+                       ctx.worker_id)
+        return Outcome.FAILED
+    except OSError as exc:
+        _discard(temp)
+        log.exception("task %s: storage error", task.id)
+        ctx.store.fail(task.id, f"Storage error: could not write the video ({exc.strerror or exc}).",
+                       ctx.worker_id)
+        return Outcome.FAILED
+    except Exception:
+        _discard(temp)
+        log.exception("task %s: render crashed", task.id)
+        ctx.store.fail(task.id, "Render failed: internal engine error.", ctx.worker_id)
+        return Outcome.FAILED
+    finally:
+        heartbeat.stop()
+
+    if ctx.store.complete(task.id, ctx.worker_id, key, info.duration, tokens):
+        return Outcome.COMPLETED
+    # Someone else owns the task now: this attempt's file must never be served.
+    ctx.storage.delete(key)
+    return Outcome.LOST
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,262 @@
+"""The Vidu wire contract against a real `reelq serve`: shapes, validation, auth, isolation, errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import time
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import Server, wait_terminal
+
+GOOD = {"model": "viduq3-turbo", "prompt": "a red fox running through snow", "duration": 1, "resolution": "540p"}
+TASK_KEYS = {"id", "object", "created", "model", "status", "video_url", "totalTokens", "error"}
+ID_RE = re.compile(r"^video_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def png_data_uri(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = "any") -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "param"}
+    assert re.fullmatch(r"[a-z][a-z0-9_]*", error["code"])
+    assert isinstance(error["message"], str) and error["message"]
+    if param != "any":
+        assert error["param"] == param, error
+    return error
+
+
+def count_tasks(server: Server) -> int:
+    import sqlite3
+
+    with sqlite3.connect(server.home / "reelq.db") as conn:
+        return conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+
+
+def test_create_answers_a_queued_task_object(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        before = time.time()
+        response = client.post("/v1/vidu/videos", json=GOOD)
+        assert response.status_code == 200, response.text
+        task = response.json()
+        assert TASK_KEYS <= set(task)
+        assert "actualDuration" not in task
+        assert ID_RE.match(task["id"])
+        assert task["object"] == "Video"
+        assert task["status"] == "queued"
+        assert task["model"] == "viduq3-turbo"
+        assert isinstance(task["created"], int) and before - 1 <= task["created"] <= time.time() + 1
+        assert task["video_url"] is None and task["totalTokens"] is None and task["error"] is None
+
+        done = wait_terminal(client, task["id"])
+        assert done["status"] == "completed", done
+        assert done["actualDuration"] == 1
+        assert done["totalTokens"] == round(150 * 1 * 0.75)
+        assert done["video_url"].startswith(shared_server.base_url + "/v1/files/" + task["id"] + ".mp4?")
+        assert done["error"] is None
+        assert done["created"] == task["created"]
+
+
+def test_result_shape_while_processing_has_nulls(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        task = client.post("/v1/vidu/videos", json={**GOOD, "duration": 3}).json()
+        seen = client.get(f"/v1/result/{task['id']}").json()
+        assert seen["status"] in ("queued", "processing", "completed")
+        if seen["status"] != "completed":
+            assert seen["video_url"] is None and seen["totalTokens"] is None
+            assert "actualDuration" not in seen
+        wait_terminal(client, task["id"])
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"model": None}, "model"),
+        ({"model": "sora-2"}, "model"),
+        ({"model": 5}, "model"),
+        ({"prompt": None}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   \n\t "}, "prompt"),
+        ({"prompt": "x" * 5001}, "prompt"),
+        ({"prompt": "a\x00b"}, "prompt"),
+        ({"prompt": ["a"]}, "prompt"),
+        ({"duration": 0}, "duration"),
+        ({"duration": 17}, "duration"),
+        ({"duration": -1}, "duration"),
+        ({"duration": "5"}, "duration"),
+        ({"duration": 5.5}, "duration"),
+        ({"duration": True}, "duration"),
+        ({"aspect_ratio": "21:9"}, "aspect_ratio"),
+        ({"aspect_ratio": 1}, "aspect_ratio"),
+        ({"resolution": "4k"}, "resolution"),
+        ({"resolution": "720P"}, "resolution"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**31}, "seed"),
+        ({"seed": "1"}, "seed"),
+        ({"first_image": "ftp://example.com/a.png"}, "first_image"),
+        ({"first_image": "data:image/png;base64,bm90IGFuIGltYWdl"}, "first_image"),
+        ({"first_image": "data:image/png;base64,!!!"}, "first_image"),
+        ({"first_image": 12}, "first_image"),
+        ({"last_image": "https://example.com/a.png"}, "last_image"),
+        ({"callback_url": "not a url"}, "callback_url"),
+    ],
+)
+def test_invalid_fields_are_400_naming_the_field(shared_server: Server, patch: dict, param: str) -> None:
+    body = {**GOOD, **patch}
+    body = {k: v for k, v in body.items() if not (v is None and k in ("model", "prompt"))}
+    before = count_tasks(shared_server)
+    with shared_server.client() as client:
+        assert_error(client.post("/v1/vidu/videos", json=body), 400, param)
+    assert count_tasks(shared_server) == before  # nothing stored for a rejected request
+
+
+def test_prompt_of_exactly_5000_chars_after_trimming_is_accepted(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        response = client.post("/v1/vidu/videos", json={**GOOD, "prompt": "  " + "y" * 5000 + "  "})
+        assert response.status_code == 200, response.text
+
+
+def test_unknown_fields_are_ignored_and_nulls_mean_default(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        response = client.post(
+            "/v1/vidu/videos",
+            json={**GOOD, "movement_amplitude": "auto", "bgm": True, "seed": None, "aspect_ratio": None},
+        )
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (b"{not json", {"content-type": "application/json"}),
+        (b"", {"content-type": "application/json"}),
+        (b"[1, 2]", {"content-type": "application/json"}),
+        (b'"text"', {"content-type": "application/json"}),
+        (b"model=viduq3-pro&prompt=x", {"content-type": "application/x-www-form-urlencoded"}),
+        (b'{"model": "viduq3-pro", "prompt": "x"}', {"content-type": "text/plain"}),
+        (b"\xff\xfe\x00", {"content-type": "application/json"}),
+    ],
+)
+def test_malformed_bodies_are_400_envelopes(shared_server: Server, content: bytes, headers: dict) -> None:
+    with shared_server.client() as client:
+        assert_error(client.post("/v1/vidu/videos", content=content, headers=headers), 400, None)
+
+
+def test_body_over_50_mb_is_413(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        big = b'{"prompt": "' + b"a" * (51 * 1024 * 1024) + b'"}'
+        assert_error(client.post("/v1/vidu/videos", content=big,
+                                 headers={"content-type": "application/json"}), 413)
+
+
+def test_data_uri_image_is_checked_at_create(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        ok = client.post("/v1/vidu/videos", json={**GOOD, "first_image": png_data_uri()})
+        assert ok.status_code == 200, ok.text
+        gif = "data:image/gif;base64," + base64.b64encode(b"GIF89a" + b"\x00" * 20).decode()
+        assert_error(client.post("/v1/vidu/videos", json={**GOOD, "first_image": gif}), 400, "first_image")
+        assert_error(
+            client.post("/v1/vidu/videos", json={**GOOD, "first_image": png_data_uri(), "last_image": "data:,x"}),
+            400,
+            "last_image",
+        )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nope"},
+     {"Authorization": "bearer "}, {"Authorization": "Token rq_x"}],
+)
+def test_auth_failures_are_401_with_www_authenticate(shared_server: Server, headers: dict) -> None:
+    with httpx.Client(base_url=shared_server.base_url, headers=headers) as client:
+        for response in (
+            client.post("/v1/vidu/videos", json=GOOD),
+            client.get("/v1/result/video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"),
+        ):
+            assert_error(response, 401)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_key_never_sees_another_keys_task(shared_server: Server) -> None:
+    a, b = shared_server.keys[:2]
+    with shared_server.client(a) as client_a, shared_server.client(b) as client_b:
+        task = client_a.post("/v1/vidu/videos", json=GOOD).json()
+        theirs = client_b.get(f"/v1/result/{task['id']}")
+        never = client_b.get("/v1/result/video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd")
+        assert_error(theirs, 404)
+        assert_error(never, 404)
+        assert theirs.json() == {**never.json(), "error": {**never.json()["error"],
+                                                           "message": theirs.json()["error"]["message"]}}
+        assert theirs.json()["error"]["code"] == never.json()["error"]["code"]
+        assert client_a.get(f"/v1/result/{task['id']}").status_code == 200
+
+
+@pytest.mark.parametrize("task_id", ["nope", "video_123", "../etc/passwd", "video_" + "f" * 36, "%00"])
+def test_malformed_ids_are_404(shared_server: Server, task_id: str) -> None:
+    with shared_server.client() as client:
+        assert_error(client.get(f"/v1/result/{task_id}"), 404)
+
+
+def test_revoked_key_stops_working(make_server) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+
+    server = make_server(workers=0)
+    key = server.keys[0]
+    with server.client(key) as client:
+        assert client.post("/v1/vidu/videos", json=GOOD).status_code == 200
+        listed = run_cli(server.home, "keys", "list").stdout
+        assert key not in listed and "first" in listed
+        run_cli(server.home, "keys", "revoke", key)
+        assert_error(client.post("/v1/vidu/videos", json=GOOD), 401)
+
+
+def test_unknown_routes_and_methods_use_the_envelope(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        assert_error(client.get("/v1/nothing-here"), 404)
+        assert_error(client.delete("/v1/result/video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"), 405)
+
+
+def test_health_and_readiness(shared_server: Server) -> None:
+    assert httpx.get(shared_server.base_url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(shared_server.base_url + "/readyz").status_code == 200
+
+
+def test_openapi_document_is_served(shared_server: Server) -> None:
+    doc = httpx.get(shared_server.base_url + "/openapi.json").json()
+    assert "/v1/vidu/videos" in doc["paths"] and "/v1/result/{task_id}" in doc["paths"]
+
+
+def test_root_path_serves_both_spellings(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=1, root_path="/kyyReactApiServer")
+    with server.client() as client:
+        prefixed = client.post("/kyyReactApiServer/v1/vidu/videos", json=GOOD)
+        assert prefixed.status_code == 200, prefixed.text
+        task_id = prefixed.json()["id"]
+        assert client.get(f"/v1/result/{task_id}").status_code == 200
+        done = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = client.get(f"/kyyReactApiServer/v1/result/{task_id}").json()
+            if done["status"] == "completed":
+                break
+            time.sleep(0.1)
+        assert done and done["status"] == "completed"
+        # Read under the prefix, the link is under the prefix too, and it downloads.
+        assert done["video_url"].startswith(server.base_url + "/kyyReactApiServer/v1/files/")
+        assert httpx.get(done["video_url"]).status_code == 200
+        plain = client.get(f"/v1/result/{task_id}").json()["video_url"]
+        assert plain.startswith(server.base_url + "/v1/files/")
+        assert httpx.get(plain).status_code == 200

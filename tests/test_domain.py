@@ -1,0 +1,87 @@
+"""Pure rules of the contract: sizes, pricing, ids, wire status, content policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from reelq.domain import (
+    VideoSpec,
+    find_blocked_term,
+    frame_size,
+    is_task_id,
+    new_task_id,
+    total_tokens,
+    wire_number,
+    wire_status,
+)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "ratio", "size"),
+    [
+        ("720p", "16:9", (1280, 720)),
+        ("720p", "9:16", (720, 1280)),
+        ("720p", "4:3", (960, 720)),
+        ("720p", "3:4", (720, 960)),
+        ("720p", "1:1", (720, 720)),
+        ("540p", "16:9", (960, 540)),
+        ("540p", "4:3", (720, 540)),
+        ("1080p", "16:9", (1920, 1080)),
+        ("1080p", "9:16", (1080, 1920)),
+        ("1080p", "3:4", (1080, 1440)),
+    ],
+)
+def test_frame_size_rule(resolution: str, ratio: str, size: tuple[int, int]) -> None:
+    assert frame_size(resolution, ratio) == size
+    assert all(side % 2 == 0 for side in size)
+
+
+def test_spec_frames_and_size() -> None:
+    spec = VideoSpec(model="viduq3-pro", prompt="x", duration=5)
+    assert spec.frame_count == 120
+    assert spec.size == (1280, 720)
+
+
+def test_tokens_match_the_spec_example() -> None:
+    assert total_tokens("viduq3-pro", 5.0, "720p") == 1500
+    assert total_tokens("viduq3-turbo", 5.0, "720p") == 750
+    assert total_tokens("viduq3-pro", 5.0, "540p") == 1125
+    assert total_tokens("viduq3-pro", 16.0, "1080p") == 9600
+    assert total_tokens("viduq3-turbo", 1.0, "540p") == 112  # 112.5 rounds half to even
+
+
+def test_task_ids() -> None:
+    task_id = new_task_id()
+    assert task_id.startswith("video_") and len(task_id) == len("video_") + 36
+    assert is_task_id(task_id)
+    assert not is_task_id("video_not-a-uuid")
+    assert not is_task_id(task_id.upper())
+    assert not is_task_id("fd35ee52-2a98-44a6-b930-29a88ce9b8fd")
+
+
+def test_wire_status_never_moves_backwards() -> None:
+    assert wire_status("queued", 0) == "queued"
+    assert wire_status("queued", 1) == "processing"  # requeued after a worker died
+    assert wire_status("processing", 1) == "processing"
+    assert wire_status("completed", 2) == "completed"
+    assert wire_status("failed", 0) == "failed"
+
+
+def test_wire_number() -> None:
+    assert wire_number(5.0) == 5 and isinstance(wire_number(5.0), int)
+    assert wire_number(5.5) == 5.5
+
+
+@pytest.mark.parametrize(
+    ("prompt", "hit"),
+    [
+        ("a BOMB MAKING tutorial", "bomb making"),
+        ("bomb\n  making at night", "bomb making"),
+        ("a bombmaking kit", None),  # whole words only
+        ("the bombs making noise", None),
+        ("a csam.", "csam"),
+        ("a cat", None),
+    ],
+)
+def test_blocked_terms_whole_words_case_insensitive(prompt: str, hit: str | None) -> None:
+    assert find_blocked_term(prompt, ["bomb making", "csam"]) == hit
