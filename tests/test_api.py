@@ -178,7 +178,7 @@ def test_data_uri_image_is_checked_at_create(shared_server: Server) -> None:
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nope"},
-     {"Authorization": "bearer "}, {"Authorization": "Token rq_x"}],
+     {"Authorization": "bearer rq_unknown"}, {"Authorization": "Token rq_x"}],
 )
 def test_auth_failures_are_401_with_www_authenticate(shared_server: Server, headers: dict) -> None:
     with httpx.Client(base_url=shared_server.base_url, headers=headers) as client:

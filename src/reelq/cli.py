@@ -40,6 +40,7 @@ def _logging() -> None:
         level=os.environ.get("REELQ_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]

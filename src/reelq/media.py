@@ -38,7 +38,7 @@ KEYFRAME_SECONDS = 2
 # BITEXACT + ACCURATE_RND make swscale take the same arithmetic path whatever SIMD the CPU has, so the
 # YUV planes (and then the x264 bitstream) do not depend on the machine. HD video is BT.709 limited range,
 # and the stream says so, so players and decoders convert back with the same matrix.
-_SWS_FLAGS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
+_SWS_FLAGS = Interpolation.BILINEAR | Interpolation.BITEXACT
 
 # Enough frames in flight for the encoder thread to never starve, few enough to bound memory (1080p RGB
 # frames are 6 MB each).

@@ -35,6 +35,7 @@ _FRAMES_SHARE = 0.98
 # Longest single sleep of the artificial delay, so an abort raised by progress lands promptly.
 _DELAY_SLICE_S = 0.1
 
+_BLAS_SINGLE_THREAD_MNK = 65536 * 4  # OpenBLAS: SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD
 _KEN_BURNS_ZOOM = 1.12  # zoom reached at the far end of an image-to-video move: gentle, not dizzying
 
 
@@ -163,20 +164,30 @@ class _PromptScene:
         self._glow_phase = rng.uniform(0, 2 * math.pi, (g, 2))
         # +0.5 so the final float -> uint8 truncation rounds to nearest.
         self._base = base + 0.5
+        # OpenBLAS hands a product bigger than ~256k multiply-adds to its thread pool, whose threads then
+        # spin between frames and starve x264 of the second core (measured: 720p render 1.85 s -> 1.4 s).
+        # Products in bands of rows stay under that size and run on the calling thread.
+        self._rows_per_matmul = max(1, _BLAS_SINGLE_THREAD_MNK // (self.w * 3 * (g + 2)))
         # A gentle vertical shade: lighter at the top, a tint that breathes over time.
         self._shade = np.linspace(0.5, -0.5, self.h, dtype=np.float32)
         self._shade_color = np.array([18.0, 18.0, 24.0], np.float32) * rng.uniform(0.5, 1.2)
 
+        # Discs are drawn once into premultiplied sprites (region * keep + add per frame): recomputing
+        # distances every frame cost more than the rest of the frame. Whole-pixel placement is fine at
+        # these speeds.
+        self._discs = [
+            _disc_sprite(
+                radius=rng.uniform(0.06, 0.16) * short,
+                color=accents[g + k],
+                opacity=rng.uniform(0.55, 0.9),
+            )
+            for k in range(self._DISCS)
+        ]
         d = self._DISCS
-        self._disc_colors = accents[g:]
-        self._disc_light = np.minimum(self._disc_colors * 1.25 + 30, 255)
-        self._disc_radius = rng.uniform(0.06, 0.16, d) * short
-        self._disc_opacity = rng.uniform(0.55, 0.9, d)
         self._disc_center = rng.uniform(0.15, 0.85, (d, 2))
         self._disc_orbit = rng.uniform(0.05, 0.3, (d, 2))
         self._disc_speed = rng.uniform(0.25, 0.9, (d, 2)) * rng.choice([-1, 1], (d, 2))
         self._disc_phase = rng.uniform(0, 2 * math.pi, (d, 2))
-        self._disc_pulse = rng.uniform(0.5, 1.5, d)
 
         self._text = _TextSprite.build(spec.prompt, self.w, self.h)
         self._text_bob_phase = rng.uniform(0, 2 * math.pi)
@@ -188,8 +199,8 @@ class _PromptScene:
             self._draw_disc(buf, k, t)
         if self._text is not None:
             self._draw_text(buf, t)
-        np.clip(buf, 0, 255, out=buf)
-        return buf.astype(np.uint8)
+        # Clamp and narrow in one pass; `buf` carries +0.5 from the base colour, so truncation rounds.
+        return np.clip(buf, 0, 255, out=np.empty(buf.shape, np.uint8), casting="unsafe")
 
     def _background(self, t: float) -> np.ndarray:
         g = self._GLOWS
@@ -204,28 +215,27 @@ class _PromptScene:
         right[g] = self._base
         left[:, g + 1] = self._shade
         right[g + 1] = self._shade_color * (1.0 + 0.3 * math.sin(0.7 * t))
-        return (left @ right.reshape(g + 2, -1)).reshape(self.h, self.w, 3)
+        right_flat = right.reshape(g + 2, -1)
+        out = np.empty((self.h, self.w * 3), np.float32)
+        for y in range(0, self.h, self._rows_per_matmul):
+            np.matmul(left[y : y + self._rows_per_matmul], right_flat, out=out[y : y + self._rows_per_matmul])
+        return out.reshape(self.h, self.w, 3)
 
     def _draw_disc(self, buf: np.ndarray, k: int, t: float) -> None:
+        keep, add = self._discs[k]
+        size = keep.shape[0]
         cx, cy = (
             self._disc_center[k] + self._disc_orbit[k] * np.sin(self._disc_speed[k] * t + self._disc_phase[k])
         ) * np.array([self.w, self.h])
-        r = self._disc_radius[k] * (1.0 + 0.08 * math.sin(self._disc_pulse[k] * t))
-        feather = max(2.0, 0.12 * r)  # soft edge, but still reads as a disc rather than a glow
-        reach = r + feather
-        x0, x1 = max(0, int(cx - reach)), min(self.w, int(cx + reach) + 1)
-        y0, y1 = max(0, int(cy - reach)), min(self.h, int(cy + reach) + 1)
-        if x0 >= x1 or y0 >= y1:
+        x0, y0 = round(cx) - size // 2, round(cy) - size // 2
+        # Clip the sprite to the frame: discs may drift partly off screen.
+        sx0, sy0 = max(0, -x0), max(0, -y0)
+        sx1, sy1 = min(size, self.w - x0), min(size, self.h - y0)
+        if sx0 >= sx1 or sy0 >= sy1:
             return
-        dx = (self._xs[x0:x1] - cx) / r
-        dy = (self._ys[y0:y1] - cy) / r
-        dist = np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
-        alpha = np.clip((1.0 - dist) * (r / feather), 0.0, 1.0) * self._disc_opacity[k]
-        # Lit from the upper left: lighter tint there, the plain colour towards the lower right.
-        light = np.clip(0.5 - 0.35 * (dx[None, :] + dy[:, None]), 0.0, 1.0)[..., None]
-        color = self._disc_colors[k] + light * (self._disc_light[k] - self._disc_colors[k])
-        region = buf[y0:y1, x0:x1]
-        region += alpha[..., None] * (color - region)
+        region = buf[y0 + sy0 : y0 + sy1, x0 + sx0 : x0 + sx1]
+        region *= keep[sy0:sy1, sx0:sx1]
+        region += add[sy0:sy1, sx0:sx1]
 
     def _draw_text(self, buf: np.ndarray, t: float) -> None:
         sprite = self._text
@@ -241,6 +251,22 @@ class _PromptScene:
         else:
             region *= 1.0 - fade * (1.0 - sprite.keep)
             region += fade * sprite.add
+
+
+def _disc_sprite(radius: float, color: np.ndarray, opacity: float) -> tuple[np.ndarray, np.ndarray]:
+    """A soft-edged disc lit from the upper left, as (keep, add) float32 arrays of size 2r+feather."""
+    feather = max(2.0, 0.12 * radius)  # soft edge, but still reads as a disc rather than a glow
+    size = int(2 * (radius + feather)) + 2
+    coords = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / radius
+    dist = np.sqrt(coords[:, None] ** 2 + coords[None, :] ** 2)
+    alpha = (np.clip((1.0 - dist) * (radius / feather), 0.0, 1.0) * opacity)[..., None]
+    lit = np.minimum(color * 1.25 + 30, 255)
+    light = np.clip(0.5 - 0.35 * (coords[None, :] + coords[:, None]), 0.0, 1.0)[..., None]
+    shade = color + light * (lit - color)
+    # Both materialised with 3 channels: broadcasting a size-1 channel axis makes numpy loop over 3 values
+    # at a time, several times slower than a plain elementwise product.
+    keep = np.repeat(1.0 - alpha, 3, axis=2).astype(np.float32)
+    return keep, (alpha * shade).astype(np.float32)
 
 
 class _TextSprite:
@@ -332,31 +358,34 @@ def _ease(s: float) -> float:
 class _KenBurns:
     """Zoomed, panned views of one image at the output size; zoom 1.0 is exactly `cover_fit`."""
 
+    # Pillow's filtered resize costs 11 ms per 720p frame (36 ms at 1080p), more than the encoder. So the
+    # image is resampled well once, at twice the size the deepest zoom needs, and each frame samples it
+    # with NEAREST (under 1 ms): a band-limited source sampled at half-pixel steps looks like bilinear.
+    _SUPERSAMPLE = 2
+
     def __init__(self, image: Image.Image, width: int, height: int, rng: np.random.Generator) -> None:
         self.w, self.h = width, height
         self.exact = np.asarray(cover_fit(image, width, height))
         image = image.convert("RGB")
-        box = cover_box(*image.size, width, height)
-        # Resampling a big photo on every frame is slow; keep just enough pixels for the deepest zoom.
-        work_w, work_h = round(width * _KEN_BURNS_ZOOM), round(height * _KEN_BURNS_ZOOM)
-        if box[2] - box[0] > work_w * 1.05:
-            self.source = image.resize((work_w, work_h), Image.Resampling.LANCZOS, box=box)
-            self.box = (0.0, 0.0, float(work_w), float(work_h))
-        else:
-            self.source, self.box = image, box
+        k = self._SUPERSAMPLE * _KEN_BURNS_ZOOM
+        self.source = image.resize(
+            (round(width * k), round(height * k)),
+            Image.Resampling.LANCZOS,
+            box=cover_box(*image.size, width, height),
+            reducing_gap=3.0,  # big photos: a fast integer reduce first, LANCZOS for the last step
+        )
         angle = rng.uniform(0, 2 * math.pi)
         self.pan = (math.cos(angle) * 0.7, math.sin(angle) * 0.7)  # fraction of the slack used by the pan
 
     def view(self, zoom: float) -> Image.Image:
         if zoom <= 1.0:
             return Image.fromarray(self.exact)
-        left, top, right, bottom = self.box
-        bw, bh = right - left, bottom - top
+        bw, bh = self.source.size
         vw, vh = bw / zoom, bh / zoom
-        cx = (left + right) / 2 + self.pan[0] * (bw - vw) / 2
-        cy = (top + bottom) / 2 + self.pan[1] * (bh - vh) / 2
+        cx = bw / 2 + self.pan[0] * (bw - vw) / 2
+        cy = bh / 2 + self.pan[1] * (bh - vh) / 2
         view_box = (cx - vw / 2, cy - vh / 2, cx + vw / 2, cy + vh / 2)
-        return self.source.resize((self.w, self.h), Image.Resampling.BILINEAR, box=view_box)
+        return self.source.resize((self.w, self.h), Image.Resampling.NEAREST, box=view_box)
 
 
 class _ImageScene:
