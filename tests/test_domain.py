@@ -60,11 +60,11 @@ def test_task_ids() -> None:
 
 
 def test_wire_status_never_moves_backwards() -> None:
-    assert wire_status("queued", 0) == "queued"
-    assert wire_status("queued", 1) == "processing"  # requeued after a worker died
-    assert wire_status("processing", 1) == "processing"
-    assert wire_status("completed", 2) == "completed"
-    assert wire_status("failed", 0) == "failed"
+    assert wire_status("queued", False) == "queued"
+    assert wire_status("queued", True) == "processing"  # requeued after a worker died, or handed back
+    assert wire_status("processing", True) == "processing"
+    assert wire_status("completed", True) == "completed"
+    assert wire_status("failed", False) == "failed"
 
 
 def test_wire_number() -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -38,23 +43,24 @@ class Server:
     def url(self, path: str = "/img", host: str | None = None) -> str:
         return f"http://{host or self.host}:{self.port}{path}"
 
-    def start(self, port: int = 0) -> Server:
+    def start(self, port: int = 0, tls: ssl.SSLContext | None = None) -> Server:
         server = self
 
         class RequestHandler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests.append((self.path, dict(self.headers.items())))
                 route = server.routes.get(self.path.split("?")[0], send_body(BODY))
-                try:
+                # The client may hang up on purpose (too large, too slow).
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     route(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client hung up on purpose (too large, too slow)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer((self.host, port), RequestHandler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
         return self
 
@@ -92,8 +98,8 @@ def redirect(location: str, status: int = 302) -> Handler:
 def serve() -> Iterator[Callable[[str], Server]]:
     servers: list[Server] = []
 
-    def factory(host: str = "127.0.0.1", port: int = 0) -> Server:
-        server = Server(host).start(port)
+    def factory(host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> Server:
+        server = Server(host).start(port, tls)
         servers.append(server)
         return server
 
@@ -119,14 +125,48 @@ def public_127_0_0_2(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.255.255.254", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-        "169.254.169.254", "169.254.1.1", "100.64.0.1", "100.100.100.200", "0.0.0.0", "0.1.2.3",
-        "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1", "192.0.2.1", "198.51.100.1",
-        "203.0.113.1", "198.18.0.1", "192.0.0.8",
-        "::", "::1", "fe80::1", "fc00::1", "fd00::2", "fd00:ec2::254", "ff02::1", "2001:db8::1",
-        "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "::7f00:1",
-        "64:ff9b::7f00:1", "64:ff9b::a00:1", "2002:7f00:1::", "2002:a9fe:a9fe::1", "2001::1",
-        "64:ff9b:1::1", "100::1", "fec0::1",
+        "127.0.0.1",
+        "127.255.255.254",
+        "10.1.2.3",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "100.64.0.1",
+        "100.100.100.200",
+        "0.0.0.0",
+        "0.1.2.3",
+        "224.0.0.1",
+        "239.255.255.250",
+        "255.255.255.255",
+        "240.0.0.1",
+        "192.0.2.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "198.18.0.1",
+        "192.0.0.8",
+        "::",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "fd00::2",
+        "fd00:ec2::254",
+        "ff02::1",
+        "2001:db8::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+        "::127.0.0.1",
+        "::7f00:1",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a00:1",
+        "2002:7f00:1::",
+        "2002:a9fe:a9fe::1",
+        "2001::1",
+        "64:ff9b:1::1",
+        "100::1",
+        "fec0::1",
     ],
 )
 def test_non_public_addresses_are_refused(address: str) -> None:
@@ -134,8 +174,16 @@ def test_non_public_addresses_are_refused(address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8",
-                "64:ff9b::808:808", "2002:808:808::1"],
+    "address",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "93.184.216.34",
+        "2606:4700:4700::1111",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+    ],
 )
 def test_public_addresses_are_allowed(address: str) -> None:
     assert is_public_address(ipaddress.ip_address(address))
@@ -237,7 +285,7 @@ def test_bad_urls_are_refused(url: str, reason: str) -> None:
 
 
 def test_unresolvable_host() -> None:
-    with pytest.raises(FetchError, match="could not resolve host nothing-here.invalid"):
+    with pytest.raises(FetchError, match=r"could not resolve host nothing-here\.invalid"):
         fetch_bytes("http://nothing-here.invalid/a.png", field="first_image")
 
 
@@ -251,7 +299,7 @@ def test_hanging_resolver_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fetch.socket, "getaddrinfo", slow_getaddrinfo)
     started = time.monotonic()
     try:
-        with pytest.raises(FetchError, match="timed out resolving host slow.example"):
+        with pytest.raises(FetchError, match=r"timed out resolving host slow\.example"):
             fetch_bytes("http://slow.example/a.png", field="first_image", timeout=0.3)
     finally:
         release.set()
@@ -312,8 +360,9 @@ def test_relative_redirect_is_followed(serve: Callable[..., Server], public_127_
 
 def test_https_request_is_pinned_with_sni_of_the_original_host() -> None:
     with httpx.Client() as client:
-        request = fetch.build_pinned_request(client, httpx.URL("https://images.example/a.png?s=1"),
-                                             "93.184.216.34", 5.0)
+        request = fetch.build_pinned_request(
+            client, httpx.URL("https://images.example/a.png?s=1"), "93.184.216.34", 5.0
+        )
     assert request.url == httpx.URL("https://93.184.216.34/a.png?s=1")
     assert request.headers["Host"] == "images.example"
     assert request.extensions["sni_hostname"] == "images.example"
@@ -321,8 +370,9 @@ def test_https_request_is_pinned_with_sni_of_the_original_host() -> None:
 
 def test_ipv6_address_is_pinned_with_brackets() -> None:
     with httpx.Client() as client:
-        request = fetch.build_pinned_request(client, httpx.URL("http://v6.example:8080/a.png"),
-                                             "2606:4700::1", 5.0)
+        request = fetch.build_pinned_request(
+            client, httpx.URL("http://v6.example:8080/a.png"), "2606:4700::1", 5.0
+        )
     assert str(request.url) == "http://[2606:4700::1]:8080/a.png"
     assert request.headers["Host"] == "v6.example:8080"
     assert "sni_hostname" not in request.extensions
@@ -343,8 +393,13 @@ def test_redirect_to_a_private_address_is_refused(
 
 
 @pytest.mark.parametrize(
-    "target", ["http://localhost:{port}/x", "http://2130706433:{port}/x", "http://[::1]:{port}/x",
-               "http://169.254.169.254/latest/meta-data/"],
+    "target",
+    [
+        "http://localhost:{port}/x",
+        "http://2130706433:{port}/x",
+        "http://[::1]:{port}/x",
+        "http://169.254.169.254/latest/meta-data/",
+    ],
 )
 def test_redirect_to_local_forms_is_refused(
     serve: Callable[..., Server], public_127_0_0_2: None, target: str
@@ -358,9 +413,11 @@ def test_redirect_to_local_forms_is_refused(
 
 @pytest.mark.parametrize(
     ("target", "reason"),
-    [("file:///etc/passwd", "the redirect target must be an http(s) URL"),
-     ("gopher://127.0.0.2:70/x", "the redirect target must be an http(s) URL"),
-     ("http://a:b@127.0.0.2/", "the redirect target must not contain user credentials")],
+    [
+        ("file:///etc/passwd", "the redirect target must be an http(s) URL"),
+        ("gopher://127.0.0.2:70/x", "the redirect target must be an http(s) URL"),
+        ("http://a:b@127.0.0.2/", "the redirect target must not contain user credentials"),
+    ],
 )
 def test_redirect_to_other_schemes_is_refused(
     serve: Callable[..., Server], public_127_0_0_2: None, target: str, reason: str
@@ -441,7 +498,9 @@ def test_body_without_length_until_close_is_bounded(serve: Callable[..., Server]
     with pytest.raises(FetchError, match="larger than 2000 bytes"):
         fetch_bytes(server.url(), field="first_image", allow_private=True, max_bytes=2000)
     server.routes["/ok"] = send_body(b"z" * 1500, length=False)
-    assert fetch_bytes(server.url("/ok"), field="first_image", allow_private=True, max_bytes=2000) == b"z" * 1500
+    assert (
+        fetch_bytes(server.url("/ok"), field="first_image", allow_private=True, max_bytes=2000) == b"z" * 1500
+    )
 
 
 def test_body_at_exactly_the_limit_is_accepted(serve: Callable[..., Server]) -> None:
@@ -485,3 +544,84 @@ def test_connection_refused(serve: Callable[..., Server]) -> None:
         port = sock.getsockname()[1]
     with pytest.raises(FetchError, match=r"^first_image could not be fetched: could not connect"):
         fetch_bytes(f"http://127.0.0.1:{port}/img", field="first_image", allow_private=True)
+
+
+# --- TLS through the pinned address ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for images.example (made with the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=images.example",
+            "-addext",
+            "subjectAltName=DNS:images.example",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(
+    certificate: tuple[Path, Path],
+    serve: Callable[..., Server],
+    monkeypatch: pytest.MonkeyPatch,
+    public_127_0_0_2: None,
+) -> tuple[Server, list[str | None]]:
+    """An https server on "public" 127.0.0.2 that any *.example name resolves to; it records SNI names."""
+    cert, key = certificate
+    names: list[str | None] = []
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server_context.sni_callback = lambda sock, name, ctx: names.append(name)
+    server = serve("127.0.0.2", tls=server_context)
+    monkeypatch.setattr(fetch, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert)))
+    real_getaddrinfo = socket.getaddrinfo
+
+    def example_getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:
+        if not host.endswith(".example"):
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port))]
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", example_getaddrinfo)
+    return server, names
+
+
+def test_https_through_the_pinned_address_verifies_the_original_name(
+    tls_server: tuple[Server, list[str | None]],
+) -> None:
+    server, names = tls_server
+    url = f"https://images.example:{server.port}/img"
+    assert fetch_bytes(url, field="first_image") == BODY
+    assert names == ["images.example"]
+    assert server.requests[0][1]["Host"] == f"images.example:{server.port}"
+
+
+def test_https_certificate_for_another_name_is_refused(tls_server: tuple[Server, list[str | None]]) -> None:
+    server, names = tls_server
+    with pytest.raises(FetchError, match=r"could not connect \(.*certificate verify failed"):
+        fetch_bytes(f"https://other.example:{server.port}/img", field="first_image")
+    assert names == ["other.example"]
+    assert server.requests == []

@@ -52,7 +52,9 @@ def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height (a decompression bomb's calling card)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    )
 
 
 PNG = encode(split_image(), "PNG")
@@ -146,8 +148,9 @@ def _webp_vp8l_claiming(width: int, height: int) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
 
 
-@pytest.mark.parametrize("data", [_webp_vp8x_claiming(16_000, 16_000), _webp_vp8l_claiming(16_000, 16_000)],
-                         ids=["vp8x", "vp8l"])
+@pytest.mark.parametrize(
+    "data", [_webp_vp8x_claiming(16_000, 16_000), _webp_vp8l_claiming(16_000, 16_000)], ids=["vp8x", "vp8l"]
+)
 def test_webp_bomb_is_refused_before_libwebp_allocates(data: bytes) -> None:
     started = time.monotonic()
     with pytest.raises(ImageError, match=r"too large: 16000x16000 pixels"):
@@ -165,7 +168,7 @@ def test_pixel_limit_is_ours_and_pillow_global_is_untouched(monkeypatch: pytest.
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 799)  # 40x20 = 800 pixels
     with pytest.raises(ImageError, match="too large: 40x20 pixels"):
         decode_image(JPEG, "first_image")  # JPEG: the limit is checked on Pillow's header parse
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 def test_no_pillow_bomb_warning_whatever_its_global_limit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,8 +261,14 @@ def test_data_uri_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "prefix",
-    ["data:image/png;base64,", "DATA:IMAGE/PNG;BASE64,", "data:image/jpg;base64,", "data:image/jpeg;base64,",
-     "data:image/webp;base64,", "data:image/png;name=a.png;base64,"],
+    [
+        "data:image/png;base64,",
+        "DATA:IMAGE/PNG;BASE64,",
+        "data:image/jpg;base64,",
+        "data:image/jpeg;base64,",
+        "data:image/webp;base64,",
+        "data:image/png;name=a.png;base64,",
+    ],
 )
 def test_data_uri_media_types_accepted(prefix: str) -> None:
     assert parse_data_uri(prefix + base64.b64encode(JPEG).decode(), "first_image") == JPEG

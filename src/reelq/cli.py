@@ -27,11 +27,16 @@ err = Console(stderr=True)
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data directory (REELQ_HOME).", show_default=False)]
 
 
+def _error(message: str) -> None:
+    """One plain line on stderr (no wrapping: operators grep these)."""
+    typer.echo(f"reelq: {message}", err=True)
+
+
 def _settings(**overrides: Any) -> Settings:
     try:
         return load_settings(**overrides)
     except ConfigError as exc:
-        err.print(f"reelq: {exc}", markup=False, highlight=False)
+        _error(f"{exc}")
         raise typer.Exit(2) from None
 
 
@@ -51,7 +56,7 @@ def _store(settings: Settings):  # type: ignore[no-untyped-def]
     try:
         migrate(engine)
     except Exception as exc:
-        err.print(f"reelq: cannot open the database: {type(exc).__name__}: {exc}", markup=False)
+        _error(f"cannot open the database: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from None
     return TaskStore(engine)
 
@@ -78,7 +83,7 @@ def serve(
     try:
         services = build_services(settings)
     except Exception as exc:
-        err.print(f"reelq: cannot start: {type(exc).__name__}: {exc}", markup=False)
+        _error(f"cannot start: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from None
     supervisor = Supervisor(settings, settings.workers)
     config = uvicorn.Config(
@@ -158,7 +163,7 @@ def keys_revoke(id_or_key: Annotated[str, typer.Argument(help="The key's id or t
     store = _store(_settings(home=home))
     record = store.revoke_key(id_or_key)
     if record is None:
-        err.print("reelq: no such key", markup=False)
+        _error("no such key")
         raise typer.Exit(1)
     typer.echo(f"revoked {record.id}")
 
@@ -169,7 +174,7 @@ def _image_argument(value: str | None) -> str | None:
         return value
     path = Path(value)
     if not path.is_file():
-        err.print(f"reelq: image file not found: {value}", markup=False)
+        _error(f"image file not found: {value}")
         raise typer.Exit(2)
     data = path.read_bytes()
     kind = "png" if data.startswith(b"\x89PNG") else "webp" if data[8:12] == b"WEBP" else "jpeg"
@@ -235,7 +240,7 @@ def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: 
             bar.update(bar_id, completed=100)
             client.download(task, output)
     except ReelqError as exc:
-        err.print(f"reelq: {exc}", markup=False)
+        _error(f"{exc}")
         raise typer.Exit(1) from None
     _report(output, task.actual_duration, task.total_tokens)
 
@@ -252,7 +257,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
     try:
         new = validate_create({k: v for k, v in body.items() if v is not None}, settings.models)
     except ApiError as exc:
-        err.print(f"reelq: {exc.message}", markup=False)
+        _error(f"{exc.message}")
         raise typer.Exit(2) from None
     storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
     task, _ = store.create_task(store.ensure_local_key(), new)
@@ -278,12 +283,12 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
 
 
 def _fail(error: str | None) -> int:
-    err.print(f"reelq: generation failed: {error or 'unknown error'}", markup=False)
+    _error(f"generation failed: {error or 'unknown error'}")
     return 1
 
 
 def _report(output: Path, duration: float | None, tokens: int | None) -> None:
-    err.print(f"wrote {output} ({duration} s, {tokens} tokens)", markup=False, highlight=False)
+    typer.echo(f"wrote {output} ({duration} s, {tokens} tokens)", err=True)
 
 
 def main() -> None:

@@ -47,13 +47,14 @@ class Status(StrEnum):
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED})
 
 
-def wire_status(status: str, attempts: int) -> str:
-    """What a client sees: a row waiting for a retry after its worker died reads `processing`.
+def wire_status(status: str, started: bool) -> str:
+    """What a client sees: a row that was claimed once and now waits for another try reads `processing`.
 
-    The row goes back to `queued` so another worker can claim it, but the client
-    already saw `processing` and must never see a step backwards (SPEC §1).
+    The row goes back to `queued` (worker died, or handed back on shutdown) so another
+    worker can claim it, but the client may already have seen `processing` and must
+    never see a step backwards (SPEC §1).
     """
-    if status == Status.QUEUED and attempts > 0:
+    if status == Status.QUEUED and started:
         return Status.PROCESSING.value
     return str(status)
 

@@ -176,8 +176,13 @@ def _fetch_hop(
     """One request: the body of a 2xx answer, or the next URL of a redirect."""
     host = url.raw_host.decode("ascii")
     port = url.port or (443 if url.scheme == "https" else 80)
-    addresses = resolve_addresses(host, port, field=field, allow_private=allow_private,
-                                  timeout=min(timeout, _remaining(deadline, field)))
+    addresses = resolve_addresses(
+        host,
+        port,
+        field=field,
+        allow_private=allow_private,
+        timeout=min(timeout, _remaining(deadline, field)),
+    )
     log.debug("fetching %s for %s (%d address(es))", host, field, len(addresses))
     # A fresh client per hop: no cookies or pooled connections carried from one host to the next, and
     # trust_env=False so no HTTP(S)_PROXY from the environment reroutes the pinned connection.
@@ -254,11 +259,15 @@ def build_pinned_request(client: httpx.Client, url: httpx.URL, address: str, tim
         "Host": url.netloc.decode("ascii"),
         "User-Agent": _USER_AGENT,
         "Accept": "image/png,image/jpeg,image/webp,*/*;q=0.5",
-        # Images do not compress; asking for identity keeps a gzip bomb from being offered at all.
+        # Images gain nothing from gzip, and an uncompressed body is bounded by its byte count alone (a
+        # server that compresses anyway is still bounded: the limit applies to the decoded bytes).
         "Accept-Encoding": "identity",
     }
     return client.build_request(
-        "GET", url.copy_with(host=address), headers=headers, extensions=extensions,
+        "GET",
+        url.copy_with(host=address),
+        headers=headers,
+        extensions=extensions,
         timeout=httpx.Timeout(timeout),
     )
 
@@ -269,7 +278,11 @@ def _connect_any(
     """Send to the checked addresses in turn until one connects (a dual-stack host may lack a route)."""
     last: Exception | None = None
     for address in addresses:
-        request = build_pinned_request(client, url, address, min(timeout, _remaining(deadline, field)))
+        remaining = min(timeout, _remaining(deadline, field))
+        try:
+            request = build_pinned_request(client, url, address, remaining)
+        except httpx.InvalidURL:  # e.g. a scoped link-local address, reachable only with allow_private
+            raise FetchError(field, f"address {address} cannot be used in a URL") from None
         try:
             return client.send(request, stream=True)
         except httpx.ConnectError as exc:

@@ -63,7 +63,7 @@ class ImageError(ValueError):
 
 
 def sniff_image_type(data: bytes) -> str | None:
-    """"png", "jpeg" or "webp" from the magic bytes, or None for anything else."""
+    """ "png", "jpeg" or "webp" from the magic bytes, or None for anything else."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -102,9 +102,7 @@ def _check_data_uri_header(header: str, field: str) -> None:
     media_type, *params = header.split(";")
     if media_type.strip().lower() not in _MEDIA_TYPES:
         shown = media_type[:40] or "no media type"
-        raise ImageError(
-            f"{field} data URI must be image/png, image/jpeg or image/webp, not {shown!r}."
-        )
+        raise ImageError(f"{field} data URI must be image/png, image/jpeg or image/webp, not {shown!r}.")
     if not params or params[-1].strip().lower() != "base64":
         raise ImageError(f"{field} data URI must be base64-encoded (data:image/…;base64,<data>).")
 
@@ -182,9 +180,7 @@ def _check_pixels(size: tuple[int, int], field: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"{field} could not be decoded: it has no pixels ({width}x{height}).")
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageError(
-            f"{field} is too large: {width}x{height} pixels (the limit is {_megapixels()})."
-        )
+        raise ImageError(f"{field} is too large: {width}x{height} pixels (the limit is {_megapixels()}).")
 
 
 def _megapixels() -> str:

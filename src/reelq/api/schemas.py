@@ -145,7 +145,7 @@ def task_object(
     model: str,
     created_at: float,
     status: str,
-    attempts: int,
+    started: bool,
     progress: int,
     video_url: str | None,
     actual_duration: float | None,
@@ -153,7 +153,7 @@ def task_object(
     error: str | None,
 ) -> dict[str, Any]:
     """The SPEC §1 task object, keys in the Vidu order, plus the `progress` extension."""
-    shown = wire_status(status, attempts)
+    shown = wire_status(status, started)
     completed = shown == Status.COMPLETED
     obj: dict[str, Any] = {
         "id": task_id,

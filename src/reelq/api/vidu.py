@@ -91,18 +91,18 @@ def video_url_for(services: Services, request: Request, task_id: str, finished_a
 
 
 def render_task(services: Services, request: Request, view: TaskView) -> dict[str, Any]:
-    (task_id, _key, model, status, attempts, progress, created_at, finished_at, _deleted,
+    (task_id, _key, model, status, started_at, progress, created_at, finished_at, _deleted,
      actual_duration, total_tokens, error) = view
     url = video_url_for(services, request, task_id, finished_at) if status == Status.COMPLETED else None
     return task_object(
-        task_id=task_id, model=model, created_at=created_at, status=status, attempts=attempts,
+        task_id=task_id, model=model, created_at=created_at, status=status, started=started_at is not None,
         progress=progress, video_url=url, actual_duration=actual_duration, total_tokens=total_tokens,
         error=error,
     )
 
 
 def _row_view(row: TaskRow) -> TaskView:
-    return (row.id, row.key_id, row.model, row.status, row.attempts, row.progress, row.created_at,
+    return (row.id, row.key_id, row.model, row.status, row.started_at, row.progress, row.created_at,
             row.finished_at, row.video_deleted, row.actual_duration, row.total_tokens, row.error)
 
 

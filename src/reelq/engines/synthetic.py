@@ -287,7 +287,9 @@ class _TextSprite:
         pad = max(4, round(short * 0.02))
         spacing = round(font.size * 0.25)
         probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-        left, top, right, bottom = probe.multiline_textbbox((0, 0), text, font=font, spacing=spacing, align="center")
+        left, top, right, bottom = probe.multiline_textbbox(
+            (0, 0), text, font=font, spacing=spacing, align="center"
+        )
         w = min(width, int(right - left) + 2 * pad)
         h = min(height, int(bottom - top) + 2 * pad)
         mask = Image.new("L", (w, h), 0)

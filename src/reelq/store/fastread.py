@@ -18,7 +18,7 @@ from reelq.store.taskstore import hash_key
 
 # The columns a status read needs, in the order `TaskView` unpacks them.
 TASK_COLUMNS = (
-    "id, key_id, model, status, attempts, progress, created_at, finished_at, "
+    "id, key_id, model, status, started_at, progress, created_at, finished_at, "
     "video_deleted, actual_duration, total_tokens, error"
 )
 

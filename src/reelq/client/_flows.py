@@ -1,0 +1,203 @@
+"""The SDK's logic, written once for both clients as generators that do no I/O themselves.
+
+A flow yields actions (send this request, sleep this long, call this callback, save this body) and
+receives their outcomes; `Client` runs flows with blocking calls, `AsyncClient` with awaits. So the
+retry, polling and parsing rules exist in one place, whichever client runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import httpx
+
+from reelq.client._errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    RateLimitError,
+    ReelqError,
+    WaitTimeout,
+    connection_error,
+    status_error,
+)
+from reelq.client._retry import backoff_delay
+from reelq.client._task import Task
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `request`; the outcome is the httpx.Response (body read unless 2xx and `stream`) or the
+    httpx.HTTPError it raised."""
+
+    request: httpx.Request
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Pause for `seconds`."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Call `callback(task)` (and, in the async client, await it if it returns an awaitable)."""
+
+    callback: Callable[[Task], Any]
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class Save:
+    """Stream the body of the open `response` into `path` atomically and close it; outcome: the Path."""
+
+    response: httpx.Response
+    path: Path
+
+
+Action = Send | Sleep | Notify | Save
+Flow = Generator[Action, Any, T]
+
+# Each poll that brings no news waits this much longer than the last, up to max_interval: quick answers
+# for short renders, few requests for long ones.
+POLL_GROWTH = 1.5
+# A poll near the deadline still gets this long to answer, so the last look is not a certain timeout.
+MIN_POLL_TIMEOUT = 1.0
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one logical create; every retry of that create sends the same one."""
+    return f"reelq-{uuid.uuid4()}"
+
+
+def request_flow(
+    request: httpx.Request, *, max_retries: int, stream: bool = False, rng: Callable[[], float] = random.random
+) -> Flow[httpx.Response]:
+    """Send `request`, retrying transient failures up to `max_retries` times; return the 2xx response.
+
+    The very same request is sent again, so a POST keeps its Idempotency-Key and the server
+    returns the task the first attempt may already have created. Raises the typed error otherwise.
+    """
+    attempt = 0
+    while True:
+        outcome = yield Send(request, stream)
+        if isinstance(outcome, httpx.Response) and outcome.is_success:
+            return outcome
+        error = status_error(outcome) if isinstance(outcome, httpx.Response) else connection_error(outcome)
+        if attempt >= max_retries or not error.retryable:
+            raise error
+        yield Sleep(retry_delay(error, attempt, rng))
+        attempt += 1
+
+
+def retry_delay(error: ReelqError, attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """The server's Retry-After when it gave one, else exponential backoff with jitter."""
+    asked = error.retry_after if isinstance(error, APIError) else None
+    return asked if asked is not None else backoff_delay(attempt, rng)
+
+
+def task_flow(request: httpx.Request, *, max_retries: int) -> Flow[Task]:
+    """Send a request whose answer is a task object."""
+    response = yield from request_flow(request, max_retries=max_retries)
+    return parse_task(response)
+
+
+def parse_task(response: httpx.Response) -> Task:
+    """The Task in a 2xx response; APIResponseValidationError when the body is not a task object."""
+    try:
+        return Task.from_dict(response.json())
+    except ValueError as exc:
+        raise APIResponseValidationError(
+            f"The response is not a task object: {exc}.",
+            status_code=response.status_code,
+            code="invalid_response",
+            headers=response.headers,
+        ) from exc
+
+
+def wait_flow(
+    task_id: str,
+    poll: Callable[[float], httpx.Request],
+    *,
+    timeout: float,
+    poll_interval: float,
+    max_interval: float,
+    max_retries: int,
+    on_update: Callable[[Task], Any] | None,
+    clock: Callable[[], float] = time.monotonic,
+    rng: Callable[[], float] = random.random,
+) -> Flow[Task]:
+    """Poll until the task is terminal and return it (failed is a result, not an error).
+
+    `poll(request_timeout)` builds one status request. The deadline covers everything, retries and
+    Retry-After pauses included. A 429 is the server pacing us: its pause is honoured and never counts
+    against `max_retries`, which bounds only consecutive other transient failures (connection, 5xx).
+    """
+    if timeout < 0 or poll_interval <= 0 or max_interval < poll_interval:
+        raise ValueError("need timeout >= 0 and 0 < poll_interval <= max_interval")
+    deadline = clock() + timeout
+    interval = poll_interval
+    failures = 0
+    last: Task | None = None
+    while True:
+        error: ReelqError | None = None
+        request_timeout = max(deadline - clock(), MIN_POLL_TIMEOUT)
+        try:
+            task = yield from task_flow(poll(request_timeout), max_retries=0)
+        except (APIError, APIConnectionError) as exc:
+            if not exc.retryable:
+                raise
+            if not isinstance(exc, RateLimitError):
+                failures += 1
+                if failures > max_retries:
+                    raise
+            error, delay = exc, max(retry_delay(exc, max(failures - 1, 0), rng), interval)
+        else:
+            failures, last = 0, task
+            if on_update is not None:
+                yield Notify(on_update, task)
+            if task.done:
+                return task
+            delay = interval
+            interval = min(interval * POLL_GROWTH, max_interval)
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise WaitTimeout(task_id, timeout, last) from error
+        yield Sleep(min(delay, remaining))
+
+
+def download_flow(request: httpx.Request, path: Path, *, max_retries: int) -> Flow[Path]:
+    """Fetch a video URL (streamed, retried like any request) and save it to `path`."""
+    response = yield from request_flow(request, max_retries=max_retries, stream=True)
+    saved: Path = yield Save(response, path)
+    return saved
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A file that appears at `path` only complete: written beside it under a temporary name, synced,
+    then renamed over it. On any error the partial file is removed and `path` is left untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so the rename is atomic; "x" mode, so the file gets the usual umask permissions.
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        with open(temp, "xb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
