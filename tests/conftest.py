@@ -30,10 +30,15 @@ def reelq_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(home: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    home: Path, *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*REELQ, *args], env=env or reelq_env(home), capture_output=True, text=True, timeout=timeout,
+        [*REELQ, *args],
+        env=env or reelq_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=check,
     )
 
@@ -64,8 +69,9 @@ class Server:
         self.log_path = self.home / f"server-{time.time_ns()}.log"
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed when it exits
-        self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -130,8 +136,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the many read-only API checks in a module (faster than one per test)."""
     home = tmp_path_factory.mktemp("shared")
-    server = Server(home=home, port=free_port(),
-                    env=reelq_env(home, REELQ_ALLOW_PRIVATE_URLS="true"))
+    server = Server(home=home, port=free_port(), env=reelq_env(home, REELQ_ALLOW_PRIVATE_URLS="true"))
     server.new_key("a")
     server.new_key("b")
     server.start(workers=2)

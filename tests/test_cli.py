@@ -8,7 +8,6 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
-
 from tests.conftest import reelq_env, run_cli
 
 
@@ -34,9 +33,15 @@ def test_keys_create_prints_id_then_the_key_alone_on_the_last_line(tmp_path: Pat
 
 
 def test_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
-    for name, value in (("REELQ_VIDEO_URL_TTL", "soon"), ("REELQ_ROOT_PATH", "nope"),
-                        ("REELQ_MAX_ATTEMPTS", "0")):
-        result = run_cli(tmp_path, "serve", "--port", "9", env=reelq_env(tmp_path, **{name: value}), check=False)
+    for name, value in (
+        ("REELQ_VIDEO_URL_TTL", "soon"),
+        ("REELQ_ROOT_PATH", "nope"),
+        ("REELQ_MAX_ATTEMPTS", "0"),
+        ("REELQ_MODEL_RATES", "{oops"),
+    ):
+        result = run_cli(
+            tmp_path, "serve", "--port", "9", env=reelq_env(tmp_path, **{name: value}), check=False
+        )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
@@ -45,8 +50,21 @@ def test_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_generate_embedded_writes_a_real_mp4(tmp_path: Path) -> None:
     out = tmp_path / "clips" / "out.mp4"
-    result = run_cli(tmp_path / "home", "generate", "a kite over the sea", "-o", str(out), "--duration", "2",
-                     "--resolution", "540p", "--aspect-ratio", "9:16", "--seed", "4")
+    result = run_cli(
+        tmp_path / "home",
+        "generate",
+        "a kite over the sea",
+        "-o",
+        str(out),
+        "--duration",
+        "2",
+        "--resolution",
+        "540p",
+        "--aspect-ratio",
+        "9:16",
+        "--seed",
+        "4",
+    )
     assert "wrote" in result.stderr
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
@@ -59,8 +77,21 @@ def test_generate_embedded_with_a_local_first_image(tmp_path: Path) -> None:
     image = tmp_path / "start.png"
     Image.fromarray(np.tile(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 1, 3))).save(image)
     out = tmp_path / "i2v.mp4"
-    run_cli(tmp_path / "home", "generate", "pan", "-o", str(out), "--duration", "1", "--resolution", "540p",
-            "--aspect-ratio", "4:3", "--first-image", str(image))
+    run_cli(
+        tmp_path / "home",
+        "generate",
+        "pan",
+        "-o",
+        str(out),
+        "--duration",
+        "1",
+        "--resolution",
+        "540p",
+        "--aspect-ratio",
+        "4:3",
+        "--first-image",
+        str(image),
+    )
     with av.open(str(out)) as container:
         first = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(float)
     expected = np.asarray(Image.open(image).convert("RGB").resize((720, 540))).astype(float)

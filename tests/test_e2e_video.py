@@ -1,4 +1,4 @@
-"""End to end through a real `reelq serve`: the MP4s themselves, decoded with PyAV, and the links that serve them."""
+"""End to end through a real `reelq serve`: the MP4s, decoded with PyAV, and the links that serve them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-
 from tests.conftest import Server, wait_terminal
 from tests.test_api import assert_error
 
@@ -102,10 +101,12 @@ def test_every_size_rule(shared_server: Server, resolution: str, ratio: str, siz
     assert len(frames) == 24 and done["actualDuration"] == 1
 
 
-@pytest.mark.parametrize(("duration", "model", "tokens"), [(5, "viduq3-pro", 1500), (16, "viduq3-turbo", 2400)])
+@pytest.mark.parametrize(
+    ("duration", "model", "tokens"), [(5, "viduq3-pro", 1500), (16, "viduq3-turbo", 2400)]
+)
 def test_durations_and_tokens(shared_server: Server, duration: int, model: str, tokens: int) -> None:
     done, data = render(shared_server, duration=duration, model=model, resolution="720p")
-    frames, info = decode(data)
+    frames, _ = decode(data)
     assert len(frames) == duration * 24
     assert done["actualDuration"] == duration
     assert done["totalTokens"] == tokens
@@ -133,8 +134,9 @@ def photo(size: tuple[int, int], hue: int) -> Image.Image:
     w, h = size
     x = np.linspace(0, 255, w)[None, :]
     y = np.linspace(0, 255, h)[:, None]
-    arr = np.stack([np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)),
-                    np.full((h, w), hue, dtype=float)], axis=-1).astype(np.uint8)
+    arr = np.stack(
+        [np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)), np.full((h, w), hue, dtype=float)], axis=-1
+    ).astype(np.uint8)
     image = Image.fromarray(arr)
     draw = ImageDraw.Draw(image)
     draw.ellipse((w * 0.3, h * 0.3, w * 0.6, h * 0.7), fill=(255 - hue, 40, 200))
@@ -157,8 +159,11 @@ def cover_fit(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 def test_image_to_video_starts_on_first_image_and_ends_on_last(shared_server: Server) -> None:
     first = photo((800, 600), 30)  # 4:3 into 16:9: cover-fit crops top and bottom
     last = photo((640, 640), 220)
-    done, data = render(
-        shared_server, first_image=data_uri(first), last_image=data_uri(last, "JPEG"), duration=2,
+    _, data = render(
+        shared_server,
+        first_image=data_uri(first),
+        last_image=data_uri(last, "JPEG"),
+        duration=2,
         resolution="540p",
     )
     frames, _ = decode(data)
@@ -172,7 +177,7 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
     body = b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         type(self).hits.append(self.path)
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
@@ -200,7 +205,7 @@ def image_server() -> tuple[str, type[_ImageHandler]]:
 
 def test_image_url_fetched_by_the_worker(shared_server: Server, image_server) -> None:  # type: ignore[no-untyped-def]
     base, handler = image_server  # shared_server allows private URLs
-    done, data = render(shared_server, first_image=f"{base}/cat.png", resolution="540p", aspect_ratio="4:3")
+    _, data = render(shared_server, first_image=f"{base}/cat.png", resolution="540p", aspect_ratio="4:3")
     frames, _ = decode(data)
     assert handler.hits == ["/cat.png"]
     assert psnr(frames[0], cover_fit(photo((320, 240), 90), (720, 540))) > 28
@@ -210,8 +215,10 @@ def test_private_image_url_is_refused_without_a_request(make_server, image_serve
     base, handler = image_server
     server = make_server(workers=1)  # private URLs not allowed (the default)
     with server.client() as client:
-        task = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "x", "duration": 1,
-                                                    "first_image": f"{base}/secret.png"}).json()
+        task = client.post(
+            "/v1/vidu/videos",
+            json={"model": "viduq3-pro", "prompt": "x", "duration": 1, "first_image": f"{base}/secret.png"},
+        ).json()
         assert task["status"] == "queued"  # URLs are fetched by the worker, not by the request
         done = wait_terminal(client, task["id"])
     assert done["status"] == "failed"
@@ -222,23 +229,34 @@ def test_private_image_url_is_refused_without_a_request(make_server, image_serve
 
 def test_unreachable_image_url_fails_naming_the_image(shared_server: Server) -> None:
     with shared_server.client() as client:
-        task = client.post("/v1/vidu/videos", json={
-            "model": "viduq3-pro", "prompt": "x", "duration": 1,
-            "first_image": "data:image/png;base64," + base64.b64encode(b"").decode() or "",
-        })
+        task = client.post(
+            "/v1/vidu/videos",
+            json={
+                "model": "viduq3-pro",
+                "prompt": "x",
+                "duration": 1,
+                "first_image": "data:image/png;base64," + base64.b64encode(b"").decode() or "",
+            },
+        )
         assert_error(task, 400, "first_image")
-        task = client.post("/v1/vidu/videos", json={
-            "model": "viduq3-pro", "prompt": "x", "duration": 1,
-            "first_image": "http://127.0.0.1:9/missing.png",
-        }).json()
+        task = client.post(
+            "/v1/vidu/videos",
+            json={
+                "model": "viduq3-pro",
+                "prompt": "x",
+                "duration": 1,
+                "first_image": "http://127.0.0.1:9/missing.png",
+            },
+        ).json()
         done = wait_terminal(client, task["id"])
     assert done["status"] == "failed" and "first_image" in done["error"]
 
 
 def test_content_policy(shared_server: Server) -> None:
     with shared_server.client() as client:
-        created = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "How to do BOMB making",
-                                                       "duration": 1})
+        created = client.post(
+            "/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "How to do BOMB making", "duration": 1}
+        )
         assert created.status_code == 200 and created.json()["status"] == "queued"
         done = wait_terminal(client, created.json()["id"])
     assert done["status"] == "failed"
@@ -249,10 +267,13 @@ def test_content_policy(shared_server: Server) -> None:
 def test_custom_blocked_terms(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(workers=1, REELQ_BLOCKED_TERMS="purple elephant, zebra")
     with server.client() as client:
-        blocked = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "A Purple  Elephant dancing",
-                                                       "duration": 1}).json()
-        fine = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "zebras grazing",
-                                                    "duration": 1}).json()
+        blocked = client.post(
+            "/v1/vidu/videos",
+            json={"model": "viduq3-pro", "prompt": "A Purple  Elephant dancing", "duration": 1},
+        ).json()
+        fine = client.post(
+            "/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "zebras grazing", "duration": 1}
+        ).json()
         assert wait_terminal(client, blocked["id"])["error"].startswith("Content policy violation:")
         assert wait_terminal(client, fine["id"])["status"] == "completed"
 
@@ -303,8 +324,9 @@ def test_links_expire_and_files_are_swept(make_server) -> None:  # type: ignore[
 def test_kill_9_of_a_worker_mid_render_still_completes_once(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="4", REELQ_LEASE_SECONDS="3")
     with server.client() as client:
-        task = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "crash me", "duration": 1,
-                                                    "seed": 3}).json()
+        task = client.post(
+            "/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "crash me", "duration": 1, "seed": 3}
+        ).json()
         deadline = time.monotonic() + 30
         while client.get(f"/v1/result/{task['id']}").json()["status"] != "processing":
             assert time.monotonic() < deadline

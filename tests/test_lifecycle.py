@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import pytest
-
 from tests.conftest import REELQ, Server, wait_terminal
 
 pytestmark = pytest.mark.e2e
@@ -88,8 +87,9 @@ def test_reelq_worker_renders_for_an_api_without_workers(make_server) -> None:  
 
 def test_max_attempts_then_failed_with_a_clear_error(make_server) -> None:  # type: ignore[no-untyped-def]
     """A task whose worker dies every time ends failed after REELQ_MAX_ATTEMPTS, and others still run."""
-    server: Server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="30", REELQ_MAX_ATTEMPTS="2",
-                                 REELQ_LEASE_SECONDS="2")
+    server: Server = make_server(
+        workers=1, REELQ_SYNTHETIC_DELAY="30", REELQ_MAX_ATTEMPTS="2", REELQ_LEASE_SECONDS="2"
+    )
     from tests.test_e2e_video import worker_pids
 
     with server.client() as client:

@@ -24,7 +24,9 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data directory (REELQ_HOME).", show_default=False)]
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="Data directory (REELQ_HOME).", show_default=False)
+]
 
 
 def _error(message: str) -> None:
@@ -65,7 +67,9 @@ def _store(settings: Settings):  # type: ignore[no-untyped-def]
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int | None, typer.Option(help="Render worker processes (REELQ_WORKERS, default 2).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Render worker processes (REELQ_WORKERS, default 2).")
+    ] = None,
     root_path: Annotated[str | None, typer.Option(help="Also serve every route under this prefix.")] = None,
     home: HomeOpt = None,
 ) -> None:
@@ -150,15 +154,18 @@ def keys_list(home: HomeOpt = None) -> None:
         if key.id == "key_local":
             continue
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.created_at))
-        state = "active" if key.revoked_at is None else "revoked " + time.strftime(
-            "%Y-%m-%d %H:%M:%S", time.gmtime(key.revoked_at)
+        state = (
+            "active"
+            if key.revoked_at is None
+            else "revoked " + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.revoked_at))
         )
         typer.echo(f"{key.id}\t{key.name or '-'}\t{key.key_prefix}…\tcreated {created} UTC\t{state}")
 
 
 @keys_app.command("revoke")
-def keys_revoke(id_or_key: Annotated[str, typer.Argument(help="The key's id or the key itself.")],
-                home: HomeOpt = None) -> None:
+def keys_revoke(
+    id_or_key: Annotated[str, typer.Argument(help="The key's id or the key itself.")], home: HomeOpt = None
+) -> None:
     """Revoke a key; it stops working at once."""
     store = _store(_settings(home=home))
     record = store.revoke_key(id_or_key)
@@ -232,7 +239,9 @@ def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: 
             bar_id = bar.add_task(f"{task.id} {task.status}", total=100)
 
             def update(current: Any) -> None:
-                bar.update(bar_id, completed=current.progress or 0, description=f"{current.id} {current.status}")
+                bar.update(
+                    bar_id, completed=current.progress or 0, description=f"{current.id} {current.status}"
+                )
 
             task = client.wait(task.id, timeout=3600, on_update=update)
             if task.status != "completed":

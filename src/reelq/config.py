@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from reelq.domain import DEFAULT_MODEL_RATES, DEFAULT_RESOLUTION_FACTORS, RESOLUTIONS
 
@@ -165,3 +165,6 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         name = "REELQ_" + str(first["loc"][0]).upper() if first["loc"] else "configuration"
         raise ConfigError(f"invalid configuration: {name}: {first['msg']}") from None
+    except SettingsError as exc:  # a JSON-valued variable that is not JSON
+        field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"
+        raise ConfigError(f"invalid configuration: REELQ_{field.upper()}: not valid JSON") from None

@@ -137,9 +137,7 @@ def load_inputs(ctx: WorkerContext, task: TaskRow) -> RenderInputs:
     )
 
 
-def run_task(
-    ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], None] | None = None
-) -> Outcome:
+def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], None] | None = None) -> Outcome:
     """Run a task this worker has claimed, and leave the row terminal or handed back."""
     settings = ctx.settings
     term = find_blocked_term(task.prompt, settings.blocked_terms)
@@ -182,14 +180,16 @@ def run_task(
         return Outcome.RELEASED
     except (ImageError, FetchError, RenderError) as exc:
         _discard(temp)
-        ctx.store.fail(task.id, str(exc) if not isinstance(exc, RenderError) else f"Render failed: {exc}",
-                       ctx.worker_id)
+        ctx.store.fail(
+            task.id, str(exc) if not isinstance(exc, RenderError) else f"Render failed: {exc}", ctx.worker_id
+        )
         return Outcome.FAILED
     except OSError as exc:
         _discard(temp)
         log.exception("task %s: storage error", task.id)
-        ctx.store.fail(task.id, f"Storage error: could not write the video ({exc.strerror or exc}).",
-                       ctx.worker_id)
+        ctx.store.fail(
+            task.id, f"Storage error: could not write the video ({exc.strerror or exc}).", ctx.worker_id
+        )
         return Outcome.FAILED
     except Exception:
         _discard(temp)

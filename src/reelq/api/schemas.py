@@ -26,7 +26,15 @@ AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4"]
 Resolution = Literal["540p", "720p", "1080p"]
 MAX_URL_CHARS = 2048
 # Optional fields sent as JSON null mean "not given" (clients built from typed models send them).
-NULLABLE_OPTIONAL = ("duration", "aspect_ratio", "resolution", "first_image", "last_image", "seed", "callback_url")
+NULLABLE_OPTIONAL = (
+    "duration",
+    "aspect_ratio",
+    "resolution",
+    "first_image",
+    "last_image",
+    "seed",
+    "callback_url",
+)
 
 
 class CreateVideoRequest(BaseModel):
@@ -34,7 +42,9 @@ class CreateVideoRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    model: str = Field(min_length=1, max_length=100, description="viduq3-pro or viduq3-turbo (or an operator-mapped name)")
+    model: str = Field(
+        min_length=1, max_length=100, description="viduq3-pro or viduq3-turbo (or an operator-mapped name)"
+    )
     prompt: str = Field(description="1..5000 characters after trimming")
     duration: int = Field(DEFAULT_DURATION, ge=MIN_DURATION, le=MAX_DURATION, description="seconds")
     aspect_ratio: AspectRatio = "16:9"
@@ -84,7 +94,8 @@ def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
         media = content_type.split(";", 1)[0].strip().lower()
         if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
             raise InvalidRequest(
-                f"Content-Type must be application/json (got {media or 'nothing'}).", code="invalid_content_type"
+                f"Content-Type must be application/json (got {media or 'nothing'}).",
+                code="invalid_content_type",
             )
     if not body.strip():
         raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
@@ -106,7 +117,9 @@ def validate_create(data: dict[str, Any], models: list[str]) -> NewTask:
         raise _first_error(exc) from None
     if req.model not in models:
         raise InvalidRequest(
-            f"Unknown model '{req.model}'; available: {', '.join(models)}.", param="model", code="invalid_model"
+            f"Unknown model '{req.model}'; available: {', '.join(models)}.",
+            param="model",
+            code="invalid_model",
         )
     if req.last_image is not None and req.first_image is None:
         raise InvalidRequest("last_image requires first_image.", param="last_image")
@@ -133,8 +146,17 @@ def validate_create(data: dict[str, Any], models: list[str]) -> NewTask:
 def request_fingerprint(new: NewTask) -> str:
     """What "the same body" means for Idempotency-Key: the validated request, not its bytes."""
     payload = orjson.dumps(
-        [new.model, new.prompt, new.duration, new.aspect_ratio, new.resolution, new.seed,
-         new.first_image, new.last_image, new.callback_url]
+        [
+            new.model,
+            new.prompt,
+            new.duration,
+            new.aspect_ratio,
+            new.resolution,
+            new.seed,
+            new.first_image,
+            new.last_image,
+            new.callback_url,
+        ]
     )
     return hashlib.sha256(payload).hexdigest()
 

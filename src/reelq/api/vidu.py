@@ -12,7 +12,13 @@ from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
 from reelq.api.errors import Conflict, InvalidRequest, NotFound
-from reelq.api.schemas import CreateVideoRequest, parse_json_object, request_fingerprint, task_object, validate_create
+from reelq.api.schemas import (
+    CreateVideoRequest,
+    parse_json_object,
+    request_fingerprint,
+    task_object,
+    validate_create,
+)
 from reelq.api.services import Services, ServicesDep, TaskView
 from reelq.domain import Status, is_task_id
 from reelq.store import TaskRow
@@ -91,19 +97,50 @@ def video_url_for(services: Services, request: Request, task_id: str, finished_a
 
 
 def render_task(services: Services, request: Request, view: TaskView) -> dict[str, Any]:
-    (task_id, _key, model, status, started_at, progress, created_at, finished_at, _deleted,
-     actual_duration, total_tokens, error) = view
+    (
+        task_id,
+        _key,
+        model,
+        status,
+        started_at,
+        progress,
+        created_at,
+        finished_at,
+        _deleted,
+        actual_duration,
+        total_tokens,
+        error,
+    ) = view
     url = video_url_for(services, request, task_id, finished_at) if status == Status.COMPLETED else None
     return task_object(
-        task_id=task_id, model=model, created_at=created_at, status=status, started=started_at is not None,
-        progress=progress, video_url=url, actual_duration=actual_duration, total_tokens=total_tokens,
+        task_id=task_id,
+        model=model,
+        created_at=created_at,
+        status=status,
+        started=started_at is not None,
+        progress=progress,
+        video_url=url,
+        actual_duration=actual_duration,
+        total_tokens=total_tokens,
         error=error,
     )
 
 
 def _row_view(row: TaskRow) -> TaskView:
-    return (row.id, row.key_id, row.model, row.status, row.started_at, row.progress, row.created_at,
-            row.finished_at, row.video_deleted, row.actual_duration, row.total_tokens, row.error)
+    return (
+        row.id,
+        row.key_id,
+        row.model,
+        row.status,
+        row.started_at,
+        row.progress,
+        row.created_at,
+        row.finished_at,
+        row.video_deleted,
+        row.actual_duration,
+        row.total_tokens,
+        row.error,
+    )
 
 
 def _idempotency_key(request: Request) -> str | None:

@@ -1,43 +1,35 @@
-"""The public API, defined once: configuration, request building and the flows behind each method."""
+"""The public API, defined once for both clients: configuration, requests, and the flow behind each
+method. `Client` and `AsyncClient` only say how a flow's actions are performed (`_run`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from reelq import __version__
 from reelq.client._errors import ReelqError
-from reelq.client._flows import (
-    Flow,
-    download_flow,
-    new_idempotency_key,
-    task_flow,
-    wait_flow,
-)
+from reelq.client._flows import Flow, download_flow, new_idempotency_key, task_flow, wait_flow
 from reelq.client._task import Task
 
-# What each public method returns: plain values for Client, coroutines of them for AsyncClient.
+# What the public methods return (plain values for Client, coroutines of them for AsyncClient), and
+# the httpx client class underneath.
 TaskResult = TypeVar("TaskResult")
 PathResult = TypeVar("PathResult")
+Http = TypeVar("Http", httpx.Client, httpx.AsyncClient)
 
 DEFAULT_MODEL = "viduq3-turbo"
 _USER_AGENT = f"reelq-python/{__version__}"
 
 
-def _resolve(value: str | None, env: str, what: str) -> str:
-    value = value if value is not None else os.environ.get(env)
-    if not value:
-        raise ReelqError(f"No {what}: pass it to the client or set {env}.")
-    return value
+class BaseClient(Generic[TaskResult, PathResult, Http]):
+    """What Client and AsyncClient share; not used directly."""
 
-
-class BaseClient(Generic[TaskResult, PathResult]):
-    """Shared by Client and AsyncClient; subclasses supply `_run` (how a flow's actions are performed)."""
+    _http_class: ClassVar[type[httpx.Client] | type[httpx.AsyncClient]]
 
     def __init__(
         self,
@@ -46,26 +38,31 @@ class BaseClient(Generic[TaskResult, PathResult]):
         *,
         timeout: float = 30.0,
         max_retries: int = 3,
+        http_client: Http | None = None,
     ) -> None:
-        base_url = _resolve(base_url, "REELQ_BASE_URL", "base URL").rstrip("/")
-        try:
-            url = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise ReelqError(f"Invalid base URL {base_url!r}: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ReelqError(f"Invalid base URL {base_url!r}: expected http(s)://host[:port][/root-path].")
+        """`base_url` (default: $REELQ_BASE_URL) may carry a root path, e.g. `http://host/kyyReactApiServer`;
+        `api_key` defaults to $REELQ_API_KEY. `timeout` applies to each HTTP request, `max_retries` to
+        transient failures (connection errors, 408, 429, 500, 502, 503, 504). A given `http_client` is
+        used as is and left open by `close()`."""
+        #: The server's address, root path included, without a trailing slash.
+        self.base_url = _base_url(base_url if base_url is not None else os.environ.get("REELQ_BASE_URL"))
+        self.api_key = api_key if api_key is not None else os.environ.get("REELQ_API_KEY", "")
+        if not self.api_key:
+            raise ReelqError("No API key: pass api_key= or set REELQ_API_KEY.")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        #: The server's address, with the root path if it has one (e.g. http://host/kyyReactApiServer).
-        self.base_url = base_url
-        self.api_key = _resolve(api_key, "REELQ_API_KEY", "API key")
+        if http_client is not None and not isinstance(http_client, self._http_class):
+            raise TypeError(
+                f"http_client must be an {self._http_class.__module__}.{self._http_class.__name__}"
+            )
         self.timeout = timeout
         self.max_retries = max_retries
+        # Created last, so that a configuration error leaves no open connection pool behind.
+        self._owns_http = http_client is None
+        self._http: Http = http_client if http_client is not None else self._http_class(timeout=timeout)  # type: ignore[assignment]
 
-    def __repr__(self) -> str:  # never the key
+    def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}(base_url={self.base_url!r})"
-
-    # The public API. Each method only builds a flow; `_run` performs it.
 
     def create(
         self,
@@ -84,28 +81,23 @@ class BaseClient(Generic[TaskResult, PathResult]):
     ) -> TaskResult:
         """Create a task (POST /v1/vidu/videos) and return it, `queued`.
 
-        Fields left as None are not sent (the server applies its defaults); `extra` adds other body
-        fields. One Idempotency-Key (given or generated) covers this call and all its retries, so a
+        Fields left None are not sent (the server applies its defaults); `extra` adds body fields.
+        One Idempotency-Key (given, or generated per call) covers all retries of this call, so a
         retried create never makes a second task.
         """
-        fields = {
-            "model": model,
-            "prompt": prompt,
-            "duration": duration,
-            "aspect_ratio": aspect_ratio,
-            "resolution": resolution,
-            "first_image": first_image,
-            "last_image": last_image,
-            "seed": seed,
-            "callback_url": callback_url,
+        body = _body(
+            prompt=prompt,
+            model=model,
+            duration=duration,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            first_image=first_image,
+            last_image=last_image,
+            seed=seed,
+            callback_url=callback_url,
             **extra,
-        }
-        body = {key: value for key, value in fields.items() if value is not None}
-        request = self._api_request(
-            "POST", "/v1/vidu/videos", json=body,
-            headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
         )
-        return self._run(task_flow(request, max_retries=self.max_retries))
+        return self._run(self._create_flow(body, idempotency_key))
 
     def get(self, task_id: str) -> TaskResult:
         """The task's current state (GET /v1/result/{id})."""
@@ -120,24 +112,15 @@ class BaseClient(Generic[TaskResult, PathResult]):
         max_interval: float = 10.0,
         on_update: Callable[[Task], Any] | None = None,
     ) -> TaskResult:
-        """Poll until the task is `completed` or `failed` and return it (a failed task is returned, not
-        raised: look at `task.ok` and `task.error`).
+        """Poll until the task is `completed` or `failed` and return it. A failed task is a result, not
+        an exception: check `task.ok` and `task.error`.
 
-        Polls start `poll_interval` apart and spread out to `max_interval`; `on_update` is called with
-        every state read (AsyncClient also awaits it when it returns an awaitable). A 429 pauses for its
-        Retry-After; up to `max_retries` consecutive other transient failures are ridden out.
-        Raises WaitTimeout when `timeout` seconds have passed overall.
+        Polls start `poll_interval` apart and spread out to `max_interval`; `on_update` gets every state
+        read (AsyncClient awaits it if it returns an awaitable). A 429 pauses for its Retry-After without
+        counting as a failure; more than `max_retries` consecutive other transient failures raise.
+        Raises WaitTimeout once `timeout` seconds have passed in all.
         """
-        self._result_request(task_id)  # reject a bad id now rather than on the first poll
-
-        def poll(request_timeout: float) -> httpx.Request:
-            return self._result_request(task_id, timeout=min(self.timeout, request_timeout))
-
-        flow = wait_flow(
-            task_id, poll, timeout=timeout, poll_interval=poll_interval, max_interval=max_interval,
-            max_retries=self.max_retries, on_update=on_update,
-        )
-        return self._run(flow)
+        return self._run(self._wait_flow(task_id, timeout, poll_interval, max_interval, on_update))
 
     def create_and_wait(
         self,
@@ -147,22 +130,23 @@ class BaseClient(Generic[TaskResult, PathResult]):
         poll_interval: float = 1.0,
         max_interval: float = 10.0,
         on_update: Callable[[Task], Any] | None = None,
+        idempotency_key: str | None = None,
         **params: Any,
     ) -> TaskResult:
-        """`create(prompt=..., **params)` then `wait` on it; returns the terminal Task.
-
-        `timeout` covers the waiting, not the create."""
-        return self._run(self._create_and_wait_flow(
-            prompt, params, timeout=timeout, poll_interval=poll_interval, max_interval=max_interval,
-            on_update=on_update,
-        ))
+        """`create(prompt=prompt, **params)`, then `wait` for it (`timeout` covers the waiting)."""
+        body = _body(prompt=prompt, **params)
+        return self._run(
+            self._create_and_wait_flow(
+                body, idempotency_key, (timeout, poll_interval, max_interval, on_update)
+            )
+        )
 
     def download(self, task_or_url: Task | str, path: str | os.PathLike[str]) -> PathResult:
-        """Save the task's video (or the video at this URL) to `path` and return it as a Path.
+        """Save the task's video (or the video at this URL) to `path`; returns it as a Path.
 
-        The file appears only complete (temp file beside it, then rename). No Authorization header is
-        sent: video URLs are signed and may point at other hosts (S3). Raises ReelqError if the task has
-        no video_url (not completed), GoneError (410) once the link has expired.
+        The file appears only when complete (written beside it, then renamed). No Authorization header
+        is sent: video URLs are signed and may be on another host (S3). Raises ReelqError if the task
+        has no video_url (not completed), GoneError (410) once the link has expired.
         """
         if isinstance(task_or_url, Task):
             if not task_or_url.video_url:
@@ -170,38 +154,60 @@ class BaseClient(Generic[TaskResult, PathResult]):
             url = task_or_url.video_url
         else:
             url = task_or_url
-        # A relative URL is taken as the server's own; absolute ones (S3) are used as they are.
-        absolute = httpx.URL(self.base_url + "/").join(url)
-        request = self._http_request("GET", absolute, timeout=self.timeout)
-        # A header set on a caller-supplied httpx client must not leak the key to a file host either.
+        # A relative URL is the server's own; an absolute one (S3) is used as it is.
+        request = self._http.build_request(
+            "GET",
+            httpx.URL(self.base_url + "/").join(url),
+            headers={"User-Agent": _USER_AGENT},
+            timeout=self.timeout,
+        )
+        # Default headers of a caller's httpx client must not hand the key to a file host either.
         request.headers.pop("Authorization", None)
         return self._run(download_flow(request, Path(path), max_retries=self.max_retries))
 
-    # Plumbing.
-
     def _run(self, flow: Flow[Any]) -> Any:
+        """Perform the flow's actions and return its result (or an awaitable of it)."""
         raise NotImplementedError
 
-    def _http_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
-        raise NotImplementedError
+    def _create_flow(self, body: dict[str, Any], idempotency_key: str | None) -> Flow[Task]:
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        request = self._api_request("POST", "/v1/vidu/videos", json=body, headers=headers)
+        return task_flow(request, max_retries=self.max_retries)
+
+    def _wait_flow(
+        self,
+        task_id: str,
+        timeout: float,
+        poll_interval: float,
+        max_interval: float,
+        on_update: Callable[[Task], Any] | None,
+    ) -> Flow[Task]:
+        self._result_request(task_id)  # a bad id fails here, not on the first poll
+
+        def poll(request_timeout: float) -> httpx.Request:
+            return self._result_request(task_id, timeout=min(self.timeout, request_timeout))
+
+        return wait_flow(
+            task_id,
+            poll,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            max_interval=max_interval,
+            max_retries=self.max_retries,
+            on_update=on_update,
+        )
 
     def _create_and_wait_flow(
-        self, prompt: str, params: dict[str, Any], **wait: Any
+        self, body: dict[str, Any], idempotency_key: str | None, wait: tuple[Any, ...]
     ) -> Flow[Task]:
-        created: Task = yield from self._create_flow_of(prompt, params)
-        done: Task = yield from self._wait_flow_of(created.id, wait)
+        created = yield from self._create_flow(body, idempotency_key)
+        done = yield from self._wait_flow(created.id, *wait)
         return done
-
-    def _create_flow_of(self, prompt: str, params: dict[str, Any]) -> Flow[Task]:
-        raise NotImplementedError
-
-    def _wait_flow_of(self, task_id: str, wait: dict[str, Any]) -> Flow[Task]:
-        raise NotImplementedError
 
     def _result_request(self, task_id: str, timeout: float | None = None) -> httpx.Request:
         if not isinstance(task_id, str) or not task_id.strip(". "):
             raise ValueError(f"invalid task id {task_id!r}")
-        # Quoted, so an id can never climb out of /v1/result/.
+        # Quoted, so no id can climb out of /v1/result/.
         return self._api_request("GET", f"/v1/result/{quote(task_id, safe='')}", timeout=timeout)
 
     def _api_request(
@@ -213,7 +219,7 @@ class BaseClient(Generic[TaskResult, PathResult]):
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Request:
-        return self._http_request(
+        return self._http.build_request(
             method,
             self.base_url + path,
             json=json,
@@ -225,3 +231,23 @@ class BaseClient(Generic[TaskResult, PathResult]):
             },
             timeout=self.timeout if timeout is None else timeout,
         )
+
+
+def _base_url(value: str | None) -> str:
+    if not value:
+        raise ReelqError("No base URL: pass base_url= or set REELQ_BASE_URL.")
+    value = value.rstrip("/")
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ReelqError(f"Invalid base URL {value!r}: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
+        raise ReelqError(f"Invalid base URL {value!r}: expected http(s)://host[:port][/root-path].")
+    return value
+
+
+def _body(*, prompt: str, model: str = DEFAULT_MODEL, **fields: Any) -> dict[str, Any]:
+    """The create body: None means "not sent", so the server's defaults apply."""
+    return {
+        key: value for key, value in {"model": model, "prompt": prompt, **fields}.items() if value is not None
+    }

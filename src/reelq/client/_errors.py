@@ -178,8 +178,10 @@ def connection_error(exc: httpx.HTTPError) -> APIConnectionError:
     """The SDK error for an httpx failure that produced no response; the httpx error is its cause."""
     cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
     url = _request_url(exc)
-    error = cls(f"{type(exc).__name__}{url}: {exc}" if str(exc) else f"{type(exc).__name__}{url}",
-                retryable=isinstance(exc, _TRANSIENT))
+    error = cls(
+        f"{type(exc).__name__}{url}: {exc}" if str(exc) else f"{type(exc).__name__}{url}",
+        retryable=isinstance(exc, _TRANSIENT),
+    )
     error.__cause__ = exc
     return error
 

@@ -83,7 +83,11 @@ def new_idempotency_key() -> str:
 
 
 def request_flow(
-    request: httpx.Request, *, max_retries: int, stream: bool = False, rng: Callable[[], float] = random.random
+    request: httpx.Request,
+    *,
+    max_retries: int,
+    stream: bool = False,
+    rng: Callable[[], float] = random.random,
 ) -> Flow[httpx.Response]:
     """Send `request`, retrying transient failures up to `max_retries` times; return the 2xx response.
 

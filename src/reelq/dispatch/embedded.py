@@ -44,6 +44,7 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
         worker_id=make_worker_id(name),
     )
     if stop is None:
+
         def _drain(_signum: int, _frame: object) -> None:
             ctx.start_drain()
 
@@ -71,8 +72,10 @@ def _worker_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="reelq-worker")
     parser.add_argument("--name", default="w")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("REELQ_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("REELQ_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     worker_loop(load_settings(), args.name)
 
@@ -121,14 +124,20 @@ class Supervisor:
             for child in self.children:
                 proc = child.process
                 if proc is not None and proc.poll() is not None and not self._stopping.is_set():
-                    log.warning("render worker %s (pid %d) exited with %s", child.name, proc.pid, proc.returncode)
+                    log.warning(
+                        "render worker %s (pid %d) exited with %s", child.name, proc.pid, proc.returncode
+                    )
                     self._recover(proc.pid)
                     # Quick deaths in a row back off, so a broken install does not spin.
                     quick = time.monotonic() - child.started < 5
                     child.failures = child.failures + 1 if quick else 0
                     child.next_start = time.monotonic() + min(RESTART_BACKOFF_MAX, 0.2 * 2**child.failures)
                     child.process = None
-                if child.process is None and time.monotonic() >= child.next_start and not self._stopping.is_set():
+                if (
+                    child.process is None
+                    and time.monotonic() >= child.next_start
+                    and not self._stopping.is_set()
+                ):
                     try:
                         self._spawn(child)
                     except OSError:

@@ -73,7 +73,8 @@ class LocalStorage:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def signed_url(self, base_url: str, task_id: str, expires: int) -> str:
-        return f"{base_url}{file_path_for(task_id)}?expires={expires}&signature={self.signature(task_id, expires)}"
+        signature = self.signature(task_id, expires)
+        return f"{base_url}{file_path_for(task_id)}?expires={expires}&signature={signature}"
 
     def verify(self, task_id: str, expires: int, signature: str) -> bool:
         return hmac.compare_digest(self.signature(task_id, expires), signature)

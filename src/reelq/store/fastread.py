@@ -41,12 +41,16 @@ class SqliteReader:
         return conn
 
     def key_id_for(self, plain: str) -> str | None:
-        row = self._conn().execute(
-            "SELECT id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (hash_key(plain),)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (hash_key(plain),))
+            .fetchone()
+        )
         return row[0] if row else None
 
     def task(self, task_id: str, key_id: str) -> tuple[Any, ...] | None:
-        return self._conn().execute(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND key_id = ?", (task_id, key_id)
-        ).fetchone()
+        return (
+            self._conn()
+            .execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND key_id = ?", (task_id, key_id))
+            .fetchone()
+        )

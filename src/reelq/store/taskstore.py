@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from reelq.domain import Status, VideoSpec, new_task_id
 from reelq.store.tables import api_keys, task_inputs, tasks
@@ -156,15 +156,19 @@ class TaskStore:
             conn.execute(
                 update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
             )
-            row = conn.execute(
-                select(
-                    api_keys.c.id,
-                    api_keys.c.name,
-                    api_keys.c.key_prefix,
-                    api_keys.c.created_at,
-                    api_keys.c.revoked_at,
-                ).where(cond)
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    select(
+                        api_keys.c.id,
+                        api_keys.c.name,
+                        api_keys.c.key_prefix,
+                        api_keys.c.created_at,
+                        api_keys.c.revoked_at,
+                    ).where(cond)
+                )
+                .mappings()
+                .first()
+            )
         return ApiKey(**row) if row else None
 
     def key_id_for(self, plain: str) -> str | None:
@@ -217,9 +221,13 @@ class TaskStore:
 
     def _by_idempotency_key(self, key_id: str, idempotency_key: str) -> TaskRow | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(tasks).where(tasks.c.key_id == key_id, tasks.c.idempotency_key == idempotency_key)
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    select(tasks).where(tasks.c.key_id == key_id, tasks.c.idempotency_key == idempotency_key)
+                )
+                .mappings()
+                .first()
+            )
         return TaskRow.from_mapping(row) if row else None
 
     def _insert_task(self, key_id: str, new: NewTask) -> TaskRow:
@@ -310,9 +318,7 @@ class TaskStore:
     def has_queued(self) -> bool:
         with self.engine.connect() as conn:
             return (
-                conn.execute(
-                    select(tasks.c.id).where(tasks.c.status == Status.QUEUED.value).limit(1)
-                ).first()
+                conn.execute(select(tasks.c.id).where(tasks.c.status == Status.QUEUED.value).limit(1)).first()
                 is not None
             )
 
@@ -356,18 +362,22 @@ class TaskStore:
             )
 
     def fail(self, task_id: str, error: str, worker: str | None = None) -> bool:
-        """Move a task to failed. With `worker`, only if that worker still owns it; else from any live state."""
+        """Fail a task: with `worker`, only while that worker owns it; else from any live state."""
         cond = (
             self._owned(task_id, worker)
             if worker is not None
-            else and_(tasks.c.id == task_id, tasks.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value]))
+            else and_(
+                tasks.c.id == task_id, tasks.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value])
+            )
         )
         with self.engine.begin() as conn:
             return (
                 conn.execute(
                     update(tasks)
                     .where(cond)
-                    .values(status=Status.FAILED.value, finished_at=time.time(), error=error, lease_until=None)
+                    .values(
+                        status=Status.FAILED.value, finished_at=time.time(), error=error, lease_until=None
+                    )
                 ).rowcount
                 == 1
             )

@@ -1,0 +1,63 @@
+"""Python SDK for reelq (and any Vidu-compatible API): create a video task, wait for it, download it.
+
+    from reelq.client import Client
+
+    with Client("http://127.0.0.1:8000", "rq_...") as client:
+        task = client.create_and_wait(prompt="a red fox in the snow", duration=5)
+        if task.ok:
+            client.download(task, "fox.mp4")
+
+`AsyncClient` has the same methods as coroutines. Transient failures are retried (the server's
+Retry-After first, else exponential backoff with jitter); errors are typed by meaning.
+"""
+
+from __future__ import annotations
+
+from reelq.client._async import AsyncClient
+from reelq.client._errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    GoneError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ReelqError,
+    ServiceUnavailableError,
+    WaitTimeout,
+)
+from reelq.client._sync import Client
+from reelq.client._task import Task
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ConflictError",
+    "GoneError",
+    "InternalServerError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ReelqError",
+    "ServiceUnavailableError",
+    "Task",
+    "WaitTimeout",
+]
+
+# Shown as reelq.client.X in tracebacks and docs rather than the private module they live in.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

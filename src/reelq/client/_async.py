@@ -1,0 +1,85 @@
+"""The asyncio client: runs the shared flows with httpx.AsyncClient and asyncio.sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from reelq.client._base import BaseClient
+from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file
+from reelq.client._task import Task
+
+T = TypeVar("T")
+
+
+class AsyncClient(BaseClient[Coroutine[Any, Any, Task], Coroutine[Any, Any, Path], httpx.AsyncClient]):
+    """Asyncio reelq client: the same methods as Client, each returning a coroutine to await.
+
+    Use it as an async context manager, or `await close()`, to release its connections.
+    """
+
+    _http_class = httpx.AsyncClient
+
+    async def close(self) -> None:
+        """Close the connection pool (unless the httpx client was passed in)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @staticmethod
+    async def _sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _run(self, flow: Flow[T]) -> T:
+        outcome: object = None
+        while True:
+            try:
+                action = flow.send(outcome)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            outcome = None
+            if isinstance(action, Send):
+                outcome = await self._send(action)
+            elif isinstance(action, Sleep):
+                await self._sleep(action.seconds)
+            elif isinstance(action, Notify):
+                result = action.callback(action.task)
+                if inspect.isawaitable(result):
+                    await result
+            elif isinstance(action, Save):
+                outcome = await self._save(action.response, action.path)
+
+    async def _send(self, action: Send) -> httpx.Response | httpx.HTTPError:
+        try:
+            response = await self._http.send(
+                action.request, stream=action.stream, follow_redirects=action.stream
+            )
+            if action.stream and not response.is_success:
+                # Error bodies are small and the flow reads them; the stream is not needed past that.
+                async with response:
+                    await response.aread()
+        except httpx.HTTPError as exc:  # the flow decides whether it is worth another try
+            return exc
+        return response
+
+    @staticmethod
+    async def _save(response: httpx.Response, path: Path) -> Path:
+        # Plain file writes: chunks are small and local disks fast, not worth a thread hop per chunk.
+        async with response:
+            with atomic_file(path) as file:
+                async for chunk in response.aiter_bytes():
+                    file.write(chunk)
+        return path
