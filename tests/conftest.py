@@ -26,7 +26,18 @@ def free_port() -> int:
 
 def reelq_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELQ_")}
-    env.update({"REELQ_HOME": str(home), "REELQ_LOG_LEVEL": "WARNING"}, **extra)
+    # Generous limits by default: most tests poll fast; the rate-limit tests set their own.
+    env.update(
+        {
+            "REELQ_HOME": str(home),
+            "REELQ_LOG_LEVEL": "WARNING",
+            "REELQ_POLL_RATE": "1000",
+            "REELQ_POLL_BURST": "1000",
+            "REELQ_CREATE_RATE": "100000",
+            "REELQ_MAX_ACTIVE_PER_KEY": "10000",
+        },
+        **extra,
+    )
     return env
 
 

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
 
     # Defined by SPEC §5; enforced by the rate-limit work (issue "Nothing lost, nothing let in").
     poll_rate: float = Field(1.0, gt=0)
+    poll_burst: float = Field(3.0, ge=1)
     create_rate: float = Field(60.0, gt=0)
     max_active_per_key: int = Field(16, ge=1)
     max_queue: int = Field(10000, ge=1)

@@ -87,6 +87,20 @@ class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
+class RateLimited(ApiError):
+    status, code = 429, "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: str, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": retry_after})
+
+
+class Overloaded(ApiError):
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message, headers={"Retry-After": retry_after})
+
+
 class Forbidden(ApiError):
     status, code = 403, "invalid_signature"
 

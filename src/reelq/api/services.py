@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -10,8 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from reelq.config import Settings
 from reelq.dispatch.doorbell import ring
+from reelq.ratelimit import Limit, MemoryRateLimiter, RateLimiter
 from reelq.storage import LocalStorage
-from reelq.store import TaskStore
+from reelq.store import Quotas, TaskStore
 from reelq.store.fastread import TASK_COLUMNS, SqliteReader
 
 TaskView = tuple[Any, ...]  # columns of fastread.TASK_COLUMNS, in that order
@@ -24,6 +25,13 @@ class Services:
     store: TaskStore
     storage: LocalStorage
     reader: SqliteReader | None  # the inline SQLite read path; None on other databases
+    limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.poll_limit = Limit(rate=s.poll_rate, burst=max(1.0, s.poll_burst))
+        self.create_limit = Limit(rate=s.create_rate / 60.0, burst=max(1.0, s.create_rate))
+        self.quotas = Quotas(max_active_per_key=s.max_active_per_key, max_queue=s.max_queue)
 
     async def key_id_for(self, plain: str) -> str | None:
         if self.reader is not None:

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
-from reelq.api.errors import Conflict, InvalidRequest, NotFound
+from reelq.api.errors import Conflict, InvalidRequest, NotFound, Overloaded, RateLimited
 from reelq.api.schemas import (
     CreateVideoRequest,
     parse_json_object,
@@ -21,13 +21,17 @@ from reelq.api.schemas import (
 )
 from reelq.api.services import Services, ServicesDep, TaskView
 from reelq.domain import Status, is_task_id
-from reelq.store import TaskRow
+from reelq.ratelimit import retry_after_header
+from reelq.store import QuotaExceeded, TaskRow
 
 router = APIRouter()
 
 # Bodies above this are validated off the event loop: decoding a 20 MB data-URI image takes a while.
 INLINE_VALIDATION_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
+# Retry-After hints when a quota is full: no way to know when a render ends, so a polite guess.
+ACTIVE_LIMIT_RETRY = 5.0
+QUEUE_FULL_RETRY = 10.0
 
 TASK_EXAMPLE = {
     "id": "video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd",
@@ -87,6 +91,7 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The task object", "content": {"application/json": {"schema": TASK_SCHEMA}}},
     401: _err(401, "Missing, malformed, unknown or revoked API key"),
     404: _err(404, "No such task for this key"),
+    429: _err(429, "Rate limit or per-key quota exceeded (see Retry-After)"),
 }
 
 
@@ -159,7 +164,13 @@ def _idempotency_key(request: Request) -> str | None:
 @router.post(
     "/v1/vidu/videos",
     summary="Create a video task",
-    responses={**TASK_RESPONSES, 400: _err(400, "Invalid input, naming the field in `param`")},
+    responses={
+        **TASK_RESPONSES,
+        400: _err(400, "Invalid input, naming the field in `param`"),
+        409: _err(409, "Idempotency-Key reused with a different body"),
+        413: _err(413, "Request body over 50 MB"),
+        503: _err(503, "The queue is full (see Retry-After)"),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -168,6 +179,12 @@ def _idempotency_key(request: Request) -> str | None:
     },
 )
 async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
+    wait = services.limiter.acquire(f"create:{key_id}", services.create_limit)
+    if wait:
+        raise RateLimited(
+            f"Too many creates: at most {services.settings.create_rate:g} per minute per key.",
+            retry_after_header(wait),
+        )
     idempotency_key = _idempotency_key(request)
     body = await request.body()
     data = parse_json_object(body, request.headers.get("content-type"))
@@ -178,7 +195,18 @@ async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) 
         new = validate_create(data, models)
     if idempotency_key is not None:
         new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
-    row, created = await run_in_threadpool(services.store.create_task, key_id, new)
+    try:
+        row, created = await run_in_threadpool(services.store.create_task, key_id, new, services.quotas)
+    except QuotaExceeded as exc:
+        if exc.kind == "queue":
+            raise Overloaded(
+                "The queue is full; try again later.", retry_after_header(QUEUE_FULL_RETRY)
+            ) from None
+        raise RateLimited(
+            f"This key already has {exc.limit} tasks waiting or running; wait for one to finish.",
+            retry_after_header(ACTIVE_LIMIT_RETRY),
+            code="too_many_active_tasks",
+        ) from None
     if not created and row.request_hash != new.request_hash:
         raise Conflict(
             "This Idempotency-Key was already used with a different request body.",
@@ -192,6 +220,12 @@ async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) 
 
 @router.get("/v1/result/{task_id}", summary="Task status and result", responses=TASK_RESPONSES)
 async def get_result(task_id: str, request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
+    wait = services.limiter.acquire(f"poll:{key_id}:{task_id}", services.poll_limit)
+    if wait:
+        raise RateLimited(
+            f"Too many status reads for this task: at most {services.settings.poll_rate:g} per second.",
+            retry_after_header(wait),
+        )
     view = await services.task_view(task_id, key_id) if is_task_id(task_id) else None
     if view is None:
         raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")

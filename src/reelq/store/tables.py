@@ -65,6 +65,7 @@ tasks = Table(
 # The claim looks for the oldest queued row; the sweeper for lapsed leases: both walk this index.
 Index("ix_tasks_status_created", tasks.c.status, tasks.c.created_at)
 Index("ix_tasks_key_created", tasks.c.key_id, tasks.c.created_at)
+Index("ix_tasks_key_status", tasks.c.key_id, tasks.c.status)
 
 # Input images live beside the row, not in it: a data URI can be 27 MB of text and the
 # hot status read must never drag that along.

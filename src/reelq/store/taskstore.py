@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from reelq.domain import Status, VideoSpec, new_task_id
@@ -97,6 +97,23 @@ class NewTask:
     callback_url: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Checked inside the create transaction, so concurrent creates cannot overshoot them."""
+
+    max_active_per_key: int
+    max_queue: int
+
+
+class QuotaExceeded(Exception):
+    """A create refused because a quota is full; `kind` is "active" (per key) or "queue" (global)."""
+
+    def __init__(self, kind: str, limit: int) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +215,14 @@ class TaskStore:
         return key_id
 
     # ---- tasks: create and read -----------------------------------------------------------
-    def create_task(self, key_id: str, new: NewTask) -> tuple[TaskRow, bool]:
+    def create_task(self, key_id: str, new: NewTask, quotas: Quotas | None = None) -> tuple[TaskRow, bool]:
         """Store a new queued task; returns (row, created).
 
         With an idempotency key, a task made under the same key in the last 24 h is
         returned instead (created=False); the unique index settles concurrent retries.
         """
         if new.idempotency_key is None:
-            return self._insert_task(key_id, new), True
+            return self._insert_task(key_id, new, quotas), True
         for _ in range(3):
             existing = self._by_idempotency_key(key_id, new.idempotency_key)
             if existing is not None and existing.created_at > time.time() - IDEMPOTENCY_WINDOW_SECONDS:
@@ -214,10 +231,23 @@ class TaskStore:
                 with self.engine.begin() as conn:
                     conn.execute(update(tasks).where(tasks.c.id == existing.id).values(idempotency_key=None))
             try:
-                return self._insert_task(key_id, new), True
+                return self._insert_task(key_id, new, quotas), True
             except IntegrityError:
                 continue  # a concurrent request with the same key won: read its task
         raise RuntimeError("idempotency key contention did not settle")
+
+    def _check_quotas(self, conn: Connection, key_id: str, quotas: Quotas) -> None:
+        live = [Status.QUEUED.value, Status.PROCESSING.value]
+        active = conn.execute(
+            select(func.count()).select_from(tasks).where(tasks.c.key_id == key_id, tasks.c.status.in_(live))
+        ).scalar_one()
+        if active >= quotas.max_active_per_key:
+            raise QuotaExceeded("active", quotas.max_active_per_key)
+        waiting = conn.execute(
+            select(func.count()).select_from(tasks).where(tasks.c.status == Status.QUEUED.value)
+        ).scalar_one()
+        if waiting >= quotas.max_queue:
+            raise QuotaExceeded("queue", quotas.max_queue)
 
     def _by_idempotency_key(self, key_id: str, idempotency_key: str) -> TaskRow | None:
         with self.engine.connect() as conn:
@@ -230,7 +260,7 @@ class TaskStore:
             )
         return TaskRow.from_mapping(row) if row else None
 
-    def _insert_task(self, key_id: str, new: NewTask) -> TaskRow:
+    def _insert_task(self, key_id: str, new: NewTask, quotas: Quotas | None) -> TaskRow:
         now = time.time()
         values = {
             "id": new_task_id(),
@@ -258,6 +288,8 @@ class TaskStore:
             if value is not None
         ]
         with self.engine.begin() as conn:
+            if quotas is not None:
+                self._check_quotas(conn, key_id, quotas)
             conn.execute(insert(tasks).values(**values))
             if inputs:
                 conn.execute(insert(task_inputs), inputs)
