@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+
 from tests.conftest import Server, wait_terminal
 
 GOOD = {

@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+
 from tests.conftest import reelq_env, run_cli
 
 

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
 from tests.conftest import Server, wait_terminal
 from tests.test_api import assert_error
 

@@ -1,4 +1,4 @@
-"""Fault injection: whatever dies, every accepted task ends once, with one valid video, seen moving forward."""
+"""Fault injection: whatever dies, each accepted task ends once, with one valid video, seen moving forward."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pytest
+
 from tests.conftest import REELQ, Server, wait_terminal
 
 pytestmark = pytest.mark.e2e
