@@ -204,3 +204,23 @@ def test_two_api_processes_and_four_workers_on_one_sqlite_file(make_server) -> N
         assert len(workers) >= 2  # both servers' workers took part; none claimed a task twice
     finally:
         second.stop(signal.SIGKILL)
+
+
+def test_poison_task_fails_after_bounded_attempts_without_starving_others(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_server(
+        workers=2, REELQ_FAULT_DRILL_TERM="poison-pill", REELQ_MAX_ATTEMPTS="3", REELQ_SYNTHETIC_DELAY="0.5"
+    )
+    poller = Poller(server)
+    with poller.running():
+        poison = submit(server, poller, 1, prompt="a poison-pill render")
+        healthy = submit(server, poller, 6)
+        poller.wait_all_terminal(120)
+    poller.assert_forward_only()
+    assert_one_valid_video_each(server, healthy)
+    with server.client() as client:
+        failed = client.get(f"/v1/result/{poison[0]}").json()
+    assert failed["status"] == "failed"
+    assert "3 attempts" in failed["error"]
+    with sqlite3.connect(server.home / "reelq.db") as conn:
+        assert conn.execute("SELECT attempts FROM tasks WHERE id = ?", poison).fetchone()[0] == 3
+    assert len(worker_pids(server)) == 2  # the supervisor kept replacing the workers it killed

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(1.0, gt=0)
     queued_redispatch_seconds: float = Field(5.0, gt=0)
     drain_seconds: float = Field(30.0, ge=0)
+    # Fault drills: a prompt containing this term makes its render worker die abruptly mid-render.
+    fault_drill_term: str | None = None
     fetch_timeout: float = Field(10.0, gt=0)
     fetch_deadline: float = Field(30.0, gt=0)
 

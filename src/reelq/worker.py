@@ -30,6 +30,7 @@ from reelq.store import TaskRow, TaskStore
 log = logging.getLogger("reelq.worker")
 
 INPUT_FIELDS = ("first_image", "last_image")
+FAULT_DRILL_EXIT_CODE = 86
 
 
 class Outcome(StrEnum):
@@ -145,6 +146,7 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
         ctx.store.fail(task.id, f"{CONTENT_POLICY_PREFIX} prompt contains restricted content.", ctx.worker_id)
         return Outcome.FAILED
 
+    crash_drill = bool(settings.fault_drill_term) and settings.fault_drill_term.lower() in task.prompt.lower()
     heartbeat = _Heartbeat(ctx, task.id)
     heartbeat.start()
     temp = ctx.storage.temp_path(task.id, ctx.worker_id)
@@ -154,6 +156,9 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
         heartbeat.progress = max(heartbeat.progress, min(99, int(fraction * 100)))
         if on_progress is not None:
             on_progress(heartbeat.progress)
+        if crash_drill and fraction >= 0.1:
+            log.warning("task %s: fault drill, this worker process dies now", task.id)
+            os._exit(FAULT_DRILL_EXIT_CODE)
         if heartbeat.lost.is_set():
             raise RenderAborted("lease lost")
         if ctx.drain_expired():
