@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     root_path: str = ""
     video_url_ttl: int = Field(86400, ge=1)
+    task_retention: float = Field(7 * 86400, gt=0)
     signing_secret: str | None = None
     allow_private_urls: bool = False
     blocked_terms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_BLOCKED_TERMS))

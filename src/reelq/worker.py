@@ -149,7 +149,7 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
     crash_drill = bool(settings.fault_drill_term) and settings.fault_drill_term.lower() in task.prompt.lower()
     heartbeat = _Heartbeat(ctx, task.id)
     heartbeat.start()
-    temp = ctx.storage.temp_path(task.id, ctx.worker_id)
+    temp: Path | None = None
 
     def progress(fraction: float) -> None:
         # Never report 100 before the row is completed: 100 means "done" to clients.
@@ -167,6 +167,7 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
     try:
         inputs = load_inputs(ctx, task)
         engine = ctx.engines[task.model]
+        temp = ctx.storage.temp_path(task.id, ctx.worker_id)
         engine.render(task.spec, inputs, temp, progress)
         info = probe(temp)
         if info.frame_count <= 0:
@@ -211,6 +212,7 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
     return Outcome.LOST
 
 
-def _discard(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def _discard(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()

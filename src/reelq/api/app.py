@@ -26,6 +26,7 @@ log = logging.getLogger("reelq.api")
 
 def build_services(settings: Settings) -> Services:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
+    (settings.videos_dir / ".tmp").mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     sqlite_path = settings.sqlite_path

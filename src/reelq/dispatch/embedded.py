@@ -61,7 +61,13 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
             if task is None:
                 listener.wait(FALLBACK_POLL_SECONDS)
                 continue
-            outcome = run_task(ctx, task)
+            try:
+                outcome = run_task(ctx, task)
+            except Exception:
+                # run_task settles every render error itself; this is the store failing under us.
+                # The lease brings the task back; this process stays up for the next one.
+                log.exception("task %s: could not be settled; its lease will lapse", task.id)
+                continue
             log.info("task %s: %s (attempt %d)", task.id, outcome.value, task.attempts)
     finally:
         listener.close()
@@ -164,6 +170,9 @@ class Supervisor:
         for task_id, key in self.store.expired_videos(self.settings.video_url_ttl):
             self.storage.delete(key)
             self.store.mark_video_deleted(task_id)
+        for _task_id, key in self.store.purge_finished(self.settings.task_retention):
+            if key:
+                self.storage.delete(key)
         self.storage.remove_temp_files(
             older_than=max(3600.0, self.settings.lease_seconds * TEMP_FILE_MAX_AGE_FACTOR)
         )

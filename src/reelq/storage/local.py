@@ -24,12 +24,14 @@ class LocalStorage:
         self.root = root
         self.tmp_dir = root / ".tmp"
         self._secret = secret
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- files ------------------------------------------------------------------------------
     def temp_path(self, task_id: str, worker: str) -> Path:
         """Where a worker renders; the worker id in the name lets a supervisor clean up after a dead child."""
         safe_worker = worker.replace("/", "_").replace(":", "_")
+        # Made per render, not once at start: a volume that comes back must not need a restart,
+        # and one that is broken must fail the task, not crash-loop the worker.
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return self.tmp_dir / f"{task_id}.{safe_worker}{TEMP_SUFFIX}"
 
     def commit(self, temp: Path, task_id: str, attempt: int) -> str:

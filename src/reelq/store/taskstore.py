@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from reelq.domain import Status, VideoSpec, new_task_id
@@ -495,6 +495,20 @@ class TaskStore:
                 .limit(limit)
             )
             return [(task_id, key) for task_id, key in rows]
+
+    def purge_finished(self, retention_seconds: float, limit: int = 500) -> list[tuple[str, str | None]]:
+        """Delete tasks finished more than `retention_seconds` ago; returns (id, video key) of each."""
+        cutoff = time.time() - retention_seconds
+        old = and_(
+            tasks.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]), tasks.c.finished_at < cutoff
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(tasks.c.id, tasks.c.video_key).where(old).limit(limit)).all()
+            ids = [task_id for task_id, _ in rows]
+            if ids:
+                conn.execute(delete(task_inputs).where(task_inputs.c.task_id.in_(ids)))
+                conn.execute(delete(tasks).where(tasks.c.id.in_(ids)))
+        return [(task_id, key) for task_id, key in rows]
 
     def mark_video_deleted(self, task_id: str) -> None:
         with self.engine.begin() as conn:

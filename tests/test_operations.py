@@ -1,0 +1,74 @@
+"""Operating concerns: retention, storage failures, secrets kept out of logs and answers."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import Server, run_cli, wait_terminal
+from tests.test_api import assert_error
+
+pytestmark = pytest.mark.e2e
+
+BODY = {"model": "viduq3-turbo", "prompt": "kept for a while", "duration": 1, "resolution": "540p"}
+
+
+def test_finished_tasks_are_purged_after_retention(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_server(workers=1, REELQ_TASK_RETENTION="2", REELQ_SWEEP_INTERVAL="0.3")
+    with server.client() as client:
+        task = client.post("/v1/vidu/videos", json=BODY).json()
+        done = wait_terminal(client, task["id"])
+        assert done["status"] == "completed"
+        deadline = time.monotonic() + 15
+        while client.get(f"/v1/result/{task['id']}").status_code != 404:
+            assert time.monotonic() < deadline, "task was never purged"
+            time.sleep(0.2)
+    assert not list((server.home / "videos").glob(f"{task['id']}*"))
+    assert_error(httpx.get(done["video_url"]), 404)
+
+
+def test_a_storage_write_error_fails_the_task_and_the_service_keeps_serving(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_server(workers=1)
+    tmp_dir = server.home / "videos" / ".tmp"
+    shutil.rmtree(tmp_dir)
+    tmp_dir.write_text("not a directory: every write under it fails")  # an unwritable volume
+    try:
+        with server.client() as client:
+            broken = client.post("/v1/vidu/videos", json=BODY).json()
+            failed = wait_terminal(client, broken["id"])
+    finally:
+        tmp_dir.unlink()
+        tmp_dir.mkdir()
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("Storage error")
+    with server.client() as client:
+        healthy = client.post("/v1/vidu/videos", json=BODY).json()
+        assert wait_terminal(client, healthy["id"])["status"] == "completed"
+
+
+def test_secrets_never_appear_in_logs_answers_or_listings(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_server(
+        workers=1, REELQ_LOG_LEVEL="DEBUG", REELQ_SIGNING_SECRET="s3cr3t-signing-value"
+    )
+    key = server.keys[0]
+    with server.client() as client:
+        task = client.post("/v1/vidu/videos", json=BODY).json()
+        done = wait_terminal(client, task["id"])
+        assert_error(client.post("/v1/vidu/videos", json={**BODY, "duration": 99}), 400)
+    with httpx.Client(base_url=server.base_url) as anon:
+        wrong = anon.get(f"/v1/result/{task['id']}", headers={"Authorization": f"Bearer {key}x"})
+        assert_error(wrong, 401)
+        assert key not in wrong.text
+    listing = run_cli(server.home, "keys", "list").stdout
+    server.stop()
+    log = server.log()
+    for secret in (key, "s3cr3t-signing-value"):
+        assert secret not in log
+        assert secret not in listing
+        assert secret not in str(done)
+    with sqlite3.connect(server.home / "reelq.db") as conn:
+        assert key not in repr(conn.execute("SELECT * FROM api_keys").fetchall())
