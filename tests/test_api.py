@@ -276,3 +276,29 @@ def test_root_path_serves_both_spellings(make_server) -> None:  # type: ignore[n
         plain = client.get(f"/v1/result/{task_id}").json()["video_url"]
         assert plain.startswith(server.base_url + "/v1/files/")
         assert httpx.get(plain).status_code == 200
+
+
+def test_long_poll_answers_when_the_task_ends(shared_server: Server) -> None:
+    with shared_server.client() as client:
+        task = client.post("/v1/vidu/videos", json={**GOOD, "duration": 2}).json()
+        started = time.monotonic()
+        done = client.get(f"/v1/result/{task['id']}", params={"wait": 30}).json()
+        elapsed = time.monotonic() - started
+        assert done["status"] == "completed", done
+        assert elapsed < 25
+        # Already terminal: answers at once.
+        started = time.monotonic()
+        assert client.get(f"/v1/result/{task['id']}", params={"wait": 30}).json()["status"] == "completed"
+        assert time.monotonic() - started < 1
+        for bad in ("61", "-1", "soon"):
+            assert_error(client.get(f"/v1/result/{task['id']}", params={"wait": bad}), 400, "wait")
+
+
+def test_long_poll_times_out_with_the_current_state(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=0)
+    with server.client() as client:
+        task = client.post("/v1/vidu/videos", json=GOOD).json()
+        started = time.monotonic()
+        body = client.get(f"/v1/result/{task['id']}", params={"wait": 1.5}).json()
+        assert body["status"] == "queued"
+        assert 1.4 <= time.monotonic() - started < 5

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -19,8 +21,8 @@ from reelq.api.schemas import (
     task_object,
     validate_create,
 )
-from reelq.api.services import Services, ServicesDep, TaskView
-from reelq.domain import Status, is_task_id
+from reelq.api.services import VIEW_FIELDS, Services, ServicesDep, TaskView
+from reelq.domain import TERMINAL, Status, is_task_id
 from reelq.ratelimit import retry_after_header
 from reelq.store import QuotaExceeded, TaskRow
 
@@ -29,6 +31,11 @@ router = APIRouter()
 # Bodies above this are validated off the event loop: decoding a 20 MB data-URI image takes a while.
 INLINE_VALIDATION_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
+MAX_LONG_POLL_SECONDS = 60
+LONG_POLL_FIRST_INTERVAL = 0.02
+LONG_POLL_MAX_INTERVAL = 0.5
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+VIEW_STATUS = VIEW_FIELDS.index("status")
 # Retry-After hints when a quota is full: no way to know when a render ends, so a polite guess.
 ACTIVE_LIMIT_RETRY = 5.0
 QUEUE_FULL_RETRY = 10.0
@@ -219,14 +226,48 @@ async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) 
 
 
 @router.get("/v1/result/{task_id}", summary="Task status and result", responses=TASK_RESPONSES)
-async def get_result(task_id: str, request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
-    wait = services.limiter.acquire(f"poll:{key_id}:{task_id}", services.poll_limit)
-    if wait:
+async def get_result(
+    task_id: str,
+    request: Request,
+    key_id: KeyDep,
+    services: ServicesDep,
+    wait: Annotated[
+        float | None,
+        Query(ge=0, le=MAX_LONG_POLL_SECONDS, description="Long-poll: answer once terminal, or after N s"),
+    ] = None,
+) -> Response:
+    retry = services.limiter.acquire(f"poll:{key_id}:{task_id}", services.poll_limit)
+    if retry:
         raise RateLimited(
             f"Too many status reads for this task: at most {services.settings.poll_rate:g} per second.",
-            retry_after_header(wait),
+            retry_after_header(retry),
         )
     view = await services.task_view(task_id, key_id) if is_task_id(task_id) else None
     if view is None:
         raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
+    if wait:
+        view = await _until_terminal(services, task_id, key_id, view, wait)
     return _json(orjson.dumps(render_task(services, request, view)))
+
+
+async def _until_terminal(
+    services: Services, task_id: str, key_id: str, view: TaskView, wait: float
+) -> TaskView:
+    """Re-read until the task is terminal or `wait` seconds passed.
+
+    Workers run in other processes, so there is nothing to subscribe to here; a point read
+    costs microseconds, and the interval backs off so a thousand idle long-polls stay cheap.
+    """
+    deadline = time.monotonic() + wait
+    interval = LONG_POLL_FIRST_INTERVAL
+    while view[VIEW_STATUS] not in TERMINAL_VALUES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        await asyncio.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, LONG_POLL_MAX_INTERVAL)
+        latest = await services.task_view(task_id, key_id)
+        if latest is None:  # purged meanwhile: answer with what we had
+            break
+        view = latest
+    return view
