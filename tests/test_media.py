@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reelq.media import Mp4Writer, Probe, cover_fit, encode_frames, probe, top_level_atoms
+from reelq.media import (
+    BT709_RGB_TO_YUV,
+    YUV_OFFSET,
+    Mp4Writer,
+    Probe,
+    cover_fit,
+    encode_frames,
+    probe,
+    top_level_atoms,
+)
 
 
 def moving_frames(width: int, height: int, count: int) -> list[np.ndarray]:
@@ -118,6 +127,34 @@ def test_same_frames_give_identical_output(tmp_path: Path) -> None:
     assert all(np.array_equal(x, y) for x, y in zip(decode(a), decode(b), strict=True))
 
 
+def to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """RGB -> planar yuv420p with the module's matrix, chroma averaged over 2 x 2 blocks."""
+    h, w, _ = rgb.shape
+    yuv = rgb.astype(np.float64) @ BT709_RGB_TO_YUV.T + YUV_OFFSET
+    chroma = yuv[..., 1:].reshape(h // 2, 2, w // 2, 2, 2).mean(axis=(1, 3))
+    flat = np.concatenate([yuv[..., 0].ravel(), chroma[..., 0].ravel(), chroma[..., 1].ravel()])
+    return np.round(flat).clip(0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
+@pytest.mark.parametrize("height", [240, 202], ids=["mod4", "mod2"])
+def test_yuv_frames_decode_to_the_rgb_they_came_from(tmp_path: Path, height: int) -> None:
+    # The matrix, the writer's colour tags and a decoder's conversion back must all agree, or colours shift.
+    frames = moving_frames(320, height, 24)
+    out = tmp_path / "yuv.mp4"
+    with Mp4Writer(out, 320, height) as writer:
+        for frame in frames:
+            writer.write_yuv420p(to_yuv420p(frame))
+    decoded = decode(out)
+    assert len(decoded) == 24
+    for i in (0, 12, 23):
+        assert psnr(decoded[i], frames[i]) > 35, i
+        assert np.abs(decoded[i].mean(axis=(0, 1)) - frames[i].mean(axis=(0, 1))).max() < 2
+    # The same frames through the RGB path decode to nearly the same pictures.
+    rgb_out = tmp_path / "rgb.mp4"
+    encode_frames(frames, rgb_out, 320, height)
+    assert psnr(decode(rgb_out)[12], decoded[12]) > 38
+
+
 def test_writer_rejects_wrong_frames_and_leaves_no_file(tmp_path: Path) -> None:
     out = tmp_path / "bad.mp4"
     with pytest.raises(ValueError, match="uint8"), Mp4Writer(out, 64, 64) as writer:
@@ -127,6 +164,10 @@ def test_writer_rejects_wrong_frames_and_leaves_no_file(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="uint8"), Mp4Writer(out, 64, 64) as writer:
         writer.write(np.zeros((64, 64, 3), np.float32))
+    assert not out.exists()
+
+    with pytest.raises(ValueError, match="yuv420p"), Mp4Writer(out, 64, 64) as writer:
+        writer.write_yuv420p(np.zeros((64, 64), np.uint8))
     assert not out.exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -204,7 +205,7 @@ def test_progress_is_monotonic_and_ends_at_one(tmp_path: Path) -> None:
     SyntheticEngine().render(spec_of(duration=2), RenderInputs(), tmp_path / "p.mp4", seen.append)
     assert len(seen) >= 5
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
-    assert 0 < seen[0] and seen[-1] == 1.0
+    assert seen[0] > 0 and seen[-1] == 1.0
     assert all(0 <= v <= 1 for v in seen)
 
 
@@ -235,7 +236,7 @@ def test_delay_stretches_the_render_and_keeps_reporting(tmp_path: Path) -> None:
     assert seen[-1][1] == 1.0
     # Reports keep coming while the delay runs: no silent gap much longer than the reporting interval.
     times = [start] + [t for t, _ in seen]
-    assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 0.6
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.6
     assert len(seen) >= 6
 
 

@@ -23,15 +23,23 @@ from PIL import Image
 
 DEFAULT_FPS = 24
 
-# Measured on the 2-core reference machine (benchmarks/render_speed.py, 5 s of synthetic video):
-# per 720p frame x264 takes ~2.5 ms at ultrafast, ~6.6 ms at superfast, ~11 ms at veryfast, ~18 ms at
-# faster. superfast is the slowest preset that keeps a 1080p render comfortably above 1.5x real time
-# together with frame generation, and it compresses ~1.5-3x better than ultrafast (CABAC, deblocking).
+# Chosen by measurement on the 2-core reference machine: 5 s synthetic renders, end to end (real-time
+# factor, file size) for 720p / 1080p text-to-video:
+#   ultrafast 9.5x 1.1 MB / 4.5x 2.1 MB     superfast 6.6x 0.7 MB / 2.9x 1.4 MB
+#   veryfast  4.9x 0.35 MB / 2.2x 0.6 MB    faster    2.7x 0.5 MB / 1.3x 0.9 MB
+# superfast keeps CABAC and deblocking (ultrafast drops both and its files are the largest) and leaves
+# twice the required margin (3x at 720p, 1.5x at 1080p) on a busy machine or with several workers per
+# core; veryfast would halve the files at 25-35 % more CPU per video.
 DEFAULT_PRESET = "superfast"
-# Visually clean for both flat synthetic gradients and photos; x264's own default is 23.
+# Visually clean for both flat synthetic gradients and photos (decoded PSNR ~42 dB synthetic, ~39 dB
+# photo-like); x264's own default is 23.
 DEFAULT_CRF = 20
+# Adaptive quantisation spends extra bits on the faint grain of flat areas: on photo-like input it made
+# files 3.5x bigger (and encoding 1.5x slower) for no measurable gain at this CRF; gradients showed no
+# extra banding without it.
+_X264_PARAMS = "aq-mode=0"
 # x264's output depends on its thread count (frame threads change the lookahead and rate control), so it
-# is pinned: the same frames then give the same bytes on a 2-core laptop and a 64-core server.
+# is pinned: the same frames give the same bytes whether the machine has 2 cores or 64.
 X264_THREADS = 2
 # One key frame every two seconds keeps seeking in a browser snappy at a small size cost.
 KEYFRAME_SECONDS = 2
@@ -40,6 +48,21 @@ KEYFRAME_SECONDS = 2
 # cost 25-30 % more conversion time for no visible gain). HD video is BT.709 limited range, and the stream
 # says so, so players and decoders convert back with the same matrix.
 _SWS_FLAGS = Interpolation.BILINEAR | Interpolation.BITEXACT
+
+# RGB (0..255) to BT.709 limited-range Y'CbCr, the colour space every file is tagged with:
+# yuv = BT709_RGB_TO_YUV @ rgb + YUV_OFFSET. For engines that draw straight into YUV planes.
+_KR, _KB = 0.2126, 0.0722
+BT709_RGB_TO_YUV = (
+    np.array(
+        [
+            [219 * _KR, 219 * (1 - _KR - _KB), 219 * _KB],
+            [-112 * _KR / (1 - _KB), -112 * (1 - _KR - _KB) / (1 - _KB), 112.0],
+            [112.0, -112 * (1 - _KR - _KB) / (1 - _KR), -112 * _KB / (1 - _KR)],
+        ]
+    )
+    / 255.0
+)
+YUV_OFFSET = np.array([16.0, 128.0, 128.0])
 
 # Enough frames in flight for the encoder thread to never starve, few enough to bound memory (1080p RGB
 # frames are 6 MB each).
@@ -77,7 +100,7 @@ class Mp4Writer:
         self._container = av.open(str(self.path), "w", format="mp4", options={"movflags": "+faststart"})
         try:
             stream = self._container.add_stream(
-                "libx264", rate=fps, options={"preset": preset, "crf": str(crf)}
+                "libx264", rate=fps, options={"preset": preset, "crf": str(crf), "x264-params": _X264_PARAMS}
             )
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             # pts counts frames, so the duration is exactly frames / fps whatever timescale the muxer picks.
@@ -96,20 +119,36 @@ class Mp4Writer:
             self.path.unlink(missing_ok=True)
             raise
         self._stream = stream
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=_QUEUE_FRAMES)
+        self._queue: queue.Queue[tuple[np.ndarray, str] | None] = queue.Queue(maxsize=_QUEUE_FRAMES)
         self._thread = threading.Thread(target=self._encode_loop, name="reelq-mp4-encoder", daemon=True)
         self._thread.start()
 
     def write(self, frame: np.ndarray) -> None:
-        """Queue one RGB frame; raises at once if the encoder thread has failed."""
-        if self._closed:
-            raise RuntimeError("Mp4Writer is closed")
+        """Queue one RGB frame (H x W x 3 uint8); raises at once if the encoder thread has failed."""
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(
                 f"expected a {self.height}x{self.width}x3 uint8 frame, got {frame.shape} {frame.dtype}"
             )
+        self._put(frame, "rgb24")
+
+    def write_yuv420p(self, planes: np.ndarray) -> None:
+        """Queue one frame already in BT.709 limited-range yuv420p, in PyAV's layout: a (H*3/2) x W uint8
+        array holding the Y plane, then U, then V, each plane contiguous (see `BT709_RGB_TO_YUV`).
+
+        Skips the RGB to YUV conversion, about a third of the encoder thread's time per frame.
+        """
+        if planes.shape != (self.height * 3 // 2, self.width) or planes.dtype != np.uint8:
+            raise ValueError(
+                f"expected a {self.height * 3 // 2}x{self.width} uint8 yuv420p array, "
+                f"got {planes.shape} {planes.dtype}"
+            )
+        self._put(planes, "yuv420p")
+
+    def _put(self, array: np.ndarray, pix_fmt: str) -> None:
+        if self._closed:
+            raise RuntimeError("Mp4Writer is closed")
         self._raise_if_failed()
-        self._queue.put(frame)
+        self._queue.put((array, pix_fmt))
         self.frames_written += 1
 
     def close(self) -> None:
@@ -162,26 +201,45 @@ class Mp4Writer:
     def _encode_loop(self) -> None:
         pts = 0
         while True:
-            frame = self._queue.get()
-            if frame is None:
+            item = self._queue.get()
+            if item is None:
                 return
             if self._error is not None:
                 continue  # keep draining so a producer blocked on put() wakes up and sees the error
+            array, pix_fmt = item
             try:
-                vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
-                    format="yuv420p",
-                    src_colorspace=Colorspace.ITU709,
-                    dst_colorspace=Colorspace.ITU709,
-                    dst_color_range=ColorRange.MPEG,
-                    interpolation=_SWS_FLAGS,
-                    threads=1,
-                )
+                if pix_fmt == "yuv420p":
+                    vf = self._yuv_frame(array)
+                else:
+                    vf = av.VideoFrame.from_ndarray(array, format=pix_fmt).reformat(
+                        format="yuv420p",
+                        src_colorspace=Colorspace.ITU709,
+                        dst_colorspace=Colorspace.ITU709,
+                        dst_color_range=ColorRange.MPEG,
+                        interpolation=_SWS_FLAGS,
+                        threads=1,
+                    )
                 vf.pts = pts
                 pts += 1
                 for packet in self._stream.encode(vf):
                     self._container.mux(packet)
             except BaseException as exc:
                 self._error = exc
+
+    def _yuv_frame(self, array: np.ndarray) -> av.VideoFrame:
+        # Copied plane by plane: PyAV's from_ndarray infers the height as rows // 6 * 4, wrong for heights
+        # that are not a multiple of 4.
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        flat = array.reshape(-1)
+        offset = 0
+        for plane in frame.planes:
+            w, h = plane.width, plane.height
+            rows = np.frombuffer(memoryview(plane), np.uint8)[: plane.line_size * h].reshape(
+                h, plane.line_size
+            )
+            rows[:, :w] = flat[offset : offset + w * h].reshape(h, w)
+            offset += w * h
+        return frame
 
 
 class _Aborted(Exception):

@@ -118,7 +118,9 @@ class Supervisor:
             self._threads.append(thread)
 
     def _spawn(self, child: _Child) -> None:
+        # One BLAS thread: an idle OpenBLAS pool spins and steals the core x264 needs.
         env = dict(os.environ, REELQ_HOME=str(self.settings.home_dir))
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         child.process = subprocess.Popen(
             [sys.executable, "-m", "reelq.dispatch.embedded", "--name", child.name], env=env
         )

@@ -21,13 +21,14 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from reelq.domain import VideoSpec
 from reelq.engines.base import ProgressCallback, RenderInputs
-from reelq.media import Mp4Writer, cover_box, cover_fit
+from reelq.media import BT709_RGB_TO_YUV, YUV_OFFSET, Mp4Writer, cover_box, cover_fit
 
 # Bumping this changes every synthetic video: do it only when the look changes on purpose.
 _SEED_DOMAIN = b"reelq-synthetic-v1"
 
-# Progress is reported at least this often (seconds) and on every 5 % step, but no more often than that:
-# the worker turns each call into a lease renewal.
+# A report goes out when 5 % more is done or 0.25 s has passed since the last one, whichever comes first:
+# lively enough for a progress bar, while a render makes a few dozen calls (each may cost the caller a
+# database write) rather than one per frame.
 _PROGRESS_EVERY_S = 0.25
 _PROGRESS_STEP = 0.05
 # The frames' share of the progress bar; the rest is the encoder flush and faststart rewrite.
@@ -35,6 +36,8 @@ _FRAMES_SHARE = 0.98
 # Longest single sleep of the artificial delay, so an abort raised by progress lands promptly.
 _DELAY_SLICE_S = 0.1
 
+# yuv = BT709_RGB_TO_YUV @ rgb + offset, with +0.5 folded in so that truncating to uint8 rounds.
+_YUV_OFFSET_ROUNDED = YUV_OFFSET + 0.5
 _BLAS_SINGLE_THREAD_MNK = 65536 * 4  # OpenBLAS: SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD
 _KEN_BURNS_ZOOM = 1.12  # zoom reached at the far end of an image-to-video move: gentle, not dizzying
 
@@ -50,7 +53,11 @@ def request_seed(spec: VideoSpec, inputs: RenderInputs) -> int:
 
 
 class SyntheticEngine:
-    """Deterministic CPU engine; `delay_seconds` stretches each render to mimic a real model's latency."""
+    """Deterministic CPU engine; `delay_seconds` stretches each render to mimic a real model's latency.
+
+    The delay is slept in slices between frames (progress keeps moving, an abort lands within ~0.1 s);
+    encoding carries on meanwhile, so a render takes at least `delay_seconds`, not render time + delay.
+    """
 
     name = "synthetic"
 
@@ -74,8 +81,9 @@ class SyntheticEngine:
         out_path = Path(out_path)
         try:
             with Mp4Writer(out_path, spec.width, spec.height, spec.fps) as writer:
+                write = writer.write_yuv420p if scene.pix_fmt == "yuv420p" else writer.write
                 for i in range(n):
-                    writer.write(scene.frame(i))
+                    write(scene.frame(i))
                     done, next_done = _FRAMES_SHARE * i / n, _FRAMES_SHARE * (i + 1) / n
                     if delay_per_frame:
                         _sleep_reporting(delay_per_frame, done, next_done, reporter)
@@ -118,6 +126,8 @@ def _sleep_reporting(seconds: float, start: float, end: float, reporter: _Progre
 
 
 class _Scene(Protocol):
+    pix_fmt: str  # "rgb24" (H x W x 3) or "yuv420p" (PyAV's planar layout), see Mp4Writer
+
     def frame(self, index: int) -> np.ndarray: ...
 
 
@@ -141,8 +151,14 @@ def _palette(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarr
 
 
 class _PromptScene:
-    """Mesh-gradient background, drifting soft discs and the prompt's words, all keyed on the request."""
+    """Mesh-gradient background, drifting soft discs and the prompt's words, all keyed on the request.
 
+    Drawn straight into yuv420p planes: every step is a weighted sum of colours, and the RGB -> YUV map is
+    affine, so it can be applied to the colours once instead of to every pixel of every frame. That halves
+    the pixels drawn (chroma is a quarter size) and saves the encoder thread its colour conversion.
+    """
+
+    pix_fmt = "yuv420p"
     _GLOWS = 7  # big blurry colour fields in the background
     _DISCS = 6  # sharper soft-edged discs in front
 
@@ -150,36 +166,38 @@ class _PromptScene:
         self.w, self.h, self.fps = spec.width, spec.height, spec.fps
         short = min(self.w, self.h)
         base, accents = _palette(rng, self._GLOWS + self._DISCS)
-        self._ys = np.arange(self.h, dtype=np.float32)
-        self._xs = np.arange(self.w, dtype=np.float32)
+        # Luma sample positions, and chroma ones (each the centre of its 2 x 2 luma block).
+        self._y_rows = np.arange(self.h, dtype=np.float64)
+        self._y_cols = np.arange(self.w, dtype=np.float64)
+        self._c_rows = np.arange(self.h // 2) * 2 + 0.5
+        self._c_cols = np.arange(self.w // 2) * 2 + 0.5
 
         # Background = base + sum_k gy_k(y) gx_k(x) (colour_k - base): a sum of separable Gaussians is a
-        # low-rank matrix, so the whole H x W x 3 frame is one small matrix product per frame.
+        # low-rank matrix, so each plane is one small matrix product per frame.
         g = self._GLOWS
-        self._glow_colors = (accents[:g] - base) * rng.uniform(0.55, 0.9, (g, 1)).astype(np.float32)
+        glow_rgb = (accents[:g] - base) * rng.uniform(0.55, 0.9, (g, 1))
         self._glow_sigma = rng.uniform(0.22, 0.45, (g, 2)) * np.array([self.w, self.h])
         self._glow_center = rng.uniform(0.0, 1.0, (g, 2))
         self._glow_orbit = rng.uniform(0.08, 0.3, (g, 2))
         self._glow_speed = rng.uniform(0.15, 0.45, (g, 2)) * rng.choice([-1, 1], (g, 2))
         self._glow_phase = rng.uniform(0, 2 * math.pi, (g, 2))
-        # +0.5 so the final float -> uint8 truncation rounds to nearest.
-        self._base = base + 0.5
-        # OpenBLAS hands a product bigger than ~256k multiply-adds to its thread pool, whose threads then
-        # spin between frames and starve x264 of the second core (measured: 720p render 1.85 s -> 1.4 s).
-        # Products in bands of rows stay under that size and run on the calling thread.
-        self._rows_per_matmul = max(1, _BLAS_SINGLE_THREAD_MNK // (self.w * 3 * (g + 2)))
-        # A gentle vertical shade: lighter at the top, a tint that breathes over time.
-        self._shade = np.linspace(0.5, -0.5, self.h, dtype=np.float32)
-        self._shade_color = np.array([18.0, 18.0, 24.0], np.float32) * rng.uniform(0.5, 1.2)
+        # A gentle vertical shade, lighter at the top, whose strength breathes over time.
+        shade_rgb = np.array([18.0, 18.0, 24.0]) * rng.uniform(0.5, 1.2)
+        # Colours as (Y, U, V) rows. Differences of colours take the matrix alone; the base also takes the
+        # offset, plus 0.5 so that the final float -> uint8 truncation rounds to nearest.
+        self._glow_yuv = glow_rgb @ BT709_RGB_TO_YUV.T
+        self._shade_yuv = shade_rgb @ BT709_RGB_TO_YUV.T
+        self._base_yuv = BT709_RGB_TO_YUV @ base + _YUV_OFFSET_ROUNDED
 
-        # Discs are drawn once into premultiplied sprites (region * keep + add per frame): recomputing
-        # distances every frame cost more than the rest of the frame. Whole-pixel placement is fine at
-        # these speeds.
+        # Discs are drawn once into sprites (region * keep + add per frame); whole-pixel placement is fine
+        # at these speeds.
         self._discs = [
-            _disc_sprite(
-                radius=rng.uniform(0.06, 0.16) * short,
-                color=accents[g + k],
-                opacity=rng.uniform(0.55, 0.9),
+            _YuvSprite(
+                *_disc_sprite(
+                    radius=rng.uniform(0.06, 0.16) * short,
+                    color=accents[g + k],
+                    opacity=rng.uniform(0.55, 0.9),
+                )
             )
             for k in range(self._DISCS)
         ]
@@ -189,122 +207,166 @@ class _PromptScene:
         self._disc_speed = rng.uniform(0.25, 0.9, (d, 2)) * rng.choice([-1, 1], (d, 2))
         self._disc_phase = rng.uniform(0, 2 * math.pi, (d, 2))
 
-        self._text = _TextSprite.build(spec.prompt, self.w, self.h)
+        text = _text_sprite(spec.prompt, self.w, self.h)
+        self._text = _YuvSprite(*text) if text is not None else None
         self._text_bob_phase = rng.uniform(0, 2 * math.pi)
 
     def frame(self, index: int) -> np.ndarray:
+        """Frame `index` in PyAV's yuv420p layout: (H*3/2) x W uint8, planes Y, U, V one after another."""
         t = index / self.fps
-        buf = self._background(t)
-        for k in range(self._DISCS):
-            self._draw_disc(buf, k, t)
+        buf = np.empty(self.h * self.w * 3 // 2, np.float32)
+        n_y, n_c = self.h * self.w, self.h * self.w // 4
+        planes = (
+            buf[:n_y].reshape(self.h, self.w),
+            buf[n_y : n_y + n_c].reshape(self.h // 2, self.w // 2),
+            buf[n_y + n_c :].reshape(self.h // 2, self.w // 2),
+        )
+        self._background(t, planes)
+        for k, sprite in enumerate(self._discs):
+            cx, cy = (
+                self._disc_center[k]
+                + self._disc_orbit[k] * np.sin(self._disc_speed[k] * t + self._disc_phase[k])
+            ) * np.array([self.w, self.h])
+            sprite.draw(planes, round(cx) - sprite.width // 2, round(cy) - sprite.height // 2)
         if self._text is not None:
-            self._draw_text(buf, t)
-        # Clamp and narrow in one pass; `buf` carries +0.5 from the base colour, so truncation rounds.
-        return np.clip(buf, 0, 255, out=np.empty(buf.shape, np.uint8), casting="unsafe")
+            bob = round(0.008 * self.h * math.sin(0.9 * t + self._text_bob_phase))
+            x0 = (self.w - self._text.width) // 2
+            y0 = int(self.h * 0.72) - self._text.height // 2 + bob
+            y0 = min(max(0, y0), self.h - self._text.height)
+            self._text.draw(planes, x0, y0, opacity=min(1.0, t / 0.6))  # words fade in over 0.6 s
+        out = np.clip(buf, 0, 255, out=np.empty(buf.shape, np.uint8), casting="unsafe")
+        return out.reshape(self.h * 3 // 2, self.w)
 
-    def _background(self, t: float) -> np.ndarray:
-        g = self._GLOWS
+    def _background(self, t: float, planes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         wobble = np.sin(self._glow_speed * t + self._glow_phase)
         centers = (self._glow_center + self._glow_orbit * wobble) * np.array([self.w, self.h])
-        left = np.empty((self.h, g + 2), np.float32)
-        right = np.empty((g + 2, self.w, 3), np.float32)
-        left[:, :g] = np.exp(-(((self._ys[:, None] - centers[:, 1]) / self._glow_sigma[:, 1]) ** 2))
-        gx = np.exp(-(((self._xs[:, None] - centers[:, 0]) / self._glow_sigma[:, 0]) ** 2))  # W x g
-        right[:g] = gx.T[:, :, None] * self._glow_colors[:, None, :]
-        left[:, g] = 1.0
-        right[g] = self._base
-        left[:, g + 1] = self._shade
-        right[g + 1] = self._shade_color * (1.0 + 0.3 * math.sin(0.7 * t))
-        right_flat = right.reshape(g + 2, -1)
-        out = np.empty((self.h, self.w * 3), np.float32)
-        for y in range(0, self.h, self._rows_per_matmul):
-            np.matmul(left[y : y + self._rows_per_matmul], right_flat, out=out[y : y + self._rows_per_matmul])
-        return out.reshape(self.h, self.w, 3)
+        shade_yuv = self._shade_yuv * (1.0 + 0.3 * math.sin(0.7 * t))
+        for channel, plane in enumerate(planes):
+            rows, cols = (self._y_rows, self._y_cols) if channel == 0 else (self._c_rows, self._c_cols)
+            # Terms: the glows, the constant base, the vertical shade.
+            left = np.empty((len(rows), self._GLOWS + 2), np.float32)
+            left[:, :-2] = np.exp(-(((rows[:, None] - centers[:, 1]) / self._glow_sigma[:, 1]) ** 2))
+            left[:, -2] = 1.0
+            left[:, -1] = 0.5 - rows / self.h
+            right = np.empty((self._GLOWS + 2, len(cols)), np.float32)
+            right[:-2] = np.exp(-(((cols[None, :] - centers[:, :1]) / self._glow_sigma[:, :1]) ** 2))
+            right[:-2] *= self._glow_yuv[:, channel, None]
+            right[-2] = self._base_yuv[channel]
+            right[-1] = shade_yuv[channel]
+            _matmul_single_thread(left, right, plane)
 
-    def _draw_disc(self, buf: np.ndarray, k: int, t: float) -> None:
-        keep, add = self._discs[k]
-        size = keep.shape[0]
-        cx, cy = (
-            self._disc_center[k] + self._disc_orbit[k] * np.sin(self._disc_speed[k] * t + self._disc_phase[k])
-        ) * np.array([self.w, self.h])
-        x0, y0 = round(cx) - size // 2, round(cy) - size // 2
-        # Clip the sprite to the frame: discs may drift partly off screen.
-        sx0, sy0 = max(0, -x0), max(0, -y0)
-        sx1, sy1 = min(size, self.w - x0), min(size, self.h - y0)
-        if sx0 >= sx1 or sy0 >= sy1:
-            return
-        region = buf[y0 + sy0 : y0 + sy1, x0 + sx0 : x0 + sx1]
-        region *= keep[sy0:sy1, sx0:sx1]
-        region += add[sy0:sy1, sx0:sx1]
 
-    def _draw_text(self, buf: np.ndarray, t: float) -> None:
-        sprite = self._text
-        assert sprite is not None
-        fade = min(1.0, t / 0.6)  # words fade in over the first 0.6 s
-        bob = round(0.008 * self.h * math.sin(0.9 * t + self._text_bob_phase))
-        x0 = (self.w - sprite.width) // 2
-        y0 = min(max(0, int(self.h * 0.72) - sprite.height // 2 + bob), self.h - sprite.height)
-        region = buf[y0 : y0 + sprite.height, x0 : x0 + sprite.width]
-        if fade >= 1.0:
-            region *= sprite.keep
-            region += sprite.add
-        else:
-            region *= 1.0 - fade * (1.0 - sprite.keep)
-            region += fade * sprite.add
+def _matmul_single_thread(left: np.ndarray, right: np.ndarray, out: np.ndarray) -> None:
+    """out = left @ right, in bands of rows small enough for OpenBLAS to run on the calling thread.
+
+    OpenBLAS hands a product bigger than ~256k multiply-adds to its thread pool, whose threads then spin
+    between frames and starve x264 of the second core (measured: 720p render 1.85 s -> 1.4 s).
+    """
+    rows = max(1, _BLAS_SINGLE_THREAD_MNK // (left.shape[1] * right.shape[1]))
+    for y in range(0, left.shape[0], rows):
+        np.matmul(left[y : y + rows], right, out=out[y : y + rows])
+
+
+class _YuvSprite:
+    """An RGB sprite (`region * keep + add`, premultiplied) turned into yuv420p planes once.
+
+    Chroma is averaged over 2 x 2 blocks, once for each parity of the luma position, so a sprite can sit
+    at any whole luma pixel and its colour stays aligned with its luma.
+    """
+
+    def __init__(self, keep: np.ndarray, add: np.ndarray) -> None:
+        self.height, self.width = keep.shape
+        # Weights under a blend sum to 1, so the colours' share (1 - keep) takes the offset.
+        add_yuv = add @ BT709_RGB_TO_YUV.T + (1.0 - keep)[..., None] * _YUV_OFFSET_ROUNDED
+        self.y_keep = keep.astype(np.float32)
+        self.y_add = add_yuv[..., 0].astype(np.float32)
+        self.chroma: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for py in (0, 1):
+            for px in (0, 1):
+                # Shift by the parity, pad with "transparent" to even size, average 2 x 2 blocks.
+                pad = ((py, (self.height + py) % 2), (px, (self.width + px) % 2))
+                k = np.pad(keep, pad, constant_values=1.0)
+                u = np.pad(add_yuv[..., 1], pad)
+                v = np.pad(add_yuv[..., 2], pad)
+                self.chroma[py, px] = tuple(
+                    (a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).mean(axis=(1, 3))).astype(np.float32)
+                    for a in (k, u, v)
+                )
+
+    def draw(
+        self, planes: tuple[np.ndarray, np.ndarray, np.ndarray], x0: int, y0: int, opacity: float = 1.0
+    ) -> None:
+        y_plane, u_plane, v_plane = planes
+        _blend(y_plane, self.y_keep, self.y_add, x0, y0, opacity)
+        c_keep, c_u, c_v = self.chroma[y0 % 2, x0 % 2]
+        _blend(u_plane, c_keep, c_u, x0 // 2, y0 // 2, opacity)
+        _blend(v_plane, c_keep, c_v, x0 // 2, y0 // 2, opacity)
+
+
+def _blend(plane: np.ndarray, keep: np.ndarray, add: np.ndarray, x0: int, y0: int, opacity: float) -> None:
+    """plane[y0:, x0:] = plane * keep + add, clipped to the plane (sprites may drift partly off it)."""
+    h, w = keep.shape
+    sx0, sy0 = max(0, -x0), max(0, -y0)
+    sx1, sy1 = min(w, plane.shape[1] - x0), min(h, plane.shape[0] - y0)
+    if sx0 >= sx1 or sy0 >= sy1:
+        return
+    region = plane[y0 + sy0 : y0 + sy1, x0 + sx0 : x0 + sx1]
+    keep, add = keep[sy0:sy1, sx0:sx1], add[sy0:sy1, sx0:sx1]
+    if opacity >= 1.0:
+        region *= keep
+        region += add
+    else:
+        region *= 1.0 - opacity * (1.0 - keep)
+        region += opacity * add
 
 
 def _disc_sprite(radius: float, color: np.ndarray, opacity: float) -> tuple[np.ndarray, np.ndarray]:
-    """A soft-edged disc lit from the upper left, as (keep, add) float32 arrays of size 2r+feather."""
+    """A soft-edged disc lit from the upper left, as RGB (keep, add) arrays of size ~2r."""
     feather = max(2.0, 0.12 * radius)  # soft edge, but still reads as a disc rather than a glow
     size = int(2 * (radius + feather)) + 2
-    coords = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / radius
+    coords = (np.arange(size) - (size - 1) / 2) / radius
     dist = np.sqrt(coords[:, None] ** 2 + coords[None, :] ** 2)
-    alpha = (np.clip((1.0 - dist) * (radius / feather), 0.0, 1.0) * opacity)[..., None]
+    alpha = np.clip((1.0 - dist) * (radius / feather), 0.0, 1.0) * opacity
     lit = np.minimum(color * 1.25 + 30, 255)
     light = np.clip(0.5 - 0.35 * (coords[None, :] + coords[:, None]), 0.0, 1.0)[..., None]
     shade = color + light * (lit - color)
-    # Both materialised with 3 channels: broadcasting a size-1 channel axis makes numpy loop over 3 values
-    # at a time, several times slower than a plain elementwise product.
-    keep = np.repeat(1.0 - alpha, 3, axis=2).astype(np.float32)
-    return keep, (alpha * shade).astype(np.float32)
+    return 1.0 - alpha, alpha[..., None] * shade
 
 
-class _TextSprite:
-    """The prompt rendered once by Pillow; per frame it is `region * keep + add` (a shadow, then text)."""
-
-    def __init__(self, keep: np.ndarray, add: np.ndarray) -> None:
-        self.keep, self.add = keep, add
-        self.height, self.width = keep.shape[:2]
-
-    @classmethod
-    def build(cls, prompt: str, width: int, height: int) -> _TextSprite | None:
-        short = min(width, height)
-        font = ImageFont.load_default(size=max(12, round(short * 0.05)))
-        lines = _wrap(_renderable(prompt, font), font, max_width=width * 0.84, max_lines=3)
-        if not lines:
-            return None
-        text = "\n".join(lines)
-        pad = max(4, round(short * 0.02))
-        spacing = round(font.size * 0.25)
-        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-        left, top, right, bottom = probe.multiline_textbbox(
-            (0, 0), text, font=font, spacing=spacing, align="center"
-        )
-        w = min(width, int(right - left) + 2 * pad)
-        h = min(height, int(bottom - top) + 2 * pad)
-        mask = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(mask).multiline_text(
-            (pad - left, pad - top), text, fill=255, font=font, spacing=spacing, align="center"
-        )
-        shadow = mask.filter(ImageFilter.GaussianBlur(max(2, pad * 0.6)))
-        a_text = np.asarray(mask, np.float32)[..., None] / 255.0
-        a_shadow = np.minimum(1.0, np.asarray(shadow, np.float32)[..., None] / 255.0 * 1.6) * 0.55
-        keep = (1.0 - a_shadow) * (1.0 - a_text)
-        add = np.broadcast_to(a_text * np.float32(250.0), (h, w, 3)).astype(np.float32)
-        return cls(np.broadcast_to(keep, (h, w, 3)).astype(np.float32), add)
+_Font = ImageFont.FreeTypeFont | ImageFont.ImageFont  # what load_default() gives, with or without FreeType
 
 
-def _renderable(prompt: str, font: ImageFont.FreeTypeFont) -> str:
+def _text_sprite(prompt: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prompt's words in white over a soft shadow, rendered once by Pillow, as RGB (keep, add)."""
+    short = min(width, height)
+    size = max(12, round(short * 0.05))
+    font = ImageFont.load_default(size=size)
+    lines = _wrap(_renderable(prompt, font), font, max_width=width * 0.84, max_lines=3)
+    if not lines:
+        return None
+    text = "\n".join(lines)
+    pad = max(4, round(short * 0.02))
+    spacing = round(size * 0.25)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left, top, right, bottom = probe.multiline_textbbox(
+        (0, 0), text, font=font, spacing=spacing, align="center"
+    )
+    w = min(width, int(right - left) + 2 * pad)
+    h = min(height, int(bottom - top) + 2 * pad)
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).multiline_text(
+        (pad - left, pad - top), text, fill=255, font=font, spacing=spacing, align="center"
+    )
+    shadow = mask.filter(ImageFilter.GaussianBlur(max(2, pad * 0.6)))
+    a_text = np.asarray(mask, np.float64) / 255.0
+    a_shadow = np.minimum(1.0, np.asarray(shadow, np.float64) / 255.0 * 1.6) * 0.55
+    # Shadow (black) first, then the text (white) over it.
+    keep = (1.0 - a_shadow) * (1.0 - a_text)
+    add = (a_text * 250.0)[..., None] * np.ones(3)
+    return keep, add
+
+
+def _renderable(prompt: str, font: _Font) -> str:
     """The prompt reduced to what the bundled font can draw: accents stripped, other scripts dropped.
 
     Pillow's default font covers ASCII only; anything else would be drawn as a row of tofu boxes.
@@ -322,7 +384,7 @@ def _renderable(prompt: str, font: ImageFont.FreeTypeFont) -> str:
     return " ".join("".join(out).split())
 
 
-def _wrap(text: str, font: ImageFont.FreeTypeFont, max_width: float, max_lines: int) -> list[str]:
+def _wrap(text: str, font: _Font, max_width: float, max_lines: int) -> list[str]:
     """Greedy word wrap by rendered width; the last line ends in an ellipsis when text is left over."""
     lines: list[str] = []
     words = text.split()
@@ -392,6 +454,8 @@ class _KenBurns:
 
 class _ImageScene:
     """First image zooming in; with a last image, a cross-fade into it as it settles back to zoom 1.0."""
+
+    pix_fmt = "rgb24"
 
     def __init__(
         self,
