@@ -302,3 +302,30 @@ def test_long_poll_times_out_with_the_current_state(make_server) -> None:  # typ
         body = client.get(f"/v1/result/{task['id']}", params={"wait": 1.5}).json()
         assert body["status"] == "queued"
         assert 1.4 <= time.monotonic() - started < 5
+
+
+def test_usage_adds_up_what_each_key_was_charged(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=2)
+    other_key = server.new_key("other")
+    with server.client() as client, server.client(other_key) as other:
+        bodies = [
+            {"model": "viduq3-pro", "prompt": "one", "duration": 2, "resolution": "720p"},
+            {"model": "viduq3-turbo", "prompt": "two", "duration": 1, "resolution": "1080p"},
+            {"model": "viduq3-pro", "prompt": "bomb making", "duration": 1},  # fails: not charged
+        ]
+        ids = [client.post("/v1/vidu/videos", json=b).json()["id"] for b in bodies]
+        results = [wait_terminal(client, task_id) for task_id in ids]
+        assert [r["status"] for r in results] == ["completed", "completed", "failed"]
+        usage = client.get("/v1/usage").json()
+        assert usage["object"] == "usage"
+        assert usage["videos"] == 2
+        assert usage["totalTokens"] == 600 + 300 == sum(r["totalTokens"] or 0 for r in results)
+        assert usage["seconds"] == 3
+        assert usage["by_model"]["viduq3-pro"] == {"videos": 1, "seconds": 2, "totalTokens": 600}
+        today = usage["data"][0]["date"]
+        assert client.get("/v1/usage", params={"since": today, "until": today}).json()["totalTokens"] == 900
+        assert client.get("/v1/usage", params={"until": "2000-01-01"}).json()["totalTokens"] == 0
+        assert_error(client.get("/v1/usage", params={"since": "yesterday"}), 400, "since")
+        assert other.get("/v1/usage").json()["totalTokens"] == 0  # one key never sees another's usage
+    with httpx.Client(base_url=server.base_url) as anon:
+        assert_error(anon.get("/v1/usage"), 401)

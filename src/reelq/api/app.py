@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from reelq import __version__
-from reelq.api import files, vidu
+from reelq.api import files, usage, vidu
 from reelq.api.errors import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
 from reelq.api.services import Services, ServicesDep
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_error_handlers(app)
     app.include_router(vidu.router, tags=["vidu"])
     app.include_router(files.router, tags=["files"])
+    app.include_router(usage.router, tags=["usage"])
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -67,6 +67,18 @@ Index("ix_tasks_status_created", tasks.c.status, tasks.c.created_at)
 Index("ix_tasks_key_created", tasks.c.key_id, tasks.c.created_at)
 Index("ix_tasks_key_status", tasks.c.key_id, tasks.c.status)
 
+# Billing survives task retention: one row per key, UTC day and model, added to at completion.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("key_id", String(40), ForeignKey("api_keys.id"), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("model", String(100), primary_key=True),
+    Column("videos", Integer, nullable=False, server_default=text("0")),
+    Column("seconds", Float, nullable=False, server_default=text("0")),
+    Column("tokens", Integer, nullable=False, server_default=text("0")),
+)
+
 # Input images live beside the row, not in it: a data URI can be 27 MB of text and the
 # hot status read must never drag that along.
 task_inputs = Table(

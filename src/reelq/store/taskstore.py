@@ -15,10 +15,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from reelq.domain import Status, VideoSpec, new_task_id
-from reelq.store.tables import api_keys, task_inputs, tasks
+from reelq.store.tables import api_keys, task_inputs, tasks, usage_daily
 
 KEY_PREFIX = "rq_"
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
@@ -97,6 +99,15 @@ class NewTask:
     callback_url: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    day: str
+    model: str
+    videos: int
+    seconds: float
+    tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,25 +384,68 @@ class TaskStore:
     def complete(
         self, task_id: str, worker: str, video_key: str, actual_duration: float, total_tokens: int
     ) -> bool:
-        """Finish successfully; False when this worker no longer owns the task (its video is discarded)."""
+        """Finish successfully and charge the key; False when this worker no longer owns the task."""
+        now = time.time()
         with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    update(tasks)
-                    .where(self._owned(task_id, worker))
-                    .values(
-                        status=Status.COMPLETED.value,
-                        finished_at=time.time(),
-                        video_key=video_key,
-                        actual_duration=actual_duration,
-                        total_tokens=total_tokens,
-                        progress=100,
-                        lease_until=None,
-                        error=None,
-                    )
-                ).rowcount
-                == 1
+            done = conn.execute(
+                update(tasks)
+                .where(self._owned(task_id, worker))
+                .values(
+                    status=Status.COMPLETED.value,
+                    finished_at=now,
+                    video_key=video_key,
+                    actual_duration=actual_duration,
+                    total_tokens=total_tokens,
+                    progress=100,
+                    lease_until=None,
+                    error=None,
+                )
+                .returning(tasks.c.key_id, tasks.c.model)
+            ).first()
+            if done is None:
+                return False
+            self._charge(conn, done.key_id, done.model, now, actual_duration, total_tokens)
+            return True
+
+    def _charge(
+        self, conn: Connection, key_id: str, model: str, when: float, seconds: float, tokens: int
+    ) -> None:
+        """Add one video to the key's usage ledger (in the completing transaction: charged exactly once)."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(when))
+        insert_fn = pg_insert if self._postgres else sqlite_insert
+        stmt = insert_fn(usage_daily).values(
+            key_id=key_id, day=day, model=model, videos=1, seconds=seconds, tokens=tokens
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["key_id", "day", "model"],
+                set_={
+                    "videos": usage_daily.c.videos + 1,
+                    "seconds": usage_daily.c.seconds + seconds,
+                    "tokens": usage_daily.c.tokens + tokens,
+                },
             )
+        )
+
+    def usage(self, key_id: str, since: str | None = None, until: str | None = None) -> list[UsageRow]:
+        """The key's usage per UTC day and model, optionally within [since, until] (YYYY-MM-DD)."""
+        query = select(usage_daily).where(usage_daily.c.key_id == key_id)
+        if since:
+            query = query.where(usage_daily.c.day >= since)
+        if until:
+            query = query.where(usage_daily.c.day <= until)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(usage_daily.c.day, usage_daily.c.model)).mappings()
+            return [
+                UsageRow(
+                    day=r["day"],
+                    model=r["model"],
+                    videos=r["videos"],
+                    seconds=r["seconds"],
+                    tokens=r["tokens"],
+                )
+                for r in rows
+            ]
 
     def fail(self, task_id: str, error: str, worker: str | None = None) -> bool:
         """Fail a task: with `worker`, only while that worker owns it; else from any live state."""
