@@ -14,6 +14,7 @@ from starlette.responses import Response
 from reelq import __version__
 from reelq.api import files, usage, vidu
 from reelq.api.errors import install_error_handlers
+from reelq.api.fastpath import FastStatusReads
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
 from reelq.api.services import Services, ServicesDep
 from reelq.config import Settings, load_settings
@@ -85,4 +86,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(BodyLimitMiddleware)
     if settings.root_path:
         app.add_middleware(RootPathMiddleware, root_path=settings.root_path)
+    app.add_middleware(FastStatusReads, services=services)  # outermost: see api/fastpath.py
     return app

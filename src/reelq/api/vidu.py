@@ -102,13 +102,13 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def video_url_for(services: Services, request: Request, task_id: str, finished_at: float) -> str:
-    base = services.settings.public_base_url or str(request.base_url).rstrip("/")
-    expires = int(finished_at + services.settings.video_url_ttl)
-    return services.storage.signed_url(base, task_id, expires)
-
-
 def render_task(services: Services, request: Request, view: TaskView) -> dict[str, Any]:
+    base = services.settings.public_base_url or str(request.base_url).rstrip("/")
+    return render_task_for_base(services, base, view)
+
+
+def render_task_for_base(services: Services, base_url: str, view: TaskView) -> dict[str, Any]:
+    """The wire task object; `base_url` is where video links point (public base or serving address)."""
     (
         task_id,
         _key,
@@ -123,7 +123,10 @@ def render_task(services: Services, request: Request, view: TaskView) -> dict[st
         total_tokens,
         error,
     ) = view
-    url = video_url_for(services, request, task_id, finished_at) if status == Status.COMPLETED else None
+    url = None
+    if status == Status.COMPLETED:
+        expires = int(finished_at + services.settings.video_url_ttl)
+        url = services.storage.signed_url(base_url, task_id, expires)
     return task_object(
         task_id=task_id,
         model=model,
