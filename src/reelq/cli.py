@@ -76,7 +76,7 @@ def serve(
     """Run the API and N supervised render workers on the embedded store."""
     import uvicorn
 
-    from reelq.api import create_app
+    from reelq.api import create_asgi
     from reelq.api.app import build_services
     from reelq.dispatch.embedded import Supervisor
 
@@ -91,7 +91,7 @@ def serve(
         raise typer.Exit(2) from None
     supervisor = Supervisor(settings, settings.workers)
     config = uvicorn.Config(
-        create_app(settings, services),
+        create_asgi(settings, services),
         host=host,
         port=port,
         log_level=os.environ.get("REELQ_LOG_LEVEL", "info").lower(),

@@ -7,9 +7,8 @@ with Redis so every API node shares them.
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,27 +32,31 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
-    """Token buckets in this process (thread-safe: creates run in the thread pool)."""
+    """Token buckets in this process.
 
-    def __init__(self, max_buckets: int = MAX_BUCKETS, clock: object = time.monotonic) -> None:
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
+    Called only from the event loop (both limited routes are async handlers), so it
+    takes no lock: it sits on the hot status-read path.
+    """
+
+    def __init__(self, max_buckets: int = MAX_BUCKETS, clock: Callable[[], float] = time.monotonic) -> None:
+        # A dict keeps insertion order: popping and re-inserting on each use keeps it
+        # least-recently-used first, so eviction drops the idlest bucket.
+        self._buckets: dict[str, tuple[float, float]] = {}
         self._max = max_buckets
         self._clock = clock
 
     def acquire(self, bucket: str, limit: Limit) -> float:
-        now = self._clock()  # type: ignore[operator]
-        with self._lock:
-            tokens, stamp = self._buckets.pop(bucket, (limit.burst, now))
-            tokens = min(limit.burst, tokens + (now - stamp) * limit.rate)
-            if tokens >= 1.0:
-                self._buckets[bucket] = (tokens - 1.0, now)
-                wait = 0.0
-            else:
-                self._buckets[bucket] = (tokens, now)
-                wait = (1.0 - tokens) / limit.rate
-            while len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
+        now = self._clock()
+        tokens, stamp = self._buckets.pop(bucket, (limit.burst, now))
+        tokens = min(limit.burst, tokens + (now - stamp) * limit.rate)
+        if tokens >= 1.0:
+            self._buckets[bucket] = (tokens - 1.0, now)
+            wait = 0.0
+        else:
+            self._buckets[bucket] = (tokens, now)
+            wait = (1.0 - tokens) / limit.rate
+        if len(self._buckets) > self._max:
+            del self._buckets[next(iter(self._buckets))]
         return wait
 
 

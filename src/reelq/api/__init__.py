@@ -1,5 +1,5 @@
 """The HTTP API (FastAPI): Vidu routes, signed downloads, health."""
 
-from reelq.api.app import create_app
+from reelq.api.app import create_app, create_asgi
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_asgi"]

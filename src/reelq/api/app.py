@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from reelq import __version__
 from reelq.api import files, usage, vidu
@@ -86,5 +87,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(BodyLimitMiddleware)
     if settings.root_path:
         app.add_middleware(RootPathMiddleware, root_path=settings.root_path)
-    app.add_middleware(FastStatusReads, services=services)  # outermost: see api/fastpath.py
     return app
+
+
+def create_asgi(settings: Settings | None = None, services: Services | None = None) -> ASGIApp:
+    """What uvicorn serves: the app behind the status-read fast path (api/fastpath.py).
+
+    The fast path wraps the FastAPI app from outside, so a status read skips FastAPI's
+    own per-request layers too, not only the router.
+    """
+    app = create_app(settings, services)
+    return FastStatusReads(app, app.state.services)

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -31,7 +31,7 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Task], Coroutine[Any, Any, Path
         if self._owns_http:
             await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -69,8 +69,10 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Task], Coroutine[Any, Any, Path
             )
             if action.stream and not response.is_success:
                 # Error bodies are small and the flow reads them; the stream is not needed past that.
-                async with response:
+                try:
                     await response.aread()
+                finally:
+                    await response.aclose()
         except httpx.HTTPError as exc:  # the flow decides whether it is worth another try
             return exc
         return response
@@ -78,8 +80,10 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Task], Coroutine[Any, Any, Path
     @staticmethod
     async def _save(response: httpx.Response, path: Path) -> Path:
         # Plain file writes: chunks are small and local disks fast, not worth a thread hop per chunk.
-        async with response:
+        try:
             with atomic_file(path) as file:
                 async for chunk in response.aiter_bytes():
                     file.write(chunk)
+        finally:
+            await response.aclose()
         return path

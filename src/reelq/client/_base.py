@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -59,7 +59,9 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         self.max_retries = max_retries
         # Created last, so that a configuration error leaves no open connection pool behind.
         self._owns_http = http_client is None
-        self._http: Http = http_client if http_client is not None else self._http_class(timeout=timeout)  # type: ignore[assignment]
+        self._http: Http = cast(
+            Http, self._http_class(timeout=timeout) if http_client is None else http_client
+        )
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -97,11 +99,11 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
             callback_url=callback_url,
             **extra,
         )
-        return self._run(self._create_flow(body, idempotency_key))
+        return self._task(self._create_flow(body, idempotency_key))
 
     def get(self, task_id: str) -> TaskResult:
         """The task's current state (GET /v1/result/{id})."""
-        return self._run(task_flow(self._result_request(task_id), max_retries=self.max_retries))
+        return self._task(task_flow(self._result_request(task_id), max_retries=self.max_retries))
 
     def wait(
         self,
@@ -120,7 +122,15 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         counting as a failure; more than `max_retries` consecutive other transient failures raise.
         Raises WaitTimeout once `timeout` seconds have passed in all.
         """
-        return self._run(self._wait_flow(task_id, timeout, poll_interval, max_interval, on_update))
+        return self._task(
+            self._wait_flow(
+                task_id,
+                timeout=timeout,
+                poll_interval=poll_interval,
+                max_interval=max_interval,
+                on_update=on_update,
+            )
+        )
 
     def create_and_wait(
         self,
@@ -135,9 +145,14 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
     ) -> TaskResult:
         """`create(prompt=prompt, **params)`, then `wait` for it (`timeout` covers the waiting)."""
         body = _body(prompt=prompt, **params)
-        return self._run(
+        return self._task(
             self._create_and_wait_flow(
-                body, idempotency_key, (timeout, poll_interval, max_interval, on_update)
+                body,
+                idempotency_key,
+                timeout=timeout,
+                poll_interval=poll_interval,
+                max_interval=max_interval,
+                on_update=on_update,
             )
         )
 
@@ -163,11 +178,17 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         )
         # Default headers of a caller's httpx client must not hand the key to a file host either.
         request.headers.pop("Authorization", None)
-        return self._run(download_flow(request, Path(path), max_retries=self.max_retries))
+        return self._path(download_flow(request, Path(path), max_retries=self.max_retries))
 
     def _run(self, flow: Flow[Any]) -> Any:
-        """Perform the flow's actions and return its result (or an awaitable of it)."""
+        """Perform the flow's actions and return its result (AsyncClient: a coroutine of it)."""
         raise NotImplementedError
+
+    def _task(self, flow: Flow[Task]) -> TaskResult:
+        return cast(TaskResult, self._run(flow))
+
+    def _path(self, flow: Flow[Path]) -> PathResult:
+        return cast(PathResult, self._run(flow))
 
     def _create_flow(self, body: dict[str, Any], idempotency_key: str | None) -> Flow[Task]:
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
@@ -177,6 +198,7 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
     def _wait_flow(
         self,
         task_id: str,
+        *,
         timeout: float,
         poll_interval: float,
         max_interval: float,
@@ -198,10 +220,10 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         )
 
     def _create_and_wait_flow(
-        self, body: dict[str, Any], idempotency_key: str | None, wait: tuple[Any, ...]
+        self, body: dict[str, Any], idempotency_key: str | None, **wait: Any
     ) -> Flow[Task]:
         created = yield from self._create_flow(body, idempotency_key)
-        done = yield from self._wait_flow(created.id, *wait)
+        done = yield from self._wait_flow(created.id, **wait)
         return done
 
     def _result_request(self, task_id: str, timeout: float | None = None) -> httpx.Request:

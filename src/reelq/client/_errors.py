@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from reelq.client._retry import RETRY_STATUSES, parse_retry_after
+from reelq.client._task import Task
 
 # Bodies that are not the §4 envelope (a proxy's HTML page) still make a readable message, not a wall.
 _MAX_TEXT_MESSAGE = 300
@@ -114,7 +115,7 @@ class APITimeoutError(APIConnectionError):
 class WaitTimeout(ReelqError):
     """`wait` reached its overall deadline before the task finished; `task` is the last state seen."""
 
-    def __init__(self, task_id: str, timeout: float, task: Any = None) -> None:
+    def __init__(self, task_id: str, timeout: float, task: Task | None = None) -> None:
         last = f" (last status: {task.status})" if task is not None else ""
         super().__init__(f"Task {task_id} did not finish within {timeout:g} s{last}.")
         self.task_id = task_id

@@ -149,8 +149,9 @@ def wait_flow(
     Retry-After pauses included. A 429 is the server pacing us: its pause is honoured and never counts
     against `max_retries`, which bounds only consecutive other transient failures (connection, 5xx).
     """
-    if timeout < 0 or poll_interval <= 0 or max_interval < poll_interval:
-        raise ValueError("need timeout >= 0 and 0 < poll_interval <= max_interval")
+    if timeout < 0 or poll_interval <= 0:
+        raise ValueError("wait needs timeout >= 0 and poll_interval > 0")
+    max_interval = max(max_interval, poll_interval)
     deadline = clock() + timeout
     interval = poll_interval
     failures = 0

@@ -34,7 +34,7 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
 def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Exponential backoff for retry number `attempt` (0-based), with up to 25 % jitter taken off so
     that many clients failing together do not come back together."""
-    base = min(BACKOFF_BASE * 2 ** min(attempt, 32), BACKOFF_CAP)
+    base = min(BACKOFF_BASE * 2.0 ** min(attempt, 32), BACKOFF_CAP)
     return base * (1 - 0.25 * rng())
 
 

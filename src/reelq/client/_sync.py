@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import httpx
 
@@ -29,7 +29,7 @@ class Client(BaseClient[Task, Path, httpx.Client]):
         if self._owns_http:
             self._http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -63,15 +63,20 @@ class Client(BaseClient[Task, Path, httpx.Client]):
             response = self._http.send(action.request, stream=action.stream, follow_redirects=action.stream)
             if action.stream and not response.is_success:
                 # Error bodies are small and the flow reads them; the stream is not needed past that.
-                with response:
+                try:
                     response.read()
+                finally:
+                    response.close()
         except httpx.HTTPError as exc:  # the flow decides whether it is worth another try
             return exc
         return response
 
     @staticmethod
     def _save(response: httpx.Response, path: Path) -> Path:
-        with response, atomic_file(path) as file:
-            for chunk in response.iter_bytes():
-                file.write(chunk)
+        try:
+            with atomic_file(path) as file:
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+        finally:
+            response.close()
         return path

@@ -35,7 +35,7 @@ class Task:
 
     @property
     def ok(self) -> bool:
-        """True when the task completed and has a video."""
+        """True when the task completed: its video is at `video_url`."""
         return self.status == "completed"
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -74,6 +75,7 @@ class LocalStorage:
         message = f"{file_path_for(task_id)}\n{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one storage object per process; the HMAC is per poll
     def signed_url(self, base_url: str, task_id: str, expires: int) -> str:
         signature = self.signature(task_id, expires)
         return f"{base_url}{file_path_for(task_id)}?expires={expires}&signature={signature}"
