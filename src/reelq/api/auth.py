@@ -41,7 +41,7 @@ async def authenticate(request: Request, services: Services) -> str:
 
 
 async def _key_dependency(request: Request) -> str:
-    return await authenticate(request, get_services(request))
+    return await authenticate(request, request.app.state.services)
 
 
 KeyDep = Annotated[str, Depends(_key_dependency)]

@@ -49,7 +49,8 @@ class Services:
         ring(self.settings.run_dir)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in the thread pool, per request.
     return request.app.state.services
 
 

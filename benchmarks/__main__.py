@@ -1,0 +1,159 @@
+"""Run every benchmark, print one table and write benchmarks/results/summary.json.
+
+    python -m benchmarks [--only status_reads,dispatch_latency,render_speed] [--quick]
+
+Each benchmark also runs alone (`python -m benchmarks.status_reads --help`, …) and writes its own
+JSON under benchmarks/results/. A benchmark that fails is reported in the table and makes the exit
+status 1; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import dispatch_latency, status_reads
+from benchmarks.common import RESULTS_DIR, ROOT, install_signal_cleanup, machine, write_json
+
+Row = tuple[str, str, str, str]  # benchmark, metric, value, target
+
+
+def run_render_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """render_speed.py is someone else's file and prints its JSON on stdout: run it as a child."""
+    out = RESULTS_DIR / "render_speed.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "render_speed.py"), "--runs", str(args.render_runs)]
+    command += ["--json", str(out)]
+    if args.quick:
+        command.append("--no-i2v")
+    # Its progress table goes to stderr, which we leave on the terminal.
+    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def run_status_reads(args: argparse.Namespace) -> dict[str, Any]:
+    argv = ["--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+    return status_reads.main(argv)
+
+
+def run_dispatch_latency(args: argparse.Namespace) -> dict[str, Any]:
+    return dispatch_latency.main(["--tasks", str(args.tasks)])
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "status_reads": run_status_reads,
+    "dispatch_latency": run_dispatch_latency,
+    "render_speed": run_render_speed,
+}
+
+
+def status_rows(r: dict[str, Any]) -> list[Row]:
+    m = r["median"]
+    rows: list[Row] = []
+    for side in ("baseline", "reelq"):
+        rows.append(("status_reads", f"{side} req/s (median)", f"{m[side]['rps']:.0f}", ""))
+        rows.append(
+            ("status_reads", f"{side} p50 / p99 ms", f"{m[side]['p50_ms']:.2f} / {m[side]['p99_ms']:.2f}", "")
+        )
+        rows.append(
+            ("status_reads", f"{side} server CPU us/req", f"{m[side]['server_cpu_us_per_req']:.0f}", "")
+        )
+    ok = "ok" if r["meets_target"] else "MISS"
+    rows.append(
+        ("status_reads", "ratio reelq/baseline", f"{r['ratio_rps']:.2f}", f">= {r['target_ratio']} {ok}")
+    )
+    return rows
+
+
+def dispatch_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name, label in (("client_ms", "client"), ("db_ms", "db")):
+        s = r["stats"][name]
+        target = (
+            f"median < {r['target_median_ms']:g} {'ok' if s['median'] < r['target_median_ms'] else 'MISS'}"
+        )
+        value = f"{s['median']:.1f} / {s['p90']:.1f} / {s['max']:.1f}"
+        rows.append(("dispatch_latency", f"{label} ms median/p90/max", value, target))
+    return rows
+
+
+def render_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        ("render_speed", f"{c['case']} x real time", f"{c['realtime_factor']:.2f}", "")
+        for c in r.get("results", [])
+    ]
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "status_reads": status_rows,
+    "dispatch_latency": dispatch_rows,
+    "render_speed": render_rows,
+}
+
+
+def print_summary(rows: list[Row]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print("\n== summary ==")
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset to run")
+    p.add_argument(
+        "--quick", action="store_true", help="shorter runs: 3 rounds x 8 s, 15 tasks, 2 renders, no i2v"
+    )
+    p.add_argument("--rounds", type=int, help="status_reads rounds (default 5, quick 3)")
+    p.add_argument("--seconds", type=int, help="status_reads seconds per run (default 10, quick 8)")
+    p.add_argument("--tasks", type=int, help="dispatch_latency tasks (default 30, quick 15)")
+    p.add_argument("--render-runs", type=int, help="render_speed runs per case (default 5, quick 2)")
+    p.add_argument("--json", type=Path, default=RESULTS_DIR / "summary.json")
+    return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    quick = {"rounds": 3, "seconds": 8, "tasks": 15, "render_runs": 2}
+    full = {"rounds": 5, "seconds": 10, "tasks": 30, "render_runs": 5}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def main() -> int:
+    args = parser().parse_args()
+    resolve_defaults(args)
+    install_signal_cleanup()
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = set(names) - set(BENCHMARKS)
+    if unknown:
+        parser().error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    results: dict[str, Any] = {}
+    rows: list[Row] = []
+    failed = False
+    for name in names:
+        print(f"\n== {name} ==", flush=True)
+        started = time.monotonic()
+        try:
+            result = BENCHMARKS[name](args)
+        except Exception as exc:  # one broken benchmark must not hide the others' numbers
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            rows.append((name, "error", f"{type(exc).__name__}", ""))
+            failed = True
+            continue
+        results[name] = {"seconds": round(time.monotonic() - started, 1), "result": result}
+        rows.extend(ROWS[name](result))
+    print_summary(rows)
+    write_json(args.json, {"machine": machine(), "benchmarks": results, "table": rows})
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
