@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from reelq.api.errors import Unauthorized
-from reelq.api.services import Services, get_services
+from reelq.api.services import Services
 
 INVALID_KEY = "Invalid or revoked API key."
 
