@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
 from tests.conftest import reelq_env, run_cli
+from tests.videos import decode_frames
 
 
 def test_keys_create_prints_id_then_the_key_alone_on_the_last_line(tmp_path: Path) -> None:
@@ -67,9 +67,7 @@ def test_generate_embedded_writes_a_real_mp4(tmp_path: Path) -> None:
         "4",
     )
     assert "wrote" in result.stderr
-    with av.open(str(out)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    frames = decode_frames(out)
     assert len(frames) == 48
     assert frames[0].shape == (960, 540, 3)
 
@@ -93,8 +91,7 @@ def test_generate_embedded_with_a_local_first_image(tmp_path: Path) -> None:
         "--first-image",
         str(image),
     )
-    with av.open(str(out)) as container:
-        first = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+    first = decode_frames(out)[0].astype(float)
     expected = np.asarray(Image.open(image).convert("RGB").resize((720, 540))).astype(float)
     assert np.abs(first - expected).mean() < 6
 

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from tests.conftest import Server, wait_terminal
 from tests.test_api import assert_error
+from tests.videos import psnr
 
 pytestmark = pytest.mark.e2e
 
@@ -64,11 +65,6 @@ def render(server: Server, key: str | None = None, **body) -> tuple[dict, bytes]
     assert video.status_code == 200
     assert video.headers["content-type"] == "video/mp4"
     return done, video.content
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from reelq.media import (
     probe,
     top_level_atoms,
 )
+from tests.videos import decode_frames, psnr
 
 
 def moving_frames(width: int, height: int, count: int) -> list[np.ndarray]:
@@ -36,16 +37,6 @@ def moving_frames(width: int, height: int, count: int) -> list[np.ndarray]:
         f[40:80, x0 : x0 + 40] = (250, 240, 20)
         frames.append(f.clip(0, 255).astype(np.uint8))
     return frames
-
-
-def decode(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def box_types(path: Path) -> list[str]:
@@ -124,7 +115,7 @@ def test_same_frames_give_identical_output(tmp_path: Path) -> None:
     encode_frames(frames, a, 320, 180)
     encode_frames(iter(frames), b, 320, 180)
     assert a.read_bytes() == b.read_bytes()
-    assert all(np.array_equal(x, y) for x, y in zip(decode(a), decode(b), strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(decode_frames(a), decode_frames(b), strict=True))
 
 
 def to_yuv420p(rgb: np.ndarray) -> np.ndarray:
@@ -144,7 +135,7 @@ def test_yuv_frames_decode_to_the_rgb_they_came_from(tmp_path: Path, height: int
     with Mp4Writer(out, 320, height) as writer:
         for frame in frames:
             writer.write_yuv420p(to_yuv420p(frame))
-    decoded = decode(out)
+    decoded = decode_frames(out)
     assert len(decoded) == 24
     for i in (0, 12, 23):
         assert psnr(decoded[i], frames[i]) > 35, i
@@ -152,7 +143,7 @@ def test_yuv_frames_decode_to_the_rgb_they_came_from(tmp_path: Path, height: int
     # The same frames through the RGB path decode to nearly the same pictures.
     rgb_out = tmp_path / "rgb.mp4"
     encode_frames(frames, rgb_out, 320, height)
-    assert psnr(decode(rgb_out)[12], decoded[12]) > 38
+    assert psnr(decode_frames(rgb_out)[12], decoded[12]) > 38
 
 
 def test_writer_rejects_wrong_frames_and_leaves_no_file(tmp_path: Path) -> None:

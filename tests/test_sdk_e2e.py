@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import av
 import pytest
 
 import reelq
 from reelq.client import AsyncClient, AuthenticationError, BadRequestError, Client, NotFoundError, Task
 from tests.conftest import Server, reelq_env, run_cli
+from tests.videos import decode_frames
 
 pytestmark = pytest.mark.e2e
-
-
-def frames_of(path: Path) -> int:
-    with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
 
 
 def test_sync_client_create_wait_download(shared_server: Server, tmp_path: Path) -> None:
@@ -32,7 +27,7 @@ def test_sync_client_create_wait_download(shared_server: Server, tmp_path: Path)
         out = client.download(done, tmp_path / "bird.mp4")
         assert client.get(task.id).status == "completed"
     assert seen and seen[-1].status == "completed"
-    assert frames_of(out) == 48
+    assert len(decode_frames(out)) == 48
 
 
 def test_sync_client_errors_are_typed(shared_server: Server) -> None:
@@ -63,7 +58,7 @@ def test_async_client(shared_server: Server, tmp_path: Path) -> None:
             assert done.status == "completed"
             return await client.download(done, tmp_path / "kite.mp4")
 
-    assert frames_of(asyncio.run(main())) == 24
+    assert len(decode_frames(asyncio.run(main()))) == 24
 
 
 def test_generate_remote_uses_the_server(shared_server: Server, tmp_path: Path) -> None:
@@ -84,5 +79,5 @@ def test_generate_remote_uses_the_server(shared_server: Server, tmp_path: Path) 
         env=env,
     )
     assert "wrote" in result.stderr
-    assert frames_of(out) == 24
+    assert len(decode_frames(out)) == 24
     assert not (tmp_path / "unused-home" / "reelq.db").exists()  # nothing rendered locally

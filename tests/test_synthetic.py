@@ -16,6 +16,7 @@ from reelq.domain import ASPECT_RATIOS, RESOLUTIONS, VideoSpec, frame_size
 from reelq.engines.base import Engine, RenderAborted, RenderInputs
 from reelq.engines.synthetic import SyntheticEngine, request_seed
 from reelq.media import cover_fit, probe
+from tests.videos import decode_frames, psnr
 
 PROMPT = "A red fox running through a snowy forest at dawn"
 
@@ -36,16 +37,6 @@ def render(
     out = tmp_path / name
     (engine or SyntheticEngine()).render(spec, inputs or RenderInputs(), out, lambda _f: None)
     return out
-
-
-def decode(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -118,7 +109,7 @@ def test_same_request_gives_identical_video(tmp_path: Path) -> None:
     a = render(tmp_path, spec, name="a.mp4")
     b = render(tmp_path, spec, name="b.mp4")
     assert a.read_bytes() == b.read_bytes()
-    assert all(np.array_equal(x, y) for x, y in zip(decode(a), decode(b), strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(decode_frames(a), decode_frames(b), strict=True))
 
 
 @pytest.mark.parametrize(
@@ -127,8 +118,8 @@ def test_same_request_gives_identical_video(tmp_path: Path) -> None:
     ids=["prompt", "seed", "model"],
 )
 def test_different_request_gives_visibly_different_video(tmp_path: Path, change: dict[str, object]) -> None:
-    base = decode(render(tmp_path, spec_of(seed=7), name="a.mp4"))
-    other = decode(render(tmp_path, spec_of(**{"seed": 7, **change}), name="b.mp4"))
+    base = decode_frames(render(tmp_path, spec_of(seed=7), name="a.mp4"))
+    other = decode_frames(render(tmp_path, spec_of(**{"seed": 7, **change}), name="b.mp4"))
     for i in (0, 12, 23):
         assert mean_abs_diff(base[i], other[i]) > 10, i
     # Different palettes, not just shifted shapes: the mean colours differ.
@@ -158,7 +149,7 @@ def test_seed_covers_every_input() -> None:
     ids=["cjk", "long-word", "5000-chars", "accents", "whitespace"],
 )
 def test_any_prompt_renders(tmp_path: Path, prompt: str) -> None:
-    frames = decode(render(tmp_path, spec_of(prompt=prompt)))
+    frames = decode_frames(render(tmp_path, spec_of(prompt=prompt)))
     assert len(frames) == 24
     assert frames[5].std() > 10
 
@@ -166,7 +157,7 @@ def test_any_prompt_renders(tmp_path: Path, prompt: str) -> None:
 def test_image_to_video_starts_on_the_first_image(tmp_path: Path) -> None:
     first = natural_image(1200, 900, seed=1)  # 4:3 into 16:9: cover-fit crops top and bottom
     spec = spec_of(duration=2, resolution="720p")
-    frames = decode(render(tmp_path, spec, RenderInputs(first_image=first, digests=("d1",))))
+    frames = decode_frames(render(tmp_path, spec, RenderInputs(first_image=first, digests=("d1",))))
     assert len(frames) == 48
     expected = np.asarray(cover_fit(first, 1280, 720))
     assert psnr(frames[0], expected) > 30
@@ -181,7 +172,7 @@ def test_first_and_last_frame_video_ends_on_the_last_image(tmp_path: Path) -> No
     last = natural_image(500, 300, seed=2)  # smaller than the output: scaled up
     spec = spec_of(duration=2, aspect_ratio="9:16")
     inputs = RenderInputs(first_image=first, last_image=last, digests=("d1", "d2"))
-    frames = decode(render(tmp_path, spec, inputs))
+    frames = decode_frames(render(tmp_path, spec, inputs))
     assert len(frames) == 48
     first_fit = np.asarray(cover_fit(first, 540, 960))
     last_fit = np.asarray(cover_fit(last, 540, 960))

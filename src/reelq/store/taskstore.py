@@ -24,6 +24,14 @@ from reelq.store.tables import api_keys, task_inputs, tasks, usage_daily
 
 KEY_PREFIX = "rq_"
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+# What may leave the store about a key: never its hash.
+KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.key_prefix,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
 
 
 def hash_key(plain: str) -> str:
@@ -166,15 +174,7 @@ class TaskStore:
 
     def list_keys(self) -> list[ApiKey]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    api_keys.c.id,
-                    api_keys.c.name,
-                    api_keys.c.key_prefix,
-                    api_keys.c.created_at,
-                    api_keys.c.revoked_at,
-                ).order_by(api_keys.c.created_at)
-            ).mappings()
+            rows = conn.execute(select(*KEY_COLUMNS).order_by(api_keys.c.created_at)).mappings()
             return [ApiKey(**row) for row in rows]
 
     def revoke_key(self, id_or_key: str) -> ApiKey | None:
@@ -184,19 +184,7 @@ class TaskStore:
             conn.execute(
                 update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
             )
-            row = (
-                conn.execute(
-                    select(
-                        api_keys.c.id,
-                        api_keys.c.name,
-                        api_keys.c.key_prefix,
-                        api_keys.c.created_at,
-                        api_keys.c.revoked_at,
-                    ).where(cond)
-                )
-                .mappings()
-                .first()
-            )
+            row = conn.execute(select(*KEY_COLUMNS).where(cond)).mappings().first()
         return ApiKey(**row) if row else None
 
     def key_id_for(self, plain: str) -> str | None:
