@@ -226,17 +226,22 @@ def test_malformed_ids_are_404(shared_server: Server, task_id: str) -> None:
         assert_error(client.get(f"/v1/result/{task_id}"), 404)
 
 
-def test_revoked_key_stops_working(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_key_stops_working_at_once(make_server) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import run_cli
 
     server = make_server(workers=0)
-    key = server.keys[0]
-    with server.client(key) as client:
-        assert client.post("/v1/vidu/videos", json=GOOD).status_code == 200
+    key, other = server.keys[0], server.new_key("other")
+    with server.client(key) as client, server.client(other) as other_client:
+        task = client.post("/v1/vidu/videos", json=GOOD).json()
+        for _ in range(3):  # warm every cache the read path has
+            assert client.get(f"/v1/result/{task['id']}").status_code == 200
         listed = run_cli(server.home, "keys", "list").stdout
         assert key not in listed and "first" in listed
         run_cli(server.home, "keys", "revoke", key)
+        assert_error(client.get(f"/v1/result/{task['id']}"), 401)
         assert_error(client.post("/v1/vidu/videos", json=GOOD), 401)
+        # Other keys keep working.
+        assert other_client.post("/v1/vidu/videos", json=GOOD).status_code == 200
 
 
 def test_unknown_routes_and_methods_use_the_envelope(shared_server: Server) -> None:

@@ -19,14 +19,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reelq.api.auth import authenticate_token
 from reelq.api.errors import ApiError, NotFound, RateLimited, error_body
-from reelq.api.services import Services
-from reelq.api.vidu import render_task_for_base
+from reelq.api.services import Services, TaskView
+from reelq.api.vidu import TERMINAL_VALUES, VIEW_STATUS, render_task_for_base
 from reelq.domain import is_task_id
 from reelq.ratelimit import retry_after_header
 
 log = logging.getLogger("reelq.api")
 
 RESULT_PREFIX = "/v1/result/"
+MAX_CACHED_ANSWERS = 4096
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -36,6 +37,7 @@ class FastStatusReads:
         self.services = services
         self.root_path = services.settings.root_path
         self.inline = services.reader is not None
+        self._finished: dict[tuple[str, TaskView], bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.inline or scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
@@ -92,7 +94,18 @@ class FastStatusReads:
         if view is None:
             raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
         base = services.settings.public_base_url or _base_url(scope, host, root)
-        return 200, orjson.dumps(render_task_for_base(services, base, view)), []
+        if view[VIEW_STATUS] not in TERMINAL_VALUES:
+            return 200, orjson.dumps(render_task_for_base(services, base, view)), []
+        # A finished task reads the same until it is purged: keyed on the whole row, the
+        # cached answer can never be stale, and clients poll finished tasks a lot.
+        cache_key = (base, view)
+        body = self._finished.get(cache_key)
+        if body is None:
+            body = orjson.dumps(render_task_for_base(services, base, view))
+            if len(self._finished) >= MAX_CACHED_ANSWERS:
+                self._finished.clear()
+            self._finished[cache_key] = body
+        return 200, body, []
 
 
 def _base_url(scope: Scope, host: str | None, root: str) -> str:

@@ -8,6 +8,7 @@ loop without a thread hop. Writes still go through TaskStore (SQLAlchemy).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from reelq.store.db import SQLITE_BUSY_TIMEOUT_MS
 from reelq.store.taskstore import hash_key
 
+MAX_CACHED_KEYS = 10_000
 # The columns a status read needs, in the order `TaskView` unpacks them.
 TASK_COLUMNS = (
     "id, key_id, model, status, started_at, progress, created_at, finished_at, "
@@ -29,6 +31,9 @@ class SqliteReader:
     def __init__(self, path: Path) -> None:
         self._uri = f"file:{path}?mode=ro"
         self._local = threading.local()
+        self._signal = Path(f"{path}.keys-changed")
+        self._keys: dict[str, str] = {}
+        self._signal_seen: int | None = None  # the signal file's size when the cache was last valid
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -41,6 +46,24 @@ class SqliteReader:
         return conn
 
     def key_id_for(self, plain: str) -> str | None:
+        """The active key's id. Hits are cached until any key is revoked (see key_change_signal)."""
+        try:
+            changed = os.stat(self._signal).st_size
+        except FileNotFoundError:
+            changed = 0
+        if changed != self._signal_seen:
+            self._keys.clear()
+            self._signal_seen = changed
+        key_id = self._keys.get(plain)
+        if key_id is None:
+            key_id = self._lookup_key(plain)
+            if key_id is not None:
+                if len(self._keys) >= MAX_CACHED_KEYS:
+                    self._keys.clear()
+                self._keys[plain] = key_id
+        return key_id
+
+    def _lookup_key(self, plain: str) -> str | None:
         row = (
             self._conn()
             .execute("SELECT id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (hash_key(plain),))

@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
@@ -32,6 +33,18 @@ KEY_COLUMNS = (
     api_keys.c.created_at,
     api_keys.c.revoked_at,
 )
+
+
+def key_change_signal(engine: Engine) -> Path | None:
+    """A file beside the SQLite database that grows by a byte whenever a key is revoked.
+
+    API processes cache key lookups; a stat of this file per read (a microsecond) is
+    what keeps a revocation from another process (the CLI) effective at once.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(f"{database}.keys-changed")
 
 
 def hash_key(plain: str) -> str:
@@ -185,6 +198,12 @@ class TaskStore:
                 update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
             )
             row = conn.execute(select(*KEY_COLUMNS).where(cond)).mappings().first()
+        signal = key_change_signal(self.engine)
+        if signal is not None:
+            # After the commit. One byte per revocation: the size always grows, even when two
+            # revocations land within one tick of the file system's coarse mtime clock.
+            with open(signal, "ab") as f:
+                f.write(b".")
         return ApiKey(**row) if row else None
 
     def key_id_for(self, plain: str) -> str | None:
