@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -42,8 +43,8 @@ tasks = Table(
     Column("aspect_ratio", String(8), nullable=False),
     Column("resolution", String(8), nullable=False),
     Column("seed", Integer, nullable=True),
-    Column("has_first_image", Boolean, nullable=False, server_default=text("0")),
-    Column("has_last_image", Boolean, nullable=False, server_default=text("0")),
+    Column("has_first_image", Boolean, nullable=False, server_default=false()),
+    Column("has_last_image", Boolean, nullable=False, server_default=false()),
     Column("callback_url", Text, nullable=True),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
@@ -54,7 +55,7 @@ tasks = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("video_key", String(200), nullable=True),
-    Column("video_deleted", Boolean, nullable=False, server_default=text("0")),
+    Column("video_deleted", Boolean, nullable=False, server_default=false()),
     Column("actual_duration", Float, nullable=True),
     Column("total_tokens", Integer, nullable=True),
     Column("error", Text, nullable=True),
