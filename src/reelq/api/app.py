@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -18,6 +20,7 @@ from reelq.api.errors import install_error_handlers
 from reelq.api.fastpath import FastStatusReads
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
 from reelq.api.services import Services, ServicesDep
+from reelq.api.vidu import ERROR_SCHEMA
 from reelq.config import Settings, load_settings
 from reelq.storage import LocalStorage
 from reelq.store import TaskStore, make_engine, migrate
@@ -84,10 +87,41 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             )
         return Response('{"status":"ready"}', media_type="application/json")
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware)
     if settings.root_path:
         app.add_middleware(RootPathMiddleware, root_path=settings.root_path)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, made truthful: errors are 400 in the §4 envelope, never FastAPI's 422."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    error = {
+        "description": "Error (SPEC §4 envelope)",
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    }
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if responses.pop("422", None) is not None or operation.get("parameters"):
+                responses.setdefault("400", {**error, "description": "Invalid parameter"})
+            if path.startswith("/v1/") and not path.startswith("/v1/files/"):
+                responses.setdefault(
+                    "401", {**error, "description": "Missing, malformed, unknown or revoked key"}
+                )
+                responses.setdefault("429", {**error, "description": "Rate limit (see Retry-After)"})
+    # The served models are configuration: document the ones this deployment accepts.
+    create = schema.get("paths", {}).get("/v1/vidu/videos", {}).get("post", {})
+    body = create.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if "model" in body.get("properties", {}):
+        body["properties"]["model"]["enum"] = list(app.state.services.settings.models)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    app.openapi_schema = schema
+    return schema
 
 
 def create_asgi(settings: Settings | None = None, services: Services | None = None) -> ASGIApp:

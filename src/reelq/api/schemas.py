@@ -45,7 +45,10 @@ class CreateVideoRequest(BaseModel):
     model: str = Field(
         min_length=1, max_length=100, description="viduq3-pro or viduq3-turbo (or an operator-mapped name)"
     )
-    prompt: str = Field(description="1..5000 characters after trimming")
+    prompt: str = Field(
+        description="1..5000 characters after trimming; no NUL",
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
+    )
     duration: int = Field(DEFAULT_DURATION, ge=MIN_DURATION, le=MAX_DURATION, description="seconds")
     aspect_ratio: AspectRatio = "16:9"
     resolution: Resolution = "720p"

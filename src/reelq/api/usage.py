@@ -17,7 +17,9 @@ from reelq.domain import wire_number
 
 router = APIRouter()
 
-DateParam = Annotated[str | None, Query(description="UTC date, YYYY-MM-DD (inclusive)")]
+DateParam = Annotated[
+    str | None, Query(description="UTC date, YYYY-MM-DD (inclusive)", json_schema_extra={"format": "date"})
+]
 
 
 def _date(value: str | None, name: str) -> str | None:
