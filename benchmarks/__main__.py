@@ -1,6 +1,6 @@
 """Run every benchmark, print one table and write benchmarks/results/summary.json.
 
-    python -m benchmarks [--only status_reads,dispatch_latency,render_speed] [--quick]
+    python -m benchmarks [--only status_reads,dispatch_latency,render_speed,load_pollers] [--quick]
 
 Each benchmark also runs alone (`python -m benchmarks.status_reads --help`, …) and writes its own
 JSON under benchmarks/results/. A benchmark that fails is reported in the table and makes the exit
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dispatch_latency, status_reads
+from benchmarks import dispatch_latency, load_pollers, status_reads
 from benchmarks.common import RESULTS_DIR, ROOT, install_signal_cleanup, machine, write_json
 
 Row = tuple[str, str, str, str]  # benchmark, metric, value, target
@@ -46,11 +46,20 @@ def run_dispatch_latency(args: argparse.Namespace) -> dict[str, Any]:
     return dispatch_latency.main(["--tasks", str(args.tasks)])
 
 
+def run_load_pollers(args: argparse.Namespace) -> dict[str, Any]:
+    # 3 runs x 30 s of 1,000 connections: opt-in with --only (not in the default set).
+    return load_pollers.main(
+        ["--runs", "1" if args.quick else "3", "--seconds", "10" if args.quick else "30"]
+    )
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "status_reads": run_status_reads,
     "dispatch_latency": run_dispatch_latency,
     "render_speed": run_render_speed,
+    "load_pollers": run_load_pollers,
 }
+DEFAULT_SET = ("status_reads", "dispatch_latency", "render_speed")  # load_pollers: --only load_pollers
 
 
 def status_rows(r: dict[str, Any]) -> list[Row]:
@@ -90,10 +99,25 @@ def render_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def load_rows(r: dict[str, Any]) -> list[Row]:
+    m = r["median"]
+    return [
+        ("load_pollers", "errors", f"{m['errors']:.0f}", "0"),
+        ("load_pollers", "req/s, p50 / p99 ms", f"{m['rps']:.0f}, {m['p50_ms']:.1f} / {m['p99_ms']:.1f}", ""),
+        (
+            "load_pollers",
+            "API RSS rest -> peak MB",
+            f"{m['rss_rest_mb']:.0f} -> {m['rss_peak_mb']:.0f}",
+            "< +150",
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "status_reads": status_rows,
     "dispatch_latency": dispatch_rows,
     "render_speed": render_rows,
+    "load_pollers": load_rows,
 }
 
 
@@ -106,7 +130,7 @@ def print_summary(rows: list[Row]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset to run")
+    p.add_argument("--only", default=",".join(DEFAULT_SET), help="comma-separated subset to run")
     p.add_argument(
         "--quick", action="store_true", help="shorter runs: 3 rounds x 8 s, 15 tasks, 2 renders, no i2v"
     )
