@@ -12,6 +12,7 @@ Rate limits are lifted (REELQ_POLL_RATE etc.) so the limiter never refuses a pol
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import statistics
 import subprocess
@@ -134,6 +135,8 @@ def one_run(wrk: str, pollers: int, seconds: int) -> dict[str, Any]:
                 capture_output=True, text=True, timeout=seconds + 60,
             ).stdout  # fmt: skip
             load = parse_wrk(out, seconds, time.monotonic() - started_cpu)
+            socket_errors = re.search(r"Socket errors: .*", out)
+            non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
             creator.join(timeout=30)
             peak = max(sampler.stop(), rss_mb(proc.pid))
             return {
@@ -142,6 +145,8 @@ def one_run(wrk: str, pollers: int, seconds: int) -> dict[str, Any]:
                 "p50_ms": load.p50_ms,
                 "p99_ms": load.p99_ms,
                 "errors": load.errors,
+                "socket_errors": socket_errors[0] if socket_errors else "none",
+                "non_2xx": int(non_2xx[1]) if non_2xx else 0,
                 "renders_created": creator.created,
                 "render_create_failures": creator.failures,
                 "rss_rest_mb": round(rest, 1),
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = one_run(wrk, args.pollers, args.seconds)
         runs.append(result)
         print(f"run {n + 1}/{args.runs}: {result}", flush=True)
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "socket_errors"}
     print(
         f"\n{args.pollers} pollers x {args.seconds} s, renders running, medians of {args.runs} runs:\n"
         f"  errors {median['errors']:.0f}, {median['rps']:.0f} req/s, p50 {median['p50_ms']:.1f} ms, "
