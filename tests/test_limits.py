@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import httpx
 import pytest
@@ -127,3 +128,17 @@ def test_unauthenticated_requests_are_not_rate_limited_into_other_keys(shared_se
             assert_error(anonymous.post("/v1/vidu/videos", json=BODY), 401)
     with shared_server.client() as client:
         assert client.post("/v1/vidu/videos", json=BODY).status_code == 200
+
+
+def test_default_poll_limit_allows_one_read_a_second_and_refuses_hammering(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_server(workers=0, start=False)
+    for name in ("REELQ_POLL_RATE", "REELQ_POLL_BURST"):  # the shipped defaults, not the test's
+        server.env.pop(name)
+    server.start(workers=0)
+    with server.client() as client:
+        task = client.post("/v1/vidu/videos", json=BODY).json()
+        for _ in range(6):
+            assert client.get(f"/v1/result/{task['id']}").status_code == 200
+            time.sleep(1.0)
+        codes = [client.get(f"/v1/result/{task['id']}").status_code for _ in range(10)]
+        assert 429 in codes and codes[0] == 200
