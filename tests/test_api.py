@@ -300,13 +300,16 @@ def test_long_poll_answers_when_the_task_ends(shared_server: Server) -> None:
 
 
 def test_long_poll_times_out_with_the_current_state(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(workers=0)
+    server = make_server(workers=0, REELQ_MAX_LONG_POLL="1")
     with server.client() as client:
         task = client.post("/v1/vidu/videos", json=GOOD).json()
         started = time.monotonic()
-        body = client.get(f"/v1/result/{task['id']}", params={"wait": 1.5}).json()
+        body = client.get(f"/v1/result/{task['id']}", params={"wait": 0.5}).json()
         assert body["status"] == "queued"
-        assert 1.4 <= time.monotonic() - started < 5
+        assert 0.4 <= time.monotonic() - started < 3
+        started = time.monotonic()  # longer waits are clamped to REELQ_MAX_LONG_POLL
+        assert client.get(f"/v1/result/{task['id']}", params={"wait": 30}).json()["status"] == "queued"
+        assert 0.9 <= time.monotonic() - started < 4
 
 
 def test_usage_adds_up_what_each_key_was_charged(make_server) -> None:  # type: ignore[no-untyped-def]

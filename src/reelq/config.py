@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     create_rate: float = Field(60.0, gt=0)
     max_active_per_key: int = Field(16, ge=1)
     max_queue: int = Field(10000, ge=1)
+    # Long-polls (`?wait=N`, N <= 60) are held at most this long: lower it behind proxies with
+    # shorter idle timeouts. Larger N are accepted and clamped.
+    max_long_poll: float = Field(60.0, ge=0, le=60)
 
     model_rates: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_RATES))
     resolution_factors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTION_FACTORS))

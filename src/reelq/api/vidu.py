@@ -90,15 +90,64 @@ def _json(content: bytes, status: int = 200) -> Response:
     return Response(content, status, media_type="application/json")
 
 
+RETRY_AFTER_HEADER = {
+    "description": "Whole seconds to wait before retrying (at least 1)",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+}
+WWW_AUTHENTICATE_HEADER = {
+    "description": "The scheme to authenticate with",
+    "required": True,
+    "schema": {"type": "string", "enum": ["Bearer"]},
+}
+
+
+def error_response_doc(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response whose body is the SPEC §4 error envelope."""
+    content = {"application/json": {"schema": ERROR_SCHEMA}}
+    doc: dict[str, Any] = {"description": description, "content": content}
+    if headers:
+        doc["headers"] = headers
+    return doc
+
+
 def _err(status: int, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    if status == 401:
+        return error_response_doc(description, {"WWW-Authenticate": WWW_AUTHENTICATE_HEADER})
+    if status in (429, 503):
+        return error_response_doc(description, {"Retry-After": RETRY_AFTER_HEADER})
+    return error_response_doc(description)
 
 
+TASK_OK = {"description": "The task object", "content": {"application/json": {"schema": TASK_SCHEMA}}}
+# Lets a client (and a stateful fuzzer) follow a created task to its status.
+GET_RESULT_LINK = {
+    "operationRef": "#/paths/~1v1~1result~1{task_id}/get",
+    "parameters": {"task_id": "$response.body#/id"},
+    "description": "The `id` of the created task is the `task_id` of its status read",
+}
 TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The task object", "content": {"application/json": {"schema": TASK_SCHEMA}}},
+    200: TASK_OK,
+    400: _err(400, "Invalid `wait` parameter"),
     401: _err(401, "Missing, malformed, unknown or revoked API key"),
     404: _err(404, "No such task for this key"),
-    429: _err(429, "Rate limit or per-key quota exceeded (see Retry-After)"),
+    429: _err(429, "Too many status reads of this task (see Retry-After)"),
+}
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {**TASK_OK, "description": "The new task, `queued`", "links": {"GetResult": GET_RESULT_LINK}},
+    400: _err(400, "Invalid input, naming the field in `param`"),
+    401: _err(401, "Missing, malformed, unknown or revoked API key"),
+    409: _err(409, "Idempotency-Key reused with a different body"),
+    413: _err(413, "Request body over 50 MB"),
+    429: _err(429, "Create rate limit or per-key active-task quota exceeded (see Retry-After)"),
+    503: _err(503, "The queue is full (see Retry-After)"),
+}
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1..200 printable ASCII characters; the same key and body within 24 h give the same task",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY, "pattern": "^[ -~]+$"},
 }
 
 
@@ -174,18 +223,13 @@ def _idempotency_key(request: Request) -> str | None:
 @router.post(
     "/v1/vidu/videos",
     summary="Create a video task",
-    responses={
-        **TASK_RESPONSES,
-        400: _err(400, "Invalid input, naming the field in `param`"),
-        409: _err(409, "Idempotency-Key reused with a different body"),
-        413: _err(413, "Request body over 50 MB"),
-        503: _err(503, "The queue is full (see Retry-After)"),
-    },
+    responses=CREATE_RESPONSES,
     openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": CreateVideoRequest.model_json_schema()}},
-        }
+        },
     },
 )
 async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
@@ -249,7 +293,9 @@ async def get_result(
     if view is None:
         raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
     if wait:
-        view = await _until_terminal(services, task_id, key_id, view, wait)
+        view = await _until_terminal(
+            services, task_id, key_id, view, min(wait, services.settings.max_long_poll)
+        )
     return _json(orjson.dumps(render_task(services, request, view)))
 
 
