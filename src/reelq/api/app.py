@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,13 +22,94 @@ from reelq.api.errors import install_error_handlers
 from reelq.api.fastpath import FastStatusReads
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
 from reelq.api.services import Services, ServicesDep
-from reelq.api.vidu import ERROR_SCHEMA
+from reelq.api.vidu import (
+    RETRY_AFTER_HEADER,
+    WWW_AUTHENTICATE_HEADER,
+    error_response_doc,
+)
 from reelq.config import Settings, load_settings
 from reelq.storage import LocalStorage
 from reelq.store import TaskStore, make_engine, migrate
 from reelq.store.fastread import SqliteReader
 
 log = logging.getLogger("reelq.api")
+
+BEARER = "bearerAuth"
+HEALTHZ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The process answers",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                    "required": ["status"],
+                }
+            }
+        },
+    }
+}
+READYZ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Database and storage reachable",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"status": {"type": "string", "enum": ["ready"]}},
+                    "required": ["status"],
+                }
+            }
+        },
+    },
+    503: {
+        "description": "Database or storage unavailable",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "enum": ["unavailable"]},
+                        "reason": {"type": "string"},
+                    },
+                    "required": ["status", "reason"],
+                }
+            }
+        },
+    },
+}
+_USAGE_TOTALS = {
+    "videos": {"type": "integer", "minimum": 0},
+    "seconds": {"type": "number", "minimum": 0},
+    "totalTokens": {"type": "integer", "minimum": 0},
+}
+USAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["usage"]},
+        "key_id": {"type": "string"},
+        "since": {"type": ["string", "null"], "format": "date"},
+        "until": {"type": ["string", "null"], "format": "date"},
+        **_USAGE_TOTALS,
+        "by_model": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": _USAGE_TOTALS,
+                "required": list(_USAGE_TOTALS),
+            },
+        },
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"date": {"type": "string"}, "model": {"type": "string"}, **_USAGE_TOTALS},
+                "required": ["date", "model", *_USAGE_TOTALS],
+            },
+        },
+    },
+    "required": ["object", "key_id", "since", "until", *_USAGE_TOTALS, "by_model", "data"],
+}
 
 
 def build_services(settings: Settings) -> Services:
@@ -64,11 +147,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(files.router, tags=["files"])
     app.include_router(usage.router, tags=["usage"])
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    @app.get("/healthz", tags=["ops"], summary="Liveness", responses=HEALTHZ_RESPONSES)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database and storage reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: database and storage reachable",
+        response_class=Response,
+        responses=READYZ_RESPONSES,
+    )
     async def readyz(services: ServicesDep) -> Response:
         def check() -> str | None:
             try:
@@ -95,31 +184,58 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, made truthful: errors are 400 in the §4 envelope, never FastAPI's 422."""
+    """FastAPI's document, made truthful.
+
+    Errors are 400 in the §4 envelope (never FastAPI's 422); every authenticated `/v1` operation
+    declares the bearer scheme, its 401 (with WWW-Authenticate) and its 429 (with Retry-After);
+    GET and HEAD of a download share one route but get distinct operationIds.
+    """
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-    error = {
-        "description": "Error (SPEC §4 envelope)",
-        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    with warnings.catch_warnings():
+        # GET and HEAD of /v1/files share a route, hence an operationId: suffixed with the method below.
+        warnings.filterwarnings("ignore", message="Duplicate Operation ID", category=UserWarning)
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})[BEARER] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `reelq keys create`",
     }
+    ids = Counter(op.get("operationId") for ops in schema.get("paths", {}).values() for op in ops.values())
     for path, operations in schema.get("paths", {}).items():
-        for operation in operations.values():
+        for method, operation in operations.items():
+            if ids[operation.get("operationId")] > 1:
+                operation["operationId"] = f"{operation['operationId']}_{method}"
             responses = operation.setdefault("responses", {})
             if responses.pop("422", None) is not None or operation.get("parameters"):
-                responses.setdefault("400", {**error, "description": "Invalid parameter"})
+                responses.setdefault("400", error_response_doc("Invalid parameter"))
             if path.startswith("/v1/") and not path.startswith("/v1/files/"):
+                operation.setdefault("security", [{BEARER: []}])
                 responses.setdefault(
-                    "401", {**error, "description": "Missing, malformed, unknown or revoked key"}
+                    "401",
+                    error_response_doc(
+                        "Missing, malformed, unknown or revoked key",
+                        {"WWW-Authenticate": WWW_AUTHENTICATE_HEADER},
+                    ),
                 )
-                responses.setdefault("429", {**error, "description": "Rate limit (see Retry-After)"})
+                responses.setdefault(
+                    "429",
+                    error_response_doc("Rate limit (see Retry-After)", {"Retry-After": RETRY_AFTER_HEADER}),
+                )
+    usage_ok = schema.get("paths", {}).get("/v1/usage", {}).get("get", {}).get("responses", {}).get("200", {})
+    usage_json = usage_ok.get("content", {}).get("application/json")
+    if usage_json is not None and not usage_json.get("schema"):
+        usage_json["schema"] = USAGE_SCHEMA
     # The served models are configuration: document the ones this deployment accepts.
     create = schema.get("paths", {}).get("/v1/vidu/videos", {}).get("post", {})
     body = create.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
     if "model" in body.get("properties", {}):
         body["properties"]["model"]["enum"] = list(app.state.services.settings.models)
     for name in ("HTTPValidationError", "ValidationError"):
-        schema.get("components", {}).get("schemas", {}).pop(name, None)
+        components.get("schemas", {}).pop(name, None)
+    if not components.get("schemas"):
+        components.pop("schemas", None)
     app.openapi_schema = schema
     return schema
 

@@ -3,29 +3,72 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
-from reelq.api.errors import Forbidden, Gone, NotFound
+from reelq.api.errors import ApiError, Forbidden, Gone, NotFound
 from reelq.api.services import ServicesDep
+from reelq.api.vidu import error_response_doc
 from reelq.domain import Status, is_task_id
 
 router = APIRouter()
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_ACCEPT_RANGES = {"required": True, "schema": {"type": "string", "enum": ["bytes"]}}
+DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The MP4 (no body for HEAD)",
+        "content": {"video/mp4": _BINARY},
+        "headers": {"Accept-Ranges": _ACCEPT_RANGES},
+    },
+    206: {
+        "description": "The requested byte range (several ranges: multipart/byteranges)",
+        "content": {"video/mp4": _BINARY, "multipart/byteranges": _BINARY},
+        "headers": {
+            "Accept-Ranges": _ACCEPT_RANGES,
+            "Content-Range": {
+                "description": "Sent when one range was asked for",
+                "schema": {"type": "string", "pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"},
+            },
+        },
+    },
+    400: error_response_doc("Malformed Range header"),
+    403: error_response_doc("Missing, forged or altered signature"),
+    404: error_response_doc("No such video"),
+    410: error_response_doc("The link has expired, or the video was deleted"),
+    416: error_response_doc(
+        "The Range starts past the end of the file",
+        {
+            "Content-Range": {
+                "description": "The file's size",
+                "required": True,
+                "schema": {"type": "string", "pattern": r"^bytes \*/[0-9]+$"},
+            }
+        },
+    ),
+}
+RANGE_PARAMETER = {
+    "name": "Range",
+    "in": "header",
+    "required": False,
+    "description": "Byte ranges, e.g. `bytes=0-1023` (players seek with it)",
+    "schema": {"type": "string"},
+}
+
+
+# One route for GET and HEAD (so a 405 lists both in Allow); app._openapi suffixes their operationIds.
 @router.api_route(
     "/v1/files/{filename}",
     methods=["GET", "HEAD"],
     summary="Download a video (signed URL; supports Range)",
-    responses={
-        200: {"content": {"video/mp4": {}}, "description": "The MP4"},
-        206: {"description": "Partial content"},
-        403: {"description": "Missing or invalid signature"},
-        404: {"description": "No such video"},
-        410: {"description": "The link has expired"},
-    },
+    operation_id="download_video",
+    response_class=Response,
+    responses=DOWNLOAD_RESPONSES,
+    openapi_extra={"parameters": [RANGE_PARAMETER]},
 )
 async def download_video(
     filename: str, request: Request, services: ServicesDep, expires: str = "", signature: str = ""
@@ -50,6 +93,7 @@ async def download_video(
     path = services.storage.path(row.video_key)
     if not path.is_file():
         raise Gone("This video is no longer stored.", code="link_expired")
+    _check_range(request.headers.get("range"), path.stat().st_size)
     max_age = max(0, expires_at - int(time.time()))
     return FileResponse(
         path,
@@ -59,3 +103,27 @@ async def download_video(
             "Content-Disposition": f'inline; filename="{task_id}.mp4"',
         },
     )
+
+
+def _check_range(header: str | None, size: int) -> None:
+    """Refuse a bad Range in the §4 envelope.
+
+    FileResponse answers these itself in plain text; checking first with its own parser
+    keeps the two in agreement about what is valid.
+    """
+    if header is None:
+        return
+    try:
+        FileResponse._parse_range_header(header, size)  # private, but exactly the rules it will apply
+    except MalformedRangeHeader as exc:
+        raise ApiError(
+            f"Invalid Range header ({exc.content.rstrip('.')}).", param="Range", code="invalid_range"
+        ) from None
+    except RangeNotSatisfiable:
+        raise ApiError(
+            "The Range starts past the end of the file.",
+            status=416,
+            code="range_not_satisfiable",
+            param="Range",
+            headers={"Content-Range": f"bytes */{size}"},
+        ) from None
