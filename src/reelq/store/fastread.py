@@ -4,20 +4,25 @@ DESIGN.md measured the options on this machine kind: SQLAlchemy per read costs
 0.16-0.57x of a bare Starlette endpoint; the stdlib driver inline, on an indexed
 point lookup in WAL mode, 0.93x. A read takes microseconds, so it runs on the event
 loop without a thread hop. Writes still go through TaskStore (SQLAlchemy).
+
+Key lookups and task rows are cached in this process and dropped whenever any process
+commits a change to the database (store/changes.py): a poll of a task that did not
+change since the last poll touches no lock, file or query.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
+from reelq.store.changes import ChangeCounter
 from reelq.store.db import SQLITE_BUSY_TIMEOUT_MS
 from reelq.store.taskstore import hash_key
 
 MAX_CACHED_KEYS = 10_000
+MAX_CACHED_TASKS = 20_000
 # The columns a status read needs, in the order `TaskView` unpacks them.
 TASK_COLUMNS = (
     "id, key_id, model, status, started_at, progress, created_at, finished_at, "
@@ -31,9 +36,11 @@ class SqliteReader:
     def __init__(self, path: Path) -> None:
         self._uri = f"file:{path}?mode=ro"
         self._local = threading.local()
-        self._signal = Path(f"{path}.keys-changed")
-        self._keys: dict[str, str] = {}
-        self._signal_seen: int | None = None  # the signal file's size when the cache was last valid
+        self._changes = ChangeCounter.for_database(path)
+        # Each entry is filed under the change counter's value read *before* the database was
+        # (the ordering argument in store/changes.py); it is good while the counter still says so.
+        self._keys: dict[str, tuple[int, str]] = {}
+        self._tasks: dict[tuple[str, str], tuple[int, tuple[Any, ...]]] = {}
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -46,21 +53,14 @@ class SqliteReader:
         return conn
 
     def key_id_for(self, plain: str) -> str | None:
-        """The active key's id. Hits are cached until any key is revoked (see key_change_signal)."""
-        try:
-            changed = os.stat(self._signal).st_size
-        except FileNotFoundError:
-            changed = 0
-        if changed != self._signal_seen:
-            self._keys.clear()
-            self._signal_seen = changed
-        key_id = self._keys.get(plain)
-        if key_id is None:
-            key_id = self._lookup_key(plain)
-            if key_id is not None:
-                if len(self._keys) >= MAX_CACHED_KEYS:
-                    self._keys.clear()
-                self._keys[plain] = key_id
+        """The active key's id; a revocation anywhere is seen by the next lookup."""
+        now = self._changes.value()
+        cached = self._keys.get(plain)
+        if cached is not None and cached[0] == now:
+            return cached[1]
+        key_id = self._lookup_key(plain)
+        if key_id is not None:  # a miss is not cached: a key created a moment ago works at once
+            _put(self._keys, plain, (now, key_id), MAX_CACHED_KEYS)
         return key_id
 
     def _lookup_key(self, plain: str) -> str | None:
@@ -72,8 +72,23 @@ class SqliteReader:
         return row[0] if row else None
 
     def task(self, task_id: str, key_id: str) -> tuple[Any, ...] | None:
-        return (
+        """The task's status columns (TASK_COLUMNS), or None when this key has no such task."""
+        now = self._changes.value()
+        cache_key = (task_id, key_id)
+        cached = self._tasks.get(cache_key)
+        if cached is not None and cached[0] == now:
+            return cached[1]
+        row = (
             self._conn()
             .execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND key_id = ?", (task_id, key_id))
             .fetchone()
         )
+        if row is not None:  # misses are not cached: creates do not bump the counter
+            _put(self._tasks, cache_key, (now, row), MAX_CACHED_TASKS)
+        return row
+
+
+def _put(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    if len(cache) >= limit:
+        cache.clear()  # entries of older counter values pile up until here; refilling is cheap
+    cache[key] = value

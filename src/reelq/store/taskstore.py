@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from reelq.domain import Status, VideoSpec, new_task_id
+from reelq.store.changes import ChangeCounter
 from reelq.store.tables import api_keys, task_inputs, tasks, usage_daily
 
 KEY_PREFIX = "rq_"
@@ -35,16 +36,12 @@ KEY_COLUMNS = (
 )
 
 
-def key_change_signal(engine: Engine) -> Path | None:
-    """A file beside the SQLite database that grows by a byte whenever a key is revoked.
-
-    API processes cache key lookups; a stat of this file per read (a microsecond) is
-    what keeps a revocation from another process (the CLI) effective at once.
-    """
+def change_counter_for(engine: Engine) -> ChangeCounter | None:
+    """The shared change counter of a SQLite file database (see store/changes.py); None elsewhere."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
-    return Path(f"{database}.keys-changed")
+    return ChangeCounter.for_database(database)
 
 
 def hash_key(plain: str) -> str:
@@ -161,6 +158,19 @@ class TaskStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self.changes = change_counter_for(engine)
+
+    @contextmanager
+    def _write(self, *, bump: bool = True) -> Iterator[Connection]:
+        """A write transaction; once it has committed, readers' caches are told (store/changes.py).
+
+        `bump=False` only for writes that add rows and change none: readers cache rows they
+        found, never a miss, so a new row cannot be hidden behind a cached answer.
+        """
+        with self.engine.begin() as conn:
+            yield conn
+        if bump and self.changes is not None:
+            self.changes.bump()
 
     # ---- API keys -------------------------------------------------------------------------
     def create_key(self, name: str = "") -> tuple[ApiKey, str]:
@@ -173,7 +183,7 @@ class TaskStore:
             created_at=time.time(),
             revoked_at=None,
         )
-        with self.engine.begin() as conn:
+        with self._write(bump=False) as conn:
             conn.execute(
                 insert(api_keys).values(
                     id=record.id,
@@ -193,17 +203,11 @@ class TaskStore:
     def revoke_key(self, id_or_key: str) -> ApiKey | None:
         """Revoke by id or by the plain key; returns the key, or None when there is no such key."""
         cond = or_(api_keys.c.id == id_or_key, api_keys.c.key_hash == hash_key(id_or_key))
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
             )
             row = conn.execute(select(*KEY_COLUMNS).where(cond)).mappings().first()
-        signal = key_change_signal(self.engine)
-        if signal is not None:
-            # After the commit. One byte per revocation: the size always grows, even when two
-            # revocations land within one tick of the file system's coarse mtime clock.
-            with open(signal, "ab") as f:
-                f.write(b".")
         return ApiKey(**row) if row else None
 
     def key_id_for(self, plain: str) -> str | None:
@@ -218,7 +222,7 @@ class TaskStore:
     def ensure_local_key(self) -> str:
         """A key row for the embedded CLI (`reelq generate` without a server); it has no usable plain key."""
         key_id = "key_local"
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             exists = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).scalar()
             if not exists:
                 conn.execute(
@@ -246,7 +250,7 @@ class TaskStore:
             if existing is not None and existing.created_at > time.time() - IDEMPOTENCY_WINDOW_SECONDS:
                 return existing, False
             if existing is not None:  # an old task keeps its id; its key is free for reuse
-                with self.engine.begin() as conn:
+                with self._write() as conn:
                     conn.execute(update(tasks).where(tasks.c.id == existing.id).values(idempotency_key=None))
             try:
                 return self._insert_task(key_id, new, quotas), True
@@ -305,7 +309,7 @@ class TaskStore:
             for name, value in (("first_image", new.first_image), ("last_image", new.last_image))
             if value is not None
         ]
-        with self.engine.begin() as conn:
+        with self._write(bump=False) as conn:
             if quotas is not None:
                 self._check_quotas(conn, key_id, quotas)
             conn.execute(insert(tasks).values(**values))
@@ -361,7 +365,7 @@ class TaskStore:
             )
             .returning(*tasks.c)
         )
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(stmt).mappings().first()
         return TaskRow.from_mapping(row) if row else None
 
@@ -385,7 +389,7 @@ class TaskStore:
             .where(self._owned(task_id, worker))
             .values(lease_until=time.time() + lease_seconds, progress=larger(tasks.c.progress, progress))
         )
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(stmt).rowcount == 1
 
     def complete(
@@ -393,7 +397,7 @@ class TaskStore:
     ) -> bool:
         """Finish successfully and charge the key; False when this worker no longer owns the task."""
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(
                 update(tasks)
                 .where(self._owned(task_id, worker))
@@ -463,7 +467,7 @@ class TaskStore:
                 tasks.c.id == task_id, tasks.c.status.in_([Status.QUEUED.value, Status.PROCESSING.value])
             )
         )
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return (
                 conn.execute(
                     update(tasks)
@@ -477,7 +481,7 @@ class TaskStore:
 
     def release(self, task_id: str, worker: str) -> bool:
         """Hand a task back without spending an attempt (graceful shutdown while rendering)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return (
                 conn.execute(
                     update(tasks)
@@ -494,7 +498,7 @@ class TaskStore:
 
     def expire_leases_of(self, worker_prefix: str) -> int:
         """Mark the leases of a worker known to be dead as lapsed, so the sweeper recovers them now."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(
                 update(tasks)
                 .where(tasks.c.status == Status.PROCESSING.value, tasks.c.worker.startswith(worker_prefix))
@@ -505,7 +509,7 @@ class TaskStore:
         """Recover lapsed leases (requeue, or fail after max_attempts) and find queued rows left waiting."""
         now = time.time()
         lapsed = and_(tasks.c.status == Status.PROCESSING.value, tasks.c.lease_until < now)
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             failed = list(
                 conn.execute(
                     update(tasks)
@@ -563,7 +567,7 @@ class TaskStore:
         old = and_(
             tasks.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]), tasks.c.finished_at < cutoff
         )
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             rows = conn.execute(select(tasks.c.id, tasks.c.video_key).where(old).limit(limit)).all()
             ids = [task_id for task_id, _ in rows]
             if ids:
@@ -572,7 +576,7 @@ class TaskStore:
         return [(task_id, key) for task_id, key in rows]
 
     def mark_video_deleted(self, task_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(update(tasks).where(tasks.c.id == task_id).values(video_deleted=True))
 
     def count_by_status(self) -> dict[str, int]:

@@ -1,0 +1,63 @@
+"""A change counter shared by every process on one SQLite database, read without a syscall.
+
+API processes cache key lookups and task rows so that a status read does not have to
+open a SQLite read transaction (two `fcntl` lock calls plus the query: about 20 µs of a
+~100 µs request under load on this machine kind, more than all the Python around it).
+A cache is only as good as its invalidation, and the writers live in other processes
+(render workers, the sweeper, `reelq keys revoke`), so every write transaction bumps a
+64-bit counter in a small memory-mapped file beside the database *after* it commits;
+readers compare the counter with the value they cached under and drop the cache when
+it moved. Reading the counter is a load from shared memory, no system call.
+
+Ordering, the whole correctness argument: a reader takes the counter *before* it reads
+the database and files what it read under that value. A writer bumps only after its
+commit, so anything committed before the value a reader saw is in what it read, and any
+later commit moves the counter before (or while) the reader next looks. Bumps are
+serialised with `flock` so the counter never goes backwards; they are rare (creates
+skip them, see TaskStore) and cost a few microseconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+from pathlib import Path
+
+_COUNTER = struct.Struct("<Q")
+
+
+class ChangeCounter:
+    """The counter file `<database>.changes`; created on first use by whichever process comes first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < _COUNTER.size:
+                # Growing with zeros is harmless if another process does it at the same time.
+                os.ftruncate(fd, _COUNTER.size)
+            self._map = mmap.mmap(fd, _COUNTER.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @classmethod
+    def for_database(cls, database: str | Path) -> ChangeCounter:
+        return cls(Path(f"{database}.changes"))
+
+    def value(self) -> int:
+        return _COUNTER.unpack_from(self._map)[0]
+
+    def bump(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            _COUNTER.pack_into(self._map, 0, (_COUNTER.unpack_from(self._map)[0] + 1) % 2**64)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
