@@ -1,6 +1,6 @@
 """Run every benchmark, print one table and write benchmarks/results/summary.json.
 
-    python -m benchmarks [--only status_reads,dispatch_latency,render_speed,load_pollers] [--quick]
+    python -m benchmarks [--only status_reads,creates,dispatch_latency,render_speed,load_pollers] [--quick]
 
 Each benchmark also runs alone (`python -m benchmarks.status_reads --help`, …) and writes its own
 JSON under benchmarks/results/. A benchmark that fails is reported in the table and makes the exit
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import dispatch_latency, load_pollers, status_reads
+from benchmarks import creates, dispatch_latency, load_pollers, status_reads
 from benchmarks.common import RESULTS_DIR, ROOT, install_signal_cleanup, machine, write_json
 
 Row = tuple[str, str, str, str]  # benchmark, metric, value, target
@@ -39,7 +39,11 @@ def run_render_speed(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_status_reads(args: argparse.Namespace) -> dict[str, Any]:
     argv = ["--rounds", str(args.rounds), "--seconds", str(args.seconds)]
-    return status_reads.main(argv)
+    return status_reads.main([*argv, "--tail-rounds", str(args.tail_rounds)])
+
+
+def run_creates(args: argparse.Namespace) -> dict[str, Any]:
+    return creates.main(["--rounds", str(args.rounds), "--seconds", str(args.seconds)])
 
 
 def run_dispatch_latency(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,37 +51,70 @@ def run_dispatch_latency(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_load_pollers(args: argparse.Namespace) -> dict[str, Any]:
-    # 3 runs x 30 s of 1,000 connections, then 1,000 idle long-polls held 15 s (about 3.5 min):
-    # opt-in with --only (not in the default set).
+    # 3 runs x 30 s of 1,000 connections, then 1,000 idle long-polls held 15 s (about 3.5 min).
     argv = ["--runs", "1", "--seconds", "10", "--hold", "5"] if args.quick else ["--runs", "3"]
     return load_pollers.main([*argv, "--idle-long-polls", "1000"])
 
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "status_reads": run_status_reads,
+    "creates": run_creates,
     "dispatch_latency": run_dispatch_latency,
     "render_speed": run_render_speed,
     "load_pollers": run_load_pollers,
 }
-DEFAULT_SET = ("status_reads", "dispatch_latency", "render_speed")  # load_pollers: --only load_pollers
+DEFAULT_SET = (
+    "status_reads",
+    "creates",
+    "dispatch_latency",
+    "render_speed",
+)  # load_pollers: --only load_pollers
 
 
 def status_rows(r: dict[str, Any]) -> list[Row]:
-    m = r["median"]
     rows: list[Row] = []
-    for side in ("baseline", "reelq"):
-        rows.append(("status_reads", f"{side} req/s (median)", f"{m[side]['rps']:.0f}", ""))
+    phases = r["phases"]
+    for name, phase in phases.items():
+        base, mine = phase["median"]["baseline"], phase["median"]["reelq"]
+        label = f"{name} ({phase['connections']} conns)"
         rows.append(
-            ("status_reads", f"{side} p50 / p99 ms", f"{m[side]['p50_ms']:.2f} / {m[side]['p99_ms']:.2f}", "")
+            (
+                "status_reads",
+                f"{label} req/s reelq / baseline",
+                f"{mine['rps']:.0f} / {base['rps']:.0f} = {phase['ratio_rps']:.2f}",
+                f">= {r['target_ratio']} {_ok(phase['ratio_rps'] >= r['target_ratio'])}"
+                if name == "throughput"
+                else "",
+            )
         )
         rows.append(
-            ("status_reads", f"{side} server CPU us/req", f"{m[side]['server_cpu_us_per_req']:.0f}", "")
+            (
+                "status_reads",
+                f"{label} p99 ms reelq / baseline",
+                f"{mine['p99_ms']:.2f} / {base['p99_ms']:.2f} = x{phase['ratio_p99']:.2f}",
+                f"<= x{r['target_p99_ratio']:g} {_ok(phase['ratio_p99'] <= r['target_p99_ratio'])}"
+                if name == "tail"
+                else "",
+            )
         )
-    ok = "ok" if r["meets_target"] else "MISS"
-    rows.append(
-        ("status_reads", "ratio reelq/baseline", f"{r['ratio_rps']:.2f}", f">= {r['target_ratio']} {ok}")
-    )
     return rows
+
+
+def _ok(met: bool) -> str:
+    return "ok" if met else "MISS"
+
+
+def creates_rows(r: dict[str, Any]) -> list[Row]:
+    base, mine = r["median"]["baseline"], r["median"]["reelq"]
+    return [
+        (
+            "creates",
+            "creates/s reelq / baseline insert",
+            f"{mine['rps']:.0f} / {base['rps']:.0f} = {r['ratio_rps']:.2f}",
+            f">= {r['target_ratio']} {_ok(r['meets_target'])}",
+        ),
+        ("creates", "p99 ms reelq / baseline", f"{mine['p99_ms']:.1f} / {base['p99_ms']:.1f}", ""),
+    ]
 
 
 def dispatch_rows(r: dict[str, Any]) -> list[Row]:
@@ -134,6 +171,7 @@ def load_rows(r: dict[str, Any]) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "status_reads": status_rows,
+    "creates": creates_rows,
     "dispatch_latency": dispatch_rows,
     "render_speed": render_rows,
     "load_pollers": load_rows,
@@ -153,8 +191,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="shorter runs: 3 rounds x 8 s, 15 tasks, 2 renders, no i2v"
     )
-    p.add_argument("--rounds", type=int, help="status_reads rounds (default 5, quick 3)")
-    p.add_argument("--seconds", type=int, help="status_reads seconds per run (default 10, quick 8)")
+    p.add_argument("--rounds", type=int, help="status_reads and creates rounds (default 5, quick 3)")
+    p.add_argument("--tail-rounds", type=int, help="status_reads tail/rendering rounds (default 3, quick 1)")
+    p.add_argument(
+        "--seconds", type=int, help="status_reads and creates seconds per run (default 10, quick 8)"
+    )
     p.add_argument("--tasks", type=int, help="dispatch_latency tasks (default 30, quick 15)")
     p.add_argument("--render-runs", type=int, help="render_speed runs per case (default 5, quick 2)")
     p.add_argument("--json", type=Path, default=RESULTS_DIR / "summary.json")
@@ -162,8 +203,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:
-    quick = {"rounds": 3, "seconds": 8, "tasks": 15, "render_runs": 2}
-    full = {"rounds": 5, "seconds": 10, "tasks": 30, "render_runs": 5}
+    quick = {"rounds": 3, "tail_rounds": 1, "seconds": 8, "tasks": 15, "render_runs": 2}
+    full = {"rounds": 5, "tail_rounds": 3, "seconds": 10, "tasks": 30, "render_runs": 5}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)

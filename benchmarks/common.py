@@ -225,22 +225,81 @@ def parse_wrk(out: str, seconds: float, cpu: float) -> LoadResult:
 
 
 def run_load(
-    wrk: str | None, url: str, headers: dict[str, str], seconds: int, connections: int, threads: int
+    wrk: str | None,
+    url: str,
+    headers: dict[str, str],
+    seconds: int,
+    connections: int,
+    threads: int,
+    body: bytes | None = None,
 ) -> LoadResult:
-    """`seconds` of closed-loop load on one URL with wrk, or with the Python driver when wrk is absent."""
-    if wrk:
-        args = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    """`seconds` of closed-loop load on one URL with wrk, or with the Python driver when wrk is absent.
+
+    With `body`, every request is a POST of that JSON body; otherwise a GET.
+    """
+    with tempfile.TemporaryDirectory(prefix="rq-load-") as tmp:
+        body_file = Path(tmp) / "body.json"
+        if body is not None:
+            body_file.write_bytes(body)
+        if wrk:
+            args = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+            for name, value in headers.items():
+                args += ["-H", f"{name}: {value}"]
+            if body is not None:
+                script = Path(tmp) / "post.lua"
+                script.write_text(_wrk_post_script(body))
+                args += ["-s", str(script)]
+            out, cpu = _run_measured([*args, url])
+            return parse_wrk(out, seconds, cpu)
+        args = [sys.executable, str(ROOT / "benchmarks" / "pyload.py"), url, "--seconds", str(seconds)]
+        args += ["--connections", str(connections), "--processes", str(threads)]
         for name, value in headers.items():
-            args += ["-H", f"{name}: {value}"]
-        out, cpu = _run_measured([*args, url])
-        return parse_wrk(out, seconds, cpu)
-    args = [sys.executable, str(ROOT / "benchmarks" / "pyload.py"), url, "--seconds", str(seconds)]
-    args += ["--connections", str(connections), "--processes", str(threads)]
-    for name, value in headers.items():
-        args += ["--header", f"{name}: {value}"]
-    out, cpu = _run_measured(args)
+            args += ["--header", f"{name}: {value}"]
+        if body is not None:
+            args += ["--post", str(body_file)]
+        out, cpu = _run_measured(args)
     data = json.loads(out.strip().splitlines()[-1])
     return LoadResult(tool="pyload", load_cpu_s=cpu, **data)
+
+
+def _wrk_post_script(body: bytes) -> str:
+    text = body.decode()
+    if "]==]" in text:
+        raise ValueError("body cannot be quoted for wrk's Lua")
+    return (
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{text}]==]\n'
+    )
+
+
+def measure_load(
+    pid: int,
+    url: str,
+    headers: dict[str, str],
+    *,
+    wrk: str | None,
+    seconds: int,
+    connections: int,
+    threads: int,
+    body: bytes | None = None,
+) -> dict[str, Any]:
+    """One load run against the server `pid`, with the server's CPU over it added.
+
+    Any error or non-2xx answer voids the run (raises): a server answering errors fast
+    would otherwise look good.
+    """
+    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    load = run_load(wrk, url, headers, seconds, connections, threads, body)
+    cpu = cpu_seconds(pid) - cpu_before
+    wall = time.monotonic() - wall_before
+    if load.errors:
+        raise RuntimeError(f"{url}: {load.errors} errors or non-2xx answers in a run: numbers are void")
+    return {
+        **load.__dict__,
+        "server_cpu_s": round(cpu, 3),
+        "server_cpu_pct": round(100 * cpu / wall, 1),
+        "server_cpu_us_per_req": round(1e6 * cpu / load.requests, 1) if load.requests else None,
+        "load_cpu_pct": round(100 * load.load_cpu_s / wall, 1),
+    }
 
 
 # --- stats and output ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Fallback load generator for when wrk cannot be installed: closed-loop HTTP/1.1 keep-alive GETs.
+"""Fallback load generator for when wrk cannot be installed: closed-loop HTTP/1.1 keep-alive requests.
 
     python benchmarks/pyload.py URL [--seconds 10] [--connections 64] [--processes 2] [--header 'K: V']
+                                    [--post BODY.json]
 
 Prints one JSON line (requests, rps, p50_ms, p99_ms, errors). Much more CPU per request than wrk, so
 it takes a bigger share of the cores from the server; the ratio against the baseline stays meaningful
@@ -14,6 +15,7 @@ import asyncio
 import json
 import multiprocessing
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 try:
@@ -45,11 +47,16 @@ async def _connection(host: str, port: int, request: bytes, deadline: float, out
     return errors
 
 
-async def _drive(url: str, headers: list[str], seconds: float, connections: int) -> tuple[list[float], int]:
+async def _drive(
+    url: str, headers: list[str], body: bytes | None, seconds: float, connections: int
+) -> tuple[list[float], int]:
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    lines = [f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", *headers, "", ""]
-    request = "\r\n".join(lines).encode()
+    method = "GET" if body is None else "POST"
+    if body is not None:
+        headers = [*headers, "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", *headers, "", ""]
+    request = "\r\n".join(lines).encode() + (body or b"")
     deadline = time.perf_counter() + seconds
     latencies: list[float] = []
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -61,7 +68,7 @@ async def _drive(url: str, headers: list[str], seconds: float, connections: int)
     return latencies, errors
 
 
-def _worker(args: tuple[str, list[str], float, int]) -> tuple[list[float], int]:
+def _worker(args: tuple[str, list[str], bytes | None, float, int]) -> tuple[list[float], int]:
     if uvloop is not None:
         uvloop.install()
     return asyncio.run(_drive(*args))
@@ -74,10 +81,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--header", action="append", default=[])
+    parser.add_argument("--post", help="POST this file's bytes as JSON instead of GET")
     args = parser.parse_args()
+    body = Path(args.post).read_bytes() if args.post else None
     share = [max(1, args.connections // args.processes)] * args.processes
     with multiprocessing.Pool(args.processes) as pool:
-        parts = pool.map(_worker, [(args.url, args.header, args.seconds, n) for n in share])
+        parts = pool.map(_worker, [(args.url, args.header, body, args.seconds, n) for n in share])
     latencies = sorted(lat for part, _ in parts for lat in part)
     errors = sum(e for _, e in parts)
     count = len(latencies)

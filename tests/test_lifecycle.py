@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 
 import pytest
@@ -112,3 +113,30 @@ def test_max_attempts_then_failed_with_a_clear_error(make_server) -> None:  # ty
         done = wait_terminal(client, task["id"], timeout=30)
     assert done["status"] == "failed"
     assert "2 attempts" in done["error"]
+
+
+def test_sigterm_answers_held_long_polls_at_once(make_server) -> None:  # type: ignore[no-untyped-def]
+    """A shutdown answers every held `?wait=` with the task's current state, not a cancelled request."""
+    server: Server = make_server(workers=0)
+    with server.client() as client:
+        task = client.post("/v1/vidu/videos", json=BODY).json()
+    answers: list[tuple[int, str, float]] = []
+
+    def hold() -> None:
+        with server.client() as client:
+            started = time.monotonic()
+            got = client.get(f"/v1/result/{task['id']}", params={"wait": 30}, timeout=40)
+            answers.append((got.status_code, got.json()["status"], time.monotonic() - started))
+
+    holders = [threading.Thread(target=hold) for _ in range(5)]
+    for holder in holders:
+        holder.start()
+    time.sleep(1.0)  # all five are held by now
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    for holder in holders:
+        holder.join(20)
+    assert server.process.wait(timeout=30) == 0
+    assert [(code, status) for code, status, _ in answers] == [(200, "queued")] * 5
+    assert max(seconds for _, _, seconds in answers) < 5  # well before the 30 s wait or the grace period
+    assert "Traceback" not in server.log() and "CancelledError" not in server.log()

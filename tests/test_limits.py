@@ -142,3 +142,27 @@ def test_default_poll_limit_allows_one_read_a_second_and_refuses_hammering(make_
             time.sleep(1.0)
         codes = [client.get(f"/v1/result/{task['id']}").status_code for _ in range(10)]
         assert 429 in codes and codes[0] == 200
+
+
+def test_a_concurrent_burst_admits_exactly_the_quota(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Creates in one burst are stored in shared transactions (group commit); quotas stay exact."""
+    server: Server = make_server(workers=0, REELQ_MAX_ACTIVE_PER_KEY="7")
+    other_key = server.new_key("other")
+    codes: dict[str, list[int]] = {"mine": [], "other": []}
+
+    def burst(name: str, key: str | None) -> None:
+        with server.client(key) as client:
+            go.wait()
+            codes[name] += [client.post("/v1/vidu/videos", json=BODY).status_code for _ in range(10)]
+
+    go = threading.Event()
+    threads = [threading.Thread(target=burst, args=("mine", None)) for _ in range(3)]
+    threads += [threading.Thread(target=burst, args=("other", other_key)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(codes["mine"]) == [200] * 7 + [429] * 23
+    assert sorted(codes["other"]) == [200] * 7 + [429] * 13
+    assert task_count(server) == 14

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 from reelq import __version__
 from reelq.api import files, usage, vidu
 from reelq.api.errors import install_error_handlers
-from reelq.api.fastpath import FastStatusReads
+from reelq.api.fastpath import FastRoutes
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
 from reelq.api.services import Services, ServicesDep
 from reelq.api.vidu import (
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        services.store.engine.dispose()
+        services.close()
 
     app = FastAPI(
         title="reelq",
@@ -247,4 +247,4 @@ def create_asgi(settings: Settings | None = None, services: Services | None = No
     own per-request layers too, not only the router.
     """
     app = create_app(settings, services)
-    return FastStatusReads(app, app.state.services)
+    return FastRoutes(app, app.state.services)

@@ -75,9 +75,7 @@ class BodyLimitMiddleware:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = error_body(
-            "payload_too_large", f"The request body is larger than {self.max_bytes // (1024 * 1024)} MB."
-        )
+        body = too_large_body(self.max_bytes)
         await send(
             {
                 "type": "http.response.start",
@@ -93,3 +91,9 @@ class BodyLimitMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def too_large_body(max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    return error_body(
+        "payload_too_large", f"The request body is larger than {max_bytes // (1024 * 1024)} MB."
+    )

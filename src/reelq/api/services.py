@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from reelq.dispatch.doorbell import ring
 from reelq.ratelimit import Limit, MemoryRateLimiter, RateLimiter
 from reelq.storage import LocalStorage
 from reelq.store import Quotas, TaskStore
+from reelq.store.batcher import CreateBatcher
 from reelq.store.fastread import TASK_COLUMNS, SqliteReader
 
 TaskView = tuple[Any, ...]  # columns of fastread.TASK_COLUMNS, in that order
@@ -26,12 +28,15 @@ class Services:
     storage: LocalStorage
     reader: SqliteReader | None  # the inline SQLite read path; None on other databases
     limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
+    # Set when the server starts shutting down (cli.serve): held long-polls answer at once.
+    draining: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         s = self.settings
         self.poll_limit = Limit(rate=s.poll_rate, burst=max(1.0, s.poll_burst))
         self.create_limit = Limit(rate=s.create_rate / 60.0, burst=max(1.0, s.create_rate))
         self.quotas = Quotas(max_active_per_key=s.max_active_per_key, max_queue=s.max_queue)
+        self.creates = CreateBatcher(self.store, self.quotas, on_stored=self.notify_workers)
 
     async def key_id_for(self, plain: str) -> str | None:
         if self.reader is not None:
@@ -47,6 +52,11 @@ class Services:
     def notify_workers(self) -> None:
         """Wake idle workers now (embedded dispatch)."""
         ring(self.settings.run_dir)
+
+    def close(self) -> None:
+        """Store the creates still queued, then release the database."""
+        self.creates.close()
+        self.store.engine.dispose()
 
 
 async def get_services(request: Request) -> Services:

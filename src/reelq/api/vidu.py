@@ -207,8 +207,7 @@ def _row_view(row: TaskRow) -> TaskView:
     )
 
 
-def _idempotency_key(request: Request) -> str | None:
-    value = request.headers.get("idempotency-key")
+def _idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
     if not value or len(value) > MAX_IDEMPOTENCY_KEY or not all(32 <= ord(c) < 127 for c in value):
@@ -220,37 +219,37 @@ def _idempotency_key(request: Request) -> str | None:
     return value
 
 
-@router.post(
-    "/v1/vidu/videos",
-    summary="Create a video task",
-    responses=CREATE_RESPONSES,
-    openapi_extra={
-        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": CreateVideoRequest.model_json_schema()}},
-        },
-    },
-)
-async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
+async def create_video_answer(
+    services: Services,
+    key_id: str,
+    *,
+    body: bytes,
+    content_type: str | None,
+    idempotency_key: str | None,
+    base_url: str,
+) -> bytes:
+    """The whole create after authentication, shared by the route and the fast path (api/fastpath.py).
+
+    Returns the task object's JSON bytes, or raises an ApiError.
+    """
     wait = services.limiter.acquire(f"create:{key_id}", services.create_limit)
     if wait:
         raise RateLimited(
             f"Too many creates: at most {services.settings.create_rate:g} per minute per key.",
             retry_after_header(wait),
         )
-    idempotency_key = _idempotency_key(request)
-    body = await request.body()
-    data = parse_json_object(body, request.headers.get("content-type"))
+    idempotency_key = _idempotency_key(idempotency_key)
+    data = parse_json_object(body, content_type)
     models = services.settings.models
-    if len(body) > INLINE_VALIDATION_BYTES:
+    if len(body) > INLINE_VALIDATION_BYTES:  # images: decoding them would hold up the event loop
         new = await run_in_threadpool(validate_create, data, models)
     else:
         new = validate_create(data, models)
     if idempotency_key is not None:
         new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
     try:
-        row, created = await run_in_threadpool(services.store.create_task, key_id, new, services.quotas)
+        # Group commit (store/batcher.py); it also wakes the workers once per stored batch.
+        row, created = await services.creates.create(key_id, new)
     except QuotaExceeded as exc:
         if exc.kind == "queue":
             raise Overloaded(
@@ -267,9 +266,31 @@ async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) 
             param="Idempotency-Key",
             code="idempotency_key_reused",
         )
-    if created:
-        await run_in_threadpool(services.notify_workers)
-    return _json(orjson.dumps(render_task(services, request, _row_view(row))))
+    return orjson.dumps(render_task_for_base(services, base_url, _row_view(row)))
+
+
+@router.post(
+    "/v1/vidu/videos",
+    summary="Create a video task",
+    responses=CREATE_RESPONSES,
+    openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CreateVideoRequest.model_json_schema()}},
+        },
+    },
+)
+async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
+    answer = await create_video_answer(
+        services,
+        key_id,
+        body=await request.body(),
+        content_type=request.headers.get("content-type"),
+        idempotency_key=request.headers.get("idempotency-key"),
+        base_url=services.settings.public_base_url or str(request.base_url).rstrip("/"),
+    )
+    return _json(answer)
 
 
 @router.get("/v1/result/{task_id}", summary="Task status and result", responses=TASK_RESPONSES)
@@ -294,26 +315,31 @@ async def get_result(
         raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
     if wait:
         view = await _until_terminal(
-            services, task_id, key_id, view, min(wait, services.settings.max_long_poll)
+            services, request, task_id, key_id, view, min(wait, services.settings.max_long_poll)
         )
     return _json(orjson.dumps(render_task(services, request, view)))
 
 
 async def _until_terminal(
-    services: Services, task_id: str, key_id: str, view: TaskView, wait: float
+    services: Services, request: Request, task_id: str, key_id: str, view: TaskView, wait: float
 ) -> TaskView:
     """Re-read until the task is terminal or `wait` seconds passed.
 
     Workers run in other processes, so there is nothing to subscribe to here; a point read
-    costs microseconds, and the interval backs off so a thousand idle long-polls stay cheap.
+    costs microseconds (nothing at all while the row is unchanged: store/fastread.py), and
+    the interval backs off so a thousand idle long-polls stay cheap. A client that hung up
+    stops the loop, and a server shutting down answers every held long-poll with the
+    current state at once instead of cancelling them at the end of its grace period.
     """
     deadline = time.monotonic() + wait
     interval = LONG_POLL_FIRST_INTERVAL
-    while view[VIEW_STATUS] not in TERMINAL_VALUES:
+    while view[VIEW_STATUS] not in TERMINAL_VALUES and not services.draining.is_set():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         await asyncio.sleep(min(interval, remaining))
+        if await request.is_disconnected():
+            break
         interval = min(interval * 1.5, LONG_POLL_MAX_INTERVAL)
         latest = await services.task_view(task_id, key_id)
         if latest is None:  # purged meanwhile: answer with what we had
