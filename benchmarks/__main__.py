@@ -63,12 +63,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "render_speed": run_render_speed,
     "load_pollers": run_load_pollers,
 }
-DEFAULT_SET = (
-    "status_reads",
-    "creates",
-    "dispatch_latency",
-    "render_speed",
-)  # load_pollers: --only load_pollers
+DEFAULT_SET = ("status_reads", "creates", "dispatch_latency", "render_speed", "load_pollers")
 
 
 def status_rows(r: dict[str, Any]) -> list[Row]:

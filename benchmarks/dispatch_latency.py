@@ -41,8 +41,7 @@ from benchmarks.common import (
     write_json,
 )
 
-TARGET_MS = 50.0
-NEXT_TARGET_MS = 20.0
+TARGET_MS = 20.0  # the performance issue's target for create -> processing with an idle worker
 TASK = {"model": "viduq3-turbo", "prompt": "dispatch latency probe", "duration": 1, "resolution": "540p"}
 
 
@@ -148,10 +147,7 @@ def report(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         "config": {"tasks": args.tasks, "poll_ms": args.poll_ms, "gap_s": args.gap, "task": TASK},
         "stats": stats,
         "target_median_ms": TARGET_MS,
-        "next_target_median_ms": NEXT_TARGET_MS,
         "meets_target": stats["client_ms"]["median"] < TARGET_MS and stats["db_ms"]["median"] < TARGET_MS,
-        "meets_next_target": stats["client_ms"]["median"] < NEXT_TARGET_MS
-        and stats["db_ms"]["median"] < NEXT_TARGET_MS,
         "not_completed": sum(s["final"] != "completed" for s in samples),
         "retried": sum(s["attempts"] != 1 for s in samples),
         "samples": samples,
@@ -172,8 +168,7 @@ def print_table(result: dict[str, Any]) -> None:
         s = result["stats"][name]
         print(f"{label + ' ms':34}{s['median']:>9.2f}{s['p90']:>9.2f}{s['max']:>9.2f}")
     verdict = "meets" if result["meets_target"] else "MISSES"
-    nxt = "meets" if result["meets_next_target"] else "misses"
-    print(f"{verdict} target median < {TARGET_MS:g} ms; {nxt} next target < {NEXT_TARGET_MS:g} ms")
+    print(f"{verdict} target median < {TARGET_MS:g} ms")
     if result["not_completed"] or result["retried"]:
         print(f"warning: {result['not_completed']} not completed, {result['retried']} needed a retry")
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -233,14 +232,14 @@ def raise_nofile(needed: int) -> dict[str, int]:
 
 # --- the server ----------------------------------------------------------------------------------
 
-# `--loop asyncio|uvloop`, a diagnostic: the same `reelq serve`, with uvicorn.Config's `loop` set
-# (reelq leaves it on "auto": uvloop when installed). src/ is untouched; only the child is patched.
+# `--loop asyncio|uvloop`, a diagnostic: the same `reelq serve`, with uvicorn.Config's `loop` replaced
+# (reelq sets "asyncio": docs/performance.md). src/ is untouched; only the child is patched.
 LOOP_SHIM = """
 import sys, uvicorn
 loop = sys.argv.pop(1)
 init = uvicorn.Config.__init__
 def patched(self, *args, **kwargs):
-    kwargs.setdefault("loop", loop)
+    kwargs["loop"] = loop
     init(self, *args, **kwargs)
 uvicorn.Config.__init__ = patched
 from reelq.cli import app
@@ -252,7 +251,7 @@ app()
 def event_loop(choice: str) -> str:
     if choice != "auto":
         return f"{choice} (forced through a shim, diagnostic)"
-    return "uvloop (uvicorn auto)" if importlib.util.find_spec("uvloop") else "asyncio (uvicorn auto)"
+    return "asyncio (reelq serve's own setting)"
 
 
 @contextlib.contextmanager
