@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -297,6 +299,32 @@ def test_long_poll_answers_when_the_task_ends(shared_server: Server) -> None:
         assert time.monotonic() - started < 1
         for bad in ("61", "-1", "soon"):
             assert_error(client.get(f"/v1/result/{task['id']}", params={"wait": bad}), 400, "wait")
+
+
+def test_long_polls_are_woken_by_the_commit_that_ends_the_task(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Held long-polls wait on the shared change counter: the answer follows the completing commit
+    by about one watcher tick (20 ms), not a re-read interval, and every holder gets it."""
+    server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="1.5")
+    with server.client() as client:
+        task = client.post("/v1/vidu/videos", json=GOOD).json()
+    answered: list[float] = []
+
+    def hold() -> None:
+        with server.client() as client:
+            body = client.get(f"/v1/result/{task['id']}", params={"wait": 30}, timeout=40).json()
+            assert body["status"] == "completed"
+            answered.append(time.time())
+
+    holders = [threading.Thread(target=hold) for _ in range(20)]
+    for holder in holders:
+        holder.start()
+    for holder in holders:
+        holder.join(40)
+    with sqlite3.connect(server.home / "reelq.db") as conn:
+        finished_at = conn.execute("SELECT finished_at FROM tasks WHERE id = ?", (task["id"],)).fetchone()[0]
+    assert len(answered) == 20
+    # Generous for a shared 2-core machine; the old 0.5 s re-read interval alone could exceed it.
+    assert max(answered) - finished_at < 0.4, [round(t - finished_at, 3) for t in answered]
 
 
 def test_long_poll_times_out_with_the_current_state(make_server) -> None:  # type: ignore[no-untyped-def]

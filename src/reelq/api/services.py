@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from reelq.api.longpoll import LongPollHub
 from reelq.config import Settings
 from reelq.dispatch.doorbell import ring
 from reelq.ratelimit import Limit, MemoryRateLimiter, RateLimiter
@@ -37,6 +38,7 @@ class Services:
         self.create_limit = Limit(rate=s.create_rate / 60.0, burst=max(1.0, s.create_rate))
         self.quotas = Quotas(max_active_per_key=s.max_active_per_key, max_queue=s.max_queue)
         self.creates = CreateBatcher(self.store, self.quotas, on_stored=self.notify_workers)
+        self.long_polls = LongPollHub(self.reader.version if self.reader else None, self.draining)
 
     async def key_id_for(self, plain: str) -> str | None:
         if self.reader is not None:

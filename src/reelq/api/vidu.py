@@ -32,8 +32,6 @@ router = APIRouter()
 INLINE_VALIDATION_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 MAX_LONG_POLL_SECONDS = 60
-LONG_POLL_FIRST_INTERVAL = 0.02
-LONG_POLL_MAX_INTERVAL = 0.5
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 VIEW_STATUS = VIEW_FIELDS.index("status")
 # Retry-After hints when a quota is full: no way to know when a render ends, so a polite guess.
@@ -323,26 +321,35 @@ async def get_result(
 async def _until_terminal(
     services: Services, request: Request, task_id: str, key_id: str, view: TaskView, wait: float
 ) -> TaskView:
-    """Re-read until the task is terminal or `wait` seconds passed.
+    """Hold the answer until the task is terminal or `wait` seconds passed.
 
-    Workers run in other processes, so there is nothing to subscribe to here; a point read
-    costs microseconds (nothing at all while the row is unchanged: store/fastread.py), and
-    the interval backs off so a thousand idle long-polls stay cheap. A client that hung up
-    stops the loop, and a server shutting down answers every held long-poll with the
-    current state at once instead of cancelling them at the end of its grace period.
+    Woken by the long-poll hub (api/longpoll.py) when the database changed, which re-reads
+    the row (free while it is unchanged: store/fastread.py). A client that hung up ends the
+    wait, and a server shutting down answers every held long-poll with the current state
+    at once instead of cancelling it at the end of its grace period.
     """
     deadline = time.monotonic() + wait
-    interval = LONG_POLL_FIRST_INTERVAL
-    while view[VIEW_STATUS] not in TERMINAL_VALUES and not services.draining.is_set():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        await asyncio.sleep(min(interval, remaining))
-        if await request.is_disconnected():
-            break
-        interval = min(interval * 1.5, LONG_POLL_MAX_INTERVAL)
-        latest = await services.task_view(task_id, key_id)
-        if latest is None:  # purged meanwhile: answer with what we had
-            break
-        view = latest
+    hub = services.long_polls
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        seen = hub.version()  # before the read, so a commit after it always wakes us
+        latest: TaskView | None = await services.task_view(task_id, key_id)
+        while latest is not None:  # None: purged meanwhile, answer with what we had
+            view = latest
+            remaining = deadline - time.monotonic()
+            if view[VIEW_STATUS] in TERMINAL_VALUES or remaining <= 0 or gone.done():
+                break
+            if services.draining.is_set():
+                break
+            await hub.wait(remaining, seen, gone)
+            seen = hub.version()
+            latest = await services.task_view(task_id, key_id)
+    finally:
+        gone.cancel()
     return view
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (a GET has no body: the next message is the hang-up)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -52,6 +52,10 @@ class SqliteReader:
             self._local.conn = conn
         return conn
 
+    def version(self) -> int:
+        """The shared change counter: it moves after any commit that changed a row (store/changes.py)."""
+        return self._changes.value()
+
     def key_id_for(self, plain: str) -> str | None:
         """The active key's id; a revocation anywhere is seen by the next lookup."""
         now = self._changes.value()
