@@ -57,22 +57,22 @@ TARGET_P99_RATIO = 2.0  # reelq p99 over baseline p99 at --tail-connections, at 
 SIDES = ("baseline", "reelq")
 
 
-def completed_task(base: str, key: str) -> str:
-    """Create a 1 s 540p task and wait until it is completed; returns its id."""
+def task_reaching(base: str, key: str, status: str, prompt: str = "benchmark", timeout: float = 120) -> str:
+    """Create a 1 s 540p task and wait until it reads `status`; returns its id."""
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
-        body = {"model": "viduq3-turbo", "prompt": "benchmark", "duration": 1, "resolution": "540p"}
+        body = {"model": "viduq3-turbo", "prompt": prompt, "duration": 1, "resolution": "540p"}
         created = client.post("/v1/vidu/videos", json=body)
         created.raise_for_status()
         task_id: str = created.json()["id"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = client.get(f"/v1/result/{task_id}").json()["status"]
-            if status == "completed":
+            answer = client.get(f"/v1/result/{task_id}").json()
+            if answer["status"] == status:
                 return task_id
-            if status == "failed":
-                raise RuntimeError(f"benchmark task failed: {client.get(f'/v1/result/{task_id}').text}")
+            if answer["status"] == "failed":
+                raise RuntimeError(f"benchmark task failed: {answer}")
             time.sleep(0.1)
-    raise RuntimeError("benchmark task did not complete in 120 s")
+    raise RuntimeError(f"benchmark task did not reach {status} in {timeout:g} s")
 
 
 def measure(
@@ -253,21 +253,6 @@ def print_profile(prof: dict[str, Any]) -> None:
             print(f"    {pct:5.1f}%  {frame}")
 
 
-def rendering_task(base: str, key: str) -> str:
-    """Create a task that a worker with a long REELQ_SYNTHETIC_DELAY keeps `processing`; returns its id."""
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
-        body = {"model": "viduq3-turbo", "prompt": "benchmark rendering", "duration": 1, "resolution": "540p"}
-        created = client.post("/v1/vidu/videos", json=body)
-        created.raise_for_status()
-        task_id: str = created.json()["id"]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if client.get(f"/v1/result/{task_id}").json()["status"] == "processing":
-                return task_id
-            time.sleep(0.1)
-    raise RuntimeError("benchmark task did not start in 60 s")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     wrk = None if args.python_load else ensure_wrk()
     if wrk is None:
@@ -280,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         env = reelq_env(home)
         key = create_key(env)
         with reelq_server(home, env, workers=1) as (_, base):
-            task_id = completed_task(base, key)
+            task_id = task_reaching(base, key, "completed")
             answer = httpx.get(f"{base}/v1/result/{task_id}", headers={"Authorization": f"Bearer {key}"})
             answer.raise_for_status()
         body_file = home / "task.json"
@@ -307,7 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # A task kept `processing` by a worker whose heartbeat commits progress each second.
             slow_env = reelq_env(home, REELQ_SYNTHETIC_DELAY="3600")
             with reelq_server(home, slow_env, workers=1) as (server, base):
-                rendering = rendering_task(base, key)
+                # REELQ_SYNTHETIC_DELAY keeps it `processing` for the whole phase.
+                rendering = task_reaching(base, key, "processing", "benchmark rendering", timeout=60)
                 targets = {
                     "baseline": baseline_target,
                     "reelq": (server.pid, f"{base}/v1/result/{rendering}"),
