@@ -201,12 +201,12 @@ class _QuotaCounts:
     reused count errs high, and a count that comes within a tenth of its limit is always taken
     afresh: no create is refused on a stale count. What a reused count can miss is creates by
     other API processes in that window, so several API processes could overshoot a quota by
-    what they admit in 0.1 s beyond that margin. Counting is bounded by the limit anyway; at
+    what they admit in a second beyond that margin. Counting is bounded by the limit anyway; at
     a 10,000-task queue each count scans 10,000 index entries, which this spares a burst.
     Called with the store's write lock held (one create transaction at a time per process).
     """
 
-    RECOUNT_SECONDS = 0.1
+    RECOUNT_SECONDS = 1.0
     MAX_KEYS = 10_000
 
     def __init__(self) -> None:
