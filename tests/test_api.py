@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -365,3 +366,22 @@ def test_usage_adds_up_what_each_key_was_charged(make_server) -> None:  # type: 
         assert other.get("/v1/usage").json()["totalTokens"] == 0  # one key never sees another's usage
     with httpx.Client(base_url=server.base_url) as anon:
         assert_error(anon.get("/v1/usage"), 401)
+
+
+def test_an_oversized_create_is_413_before_authentication(shared_server: Server) -> None:
+    """Same order as the routed path: the declared size is refused before the key is looked at,
+    without waiting for the body (only the headers are sent here)."""
+    host, port = shared_server.base_url.removeprefix("http://").split(":")
+    head = (
+        "POST /v1/vidu/videos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {51 * 1024 * 1024}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = ""
+        while not answer.endswith("}"):  # head and body may come in separate segments
+            chunk = sock.recv(65536).decode()
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith("HTTP/1.1 413"), answer
+    assert '"code":"payload_too_large"' in answer

@@ -126,10 +126,13 @@ class FastRoutes:
         reader = services.reader
         assert reader is not None
         headers = _headers(scope)
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return 413, too_large_body(), []  # before auth, as BodyLimitMiddleware on the routed path
         try:
             # Authenticate before reading the body: an unauthenticated client is not worth 50 MB.
             key_id = authenticate_token(_text(headers.get(b"authorization")), reader.key_id_for)
-            body = await _read_body(receive, headers.get(b"content-length"))
+            body = await _read_body(receive)
             if body is None:
                 return 413, too_large_body(), []
             base = services.settings.public_base_url or _base_url(scope, _text(headers.get(b"host")), root)
@@ -151,10 +154,8 @@ class FastRoutes:
         return 200, answer, []
 
 
-async def _read_body(receive: Receive, declared: bytes | None) -> bytes | None:
-    """The whole request body, or None when it is over the 50 MB limit (checked before buffering)."""
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None as soon as it passes the 50 MB limit (not buffered further)."""
     chunks: list[bytes] = []
     size = 0
     while True:
