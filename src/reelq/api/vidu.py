@@ -337,9 +337,9 @@ async def _until_terminal(
         while latest is not None:  # None: purged meanwhile, answer with what we had
             view = latest
             remaining = deadline - time.monotonic()
-            if view[VIEW_STATUS] in TERMINAL_VALUES or remaining <= 0 or gone.done():
+            if view[VIEW_STATUS] in TERMINAL_VALUES or remaining <= 0:
                 break
-            if services.draining.is_set():
+            if gone.done() or services.draining.is_set():  # nobody to answer, or shutting down
                 break
             await hub.wait(remaining, seen, gone)
             seen = hub.version()
