@@ -305,6 +305,12 @@ def measure_load(
 # --- stats and output ----------------------------------------------------------------------------
 
 
+def side_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians over the runs of one side of a `measure_load` comparison."""
+    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "server_cpu_us_per_req", "load_cpu_pct")
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): an observed value, honest for small samples."""
     ordered = sorted(values)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from benchmarks.common import (
     reelq_env,
     reelq_server,
     run_load,
+    side_summary,
     spawn,
     temp_home,
     wait_ready,
@@ -112,8 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
         depth = {"baseline": queued(baseline_db), "reelq": queued(home / "reelq.db")}
-    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "server_cpu_us_per_req", "load_cpu_pct")
-    sides = {side: {k: round(statistics.median(r[k] for r in runs[side]), 3) for k in keys} for side in SIDES}
+    sides = {side: side_summary(runs[side]) for side in SIDES}
     ratio = sides["reelq"]["rps"] / sides["baseline"]["rps"]
     return {
         "benchmark": "creates",

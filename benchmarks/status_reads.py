@@ -46,6 +46,7 @@ from benchmarks.common import (
     reelq_env,
     reelq_server,
     run_load,
+    side_summary,
     spawn,
     temp_home,
     wait_ready,
@@ -82,11 +83,6 @@ def measure(
     return measure_load(
         pid, url, headers, wrk=wrk, seconds=args.seconds, connections=connections, threads=args.threads
     )
-
-
-def side_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "server_cpu_us_per_req", "load_cpu_pct")
-    return {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
 
 
 def run_rounds(

@@ -60,7 +60,7 @@ class FastRoutes:
         if method == "GET" and not scope["query_string"] and path.startswith(RESULT_PREFIX):
             task_id = path[len(RESULT_PREFIX) :]
             if "/" not in task_id:
-                await self._answer(send, self._guarded(self._read, scope, task_id, root))
+                await self._answer(send, self._read_answer(scope, task_id, root))
                 return
         elif method == "POST" and path == CREATE_PATH:
             try:
@@ -83,9 +83,9 @@ class FastRoutes:
         )
         await send({"type": "http.response.body", "body": body})
 
-    def _guarded(self, handler, *args) -> Answer:  # type: ignore[no-untyped-def]
+    def _read_answer(self, scope: Scope, task_id: str, root: str) -> Answer:
         try:
-            return handler(*args)
+            return self._read(scope, task_id, root)
         except ApiError as exc:
             return _error_answer(exc)
         except Exception:

@@ -30,10 +30,6 @@ class LongPollHub:
         self._waiters: dict[asyncio.Future[None], int | None] = {}  # waiter -> counter value it saw
         self._watcher: asyncio.Task[None] | None = None
 
-    @property
-    def held(self) -> int:
-        return len(self._waiters)
-
     def version(self) -> int | None:
         """Take this *before* reading the row, and pass it to `wait`."""
         return self._changes() if self._changes else None

@@ -149,9 +149,13 @@ IDEMPOTENCY_KEY_PARAMETER = {
 }
 
 
+def link_base(services: Services, request: Request) -> str:
+    """Where video links point: the public base when configured, else the address serving this request."""
+    return services.settings.public_base_url or str(request.base_url).rstrip("/")
+
+
 def render_task(services: Services, request: Request, view: TaskView) -> dict[str, Any]:
-    base = services.settings.public_base_url or str(request.base_url).rstrip("/")
-    return render_task_for_base(services, base, view)
+    return render_task_for_base(services, link_base(services, request), view)
 
 
 def render_task_for_base(services: Services, base_url: str, view: TaskView) -> dict[str, Any]:
@@ -286,7 +290,7 @@ async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) 
         body=await request.body(),
         content_type=request.headers.get("content-type"),
         idempotency_key=request.headers.get("idempotency-key"),
-        base_url=services.settings.public_base_url or str(request.base_url).rstrip("/"),
+        base_url=link_base(services, request),
     )
     return _json(answer)
 

@@ -217,9 +217,10 @@ class _QuotaCounts:
         transaction but not inserted yet (a fresh count cannot see them)."""
         now = time.monotonic()
         cached = self._counts.get(key_id)
-        fresh = cached is not None and now - cached[1] < self.RECOUNT_SECONDS
-        if fresh and cached[0] < limit - max(1, limit // 10):  # type: ignore[index]
-            return cached[0]  # type: ignore[index]
+        if cached is not None:
+            count, taken = cached
+            if now - taken < self.RECOUNT_SECONDS and count < limit - max(1, limit // 10):
+                return count
         if key_id is None:
             count = TaskStore.count_queued(conn, limit) + unsaved
         else:
