@@ -26,7 +26,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reelq.store.taskstore import NewTask, QuotaExceeded, Quotas, TaskRow, TaskStore
+from reelq.store.quotas import QuotaExceeded, Quotas
+from reelq.store.tasks import NewTask, TaskRow
+from reelq.store.taskstore import TaskStore
 
 log = logging.getLogger("reelq.store")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from reelq.store.changes import ChangeCounter
 from reelq.store.db import SQLITE_BUSY_TIMEOUT_MS
-from reelq.store.taskstore import hash_key
+from reelq.store.keys import hash_key
 
 MAX_CACHED_KEYS = 10_000
 MAX_CACHED_TASKS = 20_000

@@ -1,0 +1,100 @@
+"""API keys: create, list, revoke, look up. Only a key's SHA-256 is stored, never the key.
+
+Functions take an open connection; `TaskStore` chooses the transaction. A revocation is a
+write that changes a row, so its commit bumps the change counter (store/changes.py): that
+bump is the signal that makes every API process's cached key lookups (store/fastread.py)
+look again, so a revoked key stops working at the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, or_, select, update
+
+from reelq.store.tables import api_keys
+
+KEY_PREFIX = "rq_"
+LOCAL_KEY_ID = "key_local"
+# What may leave the store about a key: never its hash.
+KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.key_prefix,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+
+
+def hash_key(plain: str) -> str:
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    key_prefix: str
+    created_at: float
+    revoked_at: float | None
+
+
+def create(conn: Connection, name: str = "") -> tuple[ApiKey, str]:
+    """Store a new key; returns the record and the plain key (shown once, never stored)."""
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    record = ApiKey(
+        id="key_" + secrets.token_hex(8),
+        name=name,
+        key_prefix=plain[:10],
+        created_at=time.time(),
+        revoked_at=None,
+    )
+    conn.execute(
+        insert(api_keys).values(
+            id=record.id,
+            name=name,
+            key_hash=hash_key(plain),
+            key_prefix=record.key_prefix,
+            created_at=record.created_at,
+        )
+    )
+    return record, plain
+
+
+def list_all(conn: Connection) -> list[ApiKey]:
+    rows = conn.execute(select(*KEY_COLUMNS).order_by(api_keys.c.created_at)).mappings()
+    return [ApiKey(**row) for row in rows]
+
+
+def revoke(conn: Connection, id_or_key: str) -> ApiKey | None:
+    """Revoke by id or by the plain key; returns the key, or None when there is no such key."""
+    cond = or_(api_keys.c.id == id_or_key, api_keys.c.key_hash == hash_key(id_or_key))
+    conn.execute(update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time()))
+    row = conn.execute(select(*KEY_COLUMNS).where(cond)).mappings().first()
+    return ApiKey(**row) if row else None
+
+
+def active_id(conn: Connection, plain: str) -> str | None:
+    """The id of an active key, or None (unknown or revoked)."""
+    return conn.execute(
+        select(api_keys.c.id).where(api_keys.c.key_hash == hash_key(plain), api_keys.c.revoked_at.is_(None))
+    ).scalar()
+
+
+def ensure_local(conn: Connection) -> str:
+    """A key row for the embedded CLI (`reelq generate` without a server); it has no usable plain key."""
+    exists = conn.execute(select(api_keys.c.id).where(api_keys.c.id == LOCAL_KEY_ID)).scalar()
+    if not exists:
+        conn.execute(
+            insert(api_keys).values(
+                id=LOCAL_KEY_ID,
+                name="embedded cli",
+                key_hash=hash_key(secrets.token_hex(32)),
+                key_prefix="(local)",
+                created_at=time.time(),
+            )
+        )
+    return LOCAL_KEY_ID
