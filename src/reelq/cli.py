@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import gc
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -43,11 +42,8 @@ def _settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("REELQ_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -99,9 +95,7 @@ def serve(
     from reelq.dispatch.embedded import Supervisor
 
     settings = _settings(workers=workers, root_path=root_path, home=home)
-    _logging()
-    # Workers are started with these values through the environment.
-    os.environ["REELQ_HOME"] = str(settings.home_dir)
+    _logging(settings)
     try:
         services = build_services(settings)
     except Exception as exc:
@@ -112,7 +106,7 @@ def serve(
         create_asgi(settings, services),
         host=host,
         port=port,
-        log_level=os.environ.get("REELQ_LOG_LEVEL", "info").lower(),
+        log_level=settings.log_level.lower(),
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=5,
@@ -152,8 +146,7 @@ def worker(
     from reelq.dispatch.embedded import Supervisor
 
     settings = _settings(home=home)
-    _logging()
-    os.environ["REELQ_HOME"] = str(settings.home_dir)
+    _logging(settings)
     supervisor = Supervisor(settings, workers)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -252,9 +245,11 @@ def generate(
         "last_image": _image_argument(last_image),
         "seed": seed,
     }
-    base_url, api_key = os.environ.get("REELQ_BASE_URL"), os.environ.get("REELQ_API_KEY")
-    if base_url and api_key:
-        _generate_remote(base_url, api_key, body, output)
+    from reelq.client._settings import ClientSettings
+
+    remote = ClientSettings()
+    if remote.base_url and remote.api_key:
+        _generate_remote(remote.base_url, remote.api_key, body, output)
     else:
         _generate_embedded(_settings(home=home), body, output)
 
@@ -288,8 +283,9 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
     from reelq.api.schemas import validate_create
     from reelq.dispatch.doorbell import ring
     from reelq.domain import TERMINAL
+    from reelq.engines import build_engines
     from reelq.storage import LocalStorage
-    from reelq.worker import WorkerContext, build_engines, make_worker_id, run_task
+    from reelq.worker import WorkerContext, make_worker_id, run_task
 
     store = _store(settings)
     try:

@@ -1,4 +1,10 @@
-"""Settings: environment variables `REELQ_*` (or CLI flags), validated once at start-up."""
+"""Settings: environment variables `REELQ_*` (or CLI flags), validated once at start-up.
+
+`Settings` is the only reader of the server's `REELQ_*` variables (the SDK's two,
+REELQ_BASE_URL and REELQ_API_KEY, are read by `reelq.client.ClientSettings`). Render
+worker processes do not read the environment: the supervisor hands them the resolved
+settings (`to_json` / `from_json`), so what a child runs with is what its parent validated.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,19 @@ import secrets
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from reelq.domain import DEFAULT_MODEL_RATES, DEFAULT_RESOLUTION_FACTORS, RESOLUTIONS
+from reelq.engines import DEFAULT_ENGINE, ENGINES
 
 # Kept short on purpose: operators replace it with their own list (REELQ_BLOCKED_TERMS).
 DEFAULT_BLOCKED_TERMS = ["child sexual abuse", "csam", "beheading", "bomb making"]
@@ -27,6 +40,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REELQ_", extra="ignore", frozen=True)
 
     home: Path = Path(".reelq")
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
     database_url: str | None = None
     storage_url: str | None = None
 
@@ -74,6 +88,11 @@ class Settings(BaseSettings):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("root_path")
     @classmethod
     def _normalise_root(cls, value: str) -> str:
@@ -103,9 +122,24 @@ class Settings(BaseSettings):
     @classmethod
     def _known_engines(cls, value: dict[str, str]) -> dict[str, str]:
         for model, engine in value.items():
-            if engine not in {"synthetic"}:
-                raise ValueError(f"model {model!r}: unknown engine {engine!r} (available: synthetic)")
+            if engine not in ENGINES:
+                available = ", ".join(sorted(ENGINES))
+                raise ValueError(f"model {model!r}: unknown engine {engine!r} (available: {available})")
         return value
+
+    def engine_for(self, model: str) -> str:
+        """The engine that serves `model` (REELQ_ENGINES, else the default engine)."""
+        return self.engines.get(model, DEFAULT_ENGINE)
+
+    def to_json(self) -> str:
+        """These settings, complete and with the home resolved, for a child process (`from_json`)."""
+        return self.model_copy(update={"home": self.home_dir}).model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Settings:
+        """Settings exactly as `to_json` wrote them: the environment is not consulted, so a child
+        runs with what its parent validated even if its environment says otherwise."""
+        return _GivenSettings.model_validate_json(data)
 
     @property
     def models(self) -> list[str]:
@@ -163,6 +197,23 @@ class Settings(BaseSettings):
         with os.fdopen(fd, "wb") as f:
             f.write(value)
         return value
+
+
+class _GivenSettings(Settings):
+    """Settings built from explicit values only. pydantic-settings fills any field not passed
+    (and `model_validate` goes through `__init__` too) from the environment; here the only
+    source is what was passed."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -50,15 +50,6 @@ def worker_marker(pid: int, host: str | None = None) -> str:
     return f"{host or socket.gethostname()}:{pid}:"
 
 
-def build_engines(settings: Settings) -> dict[str, Engine]:
-    """One engine per configured model (the synthetic engine unless REELQ_ENGINES maps it elsewhere)."""
-    from reelq.engines.synthetic import SyntheticEngine
-
-    synthetic = SyntheticEngine(delay_seconds=settings.synthetic_delay)
-    available: dict[str, Engine] = {"synthetic": synthetic}
-    return {model: available[settings.engines.get(model, "synthetic")] for model in settings.models}
-
-
 @dataclass
 class WorkerContext:
     settings: Settings

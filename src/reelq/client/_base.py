@@ -45,8 +45,15 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         transient failures (connection errors, 408, 429, 500, 502, 503, 504). A given `http_client` is
         used as is and left open by `close()`."""
         #: The server's address, root path included, without a trailing slash.
-        self.base_url = _base_url(base_url if base_url is not None else os.environ.get("REELQ_BASE_URL"))
-        self.api_key = api_key if api_key is not None else os.environ.get("REELQ_API_KEY", "")
+        if base_url is None or api_key is None:
+            # Imported here: only a client that relies on the environment pays for pydantic-settings.
+            from reelq.client._settings import ClientSettings
+
+            env = ClientSettings()
+            base_url = env.base_url if base_url is None else base_url
+            api_key = env.api_key if api_key is None else api_key
+        self.base_url = _base_url(base_url)
+        self.api_key = api_key or ""
         if not self.api_key:
             raise ReelqError("No API key: pass api_key= or set REELQ_API_KEY.")
         if max_retries < 0:

@@ -3,6 +3,8 @@
 `reelq serve` = uvicorn (API) in the main process + `Supervisor` threads; each worker is
 a child process (`python -m reelq.dispatch.embedded`) in the same process group, so a
 kill of the group takes everything down and the leases bring the work back on restart.
+A child reads its settings from stdin (`Settings.to_json`), never from the environment:
+it runs with what the supervisor validated, and the signing secret stays out of `ps`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from reelq.config import Settings, load_settings
+from reelq.config import Settings
 from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener, ring
+from reelq.engines import build_engines
 from reelq.storage import LocalStorage
 from reelq.store import TaskStore, make_engine, migrate
-from reelq.worker import WorkerContext, build_engines, make_worker_id, run_task, worker_marker
+from reelq.worker import WorkerContext, make_worker_id, run_task, worker_marker
 
 log = logging.getLogger("reelq.dispatch")
 
@@ -75,15 +78,13 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
 
 
 def _worker_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="reelq-worker")
+    parser = argparse.ArgumentParser(prog="reelq-worker", description="Settings JSON on stdin.")
     parser.add_argument("--name", default="w")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("REELQ_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    settings = Settings.from_json(sys.stdin.buffer.read())
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    worker_loop(load_settings(), args.name)
+    worker_loop(settings, args.name)
 
 
 # ---- the supervisor ---------------------------------------------------------------------------
@@ -106,6 +107,7 @@ class Supervisor:
         self.store = TaskStore(engine)
         self.storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
         self.children = [_Child(name=f"w{i}") for i in range(workers)]
+        self._settings_json = settings.to_json().encode()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -119,11 +121,17 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         # One BLAS thread: an idle OpenBLAS pool spins and steals the core x264 needs.
-        env = dict(os.environ, REELQ_HOME=str(self.settings.home_dir))
+        env = dict(os.environ)
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "reelq.dispatch.embedded", "--name", child.name], env=env
+            [sys.executable, "-m", "reelq.dispatch.embedded", "--name", child.name],
+            env=env,
+            stdin=subprocess.PIPE,
         )
+        assert child.process.stdin is not None
+        # The child reads this first thing; one that died before reading is the monitor's to restart.
+        with contextlib.suppress(BrokenPipeError), child.process.stdin:
+            child.process.stdin.write(self._settings_json)
         child.started = time.monotonic()
         log.info("started render worker %s (pid %d)", child.name, child.process.pid)
 
