@@ -81,4 +81,7 @@ class LocalStorage:
         return f"{base_url}{file_path_for(task_id)}?expires={expires}&signature={signature}"
 
     def verify(self, task_id: str, expires: int, signature: str) -> bool:
-        return hmac.compare_digest(self.signature(task_id, expires), signature)
+        # Compared as bytes: compare_digest refuses a str with non-ASCII characters (TypeError), and the
+        # signature is whatever the client put in the query string. "replace" also covers lone surrogates.
+        expected = self.signature(task_id, expires).encode("ascii")
+        return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
