@@ -8,10 +8,15 @@ import hashlib
 import hmac
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 FILES_ROUTE = "/v1/files/{task_id}.mp4"
 TEMP_SUFFIX = ".part"
+
+
+def _safe_name(worker: str) -> str:
+    return worker.replace("/", "_").replace(":", "_")
 
 
 def file_path_for(task_id: str) -> str:
@@ -28,12 +33,14 @@ class LocalStorage:
 
     # ---- files ------------------------------------------------------------------------------
     def temp_path(self, task_id: str, worker: str) -> Path:
-        """Where a worker renders; the worker id in the name lets a supervisor clean up after a dead child."""
-        safe_worker = worker.replace("/", "_").replace(":", "_")
+        """Where a worker renders; the worker id in the name lets a supervisor clean up after a dead child.
+
+        The name is `<task id>.<host>_<pid>_<worker name>.part` (task ids have no dots).
+        """
         # Made per render, not once at start: a volume that comes back must not need a restart,
         # and one that is broken must fail the task, not crash-loop the worker.
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        return self.tmp_dir / f"{task_id}.{safe_worker}{TEMP_SUFFIX}"
+        return self.tmp_dir / f"{task_id}.{_safe_name(worker)}{TEMP_SUFFIX}"
 
     def commit(self, temp: Path, task_id: str, attempt: int) -> str:
         """Move a finished render into place; returns its storage key.
@@ -64,6 +71,27 @@ class LocalStorage:
             try:
                 if older_than is not None and now - entry.stat().st_mtime < older_than:
                     continue
+                entry.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def remove_dead_workers_temp_files(self, host: str, is_alive: Callable[[int], bool]) -> int:
+        """Delete the temporary renders of this host's workers whose process is gone.
+
+        For start-up, after a kill of everything: the supervisor that would have cleaned up after them
+        died too. Files of other hosts (a shared volume) are left to the age-based sweep, as are names
+        this code did not write.
+        """
+        prefix = _safe_name(host) + "_"
+        removed = 0
+        for entry in self.tmp_dir.glob(f"*{TEMP_SUFFIX}"):
+            _task, _, owner = entry.name.removesuffix(TEMP_SUFFIX).partition(".")
+            pid = owner.removeprefix(prefix).partition("_")[0] if owner.startswith(prefix) else ""
+            if not pid.isdigit() or is_alive(int(pid)):
+                continue
+            try:
                 entry.unlink()
                 removed += 1
             except FileNotFoundError:
