@@ -3,16 +3,51 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import hmac
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 FILES_ROUTE = "/v1/files/{task_id}.mp4"
 TEMP_SUFFIX = ".part"
+# Free space below which a filesystem counts as full for readiness: a render or a few thousand task rows
+# need more than this, and an operator needs the warning before the last byte goes.
+READY_RESERVE_BYTES = 8 * 1024 * 1024
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_PROBE_BYTES = 4096
+
+
+def room_problem(directory: Path, what: str, reserve: int = READY_RESERVE_BYTES) -> str | None:
+    """Why `directory`'s filesystem cannot take `what` now (full, or failing), or None.
+
+    Free space as an unprivileged writer sees it (statvfs f_bavail: root may still write into the
+    blocks a filesystem reserves, the service should not count on them), then a small real write:
+    it also catches what statvfs does not show (no inodes left, a quota, a read-only remount).
+    """
+    try:
+        stats = os.statvfs(directory)
+    except OSError as exc:
+        return f"storage for {what} unavailable ({exc.strerror or type(exc).__name__})"
+    free = stats.f_bavail * stats.f_frsize
+    if free < reserve:
+        return f"storage for {what} is full ({free // 1024} KiB free, {reserve // 1024} KiB needed)"
+    probe = directory / f".ready-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * _PROBE_BYTES)
+    except OSError as exc:
+        if exc.errno in NO_SPACE_ERRNOS:
+            return f"storage for {what} is full ({exc.strerror})"
+        return f"storage for {what} unavailable ({exc.strerror or type(exc).__name__})"
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
 
 
 def _safe_name(worker: str) -> str:
