@@ -120,6 +120,21 @@ def test_result_shape_while_processing_has_nulls(shared_server: Server) -> None:
         ({"first_image": 12}, "first_image"),
         ({"last_image": "https://example.com/a.png"}, "last_image"),
         ({"callback_url": "not a url"}, "callback_url"),
+        # Shaped like a URL yet unusable: no host, credentials, a bad port, over 2,048 characters.
+        ({"callback_url": "http://"}, "callback_url"),
+        ({"callback_url": "https://"}, "callback_url"),
+        ({"callback_url": "http:///hook"}, "callback_url"),
+        ({"callback_url": "https://user:secret@hooks.example.com/x"}, "callback_url"),
+        ({"callback_url": "https://hooks.example.com:99999/x"}, "callback_url"),
+        ({"callback_url": "https://hooks.example.com/\u200bx"}, "callback_url"),
+        ({"callback_url": "https://hooks.example.com/" + "a" * 2048}, "callback_url"),
+        # Nothing visible: zero-width characters, joiners, BOM, variation selectors, lone combining marks.
+        ({"prompt": "\u200b\u200c\u200d"}, "prompt"),
+        ({"prompt": " \u2060\ufeff "}, "prompt"),
+        ({"prompt": "\ufe0f\ufe0e\U000e0100"}, "prompt"),
+        ({"prompt": "\u0301\u0308\u20dd"}, "prompt"),
+        ({"prompt": "\u3164\u115f\u2800\u180e"}, "prompt"),
+        ({"prompt": "\u200b" * 5000}, "prompt"),
     ],
 )
 def test_invalid_fields_are_400_naming_the_field(shared_server: Server, patch: dict, param: str) -> None:

@@ -8,6 +8,7 @@ from reelq.domain import (
     VideoSpec,
     find_blocked_term,
     frame_size,
+    has_visible_text,
     is_task_id,
     new_task_id,
     total_tokens,
@@ -85,3 +86,43 @@ def test_wire_number() -> None:
 )
 def test_blocked_terms_whole_words_case_insensitive(prompt: str, hit: str | None) -> None:
     assert find_blocked_term(prompt, ["bomb making", "csam"]) == hit
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a",
+        " \u200bx\u200b ",
+        "é",
+        "e\u0301",
+        "猫",
+        "🎬",
+        "\U0001f44d\U0001f3fd",
+        "\u200d🎬",
+        "\u0661",
+        "שלום",
+        "\u2764\ufe0f",
+        "\ue000x",
+    ],
+)
+def test_text_with_something_to_see_is_visible(text: str) -> None:
+    assert has_visible_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " \t\n\u3000\u00a0",
+        "\u200b\u200c\u200d\u2060\ufeff",  # zero-width space, joiners, word joiner, BOM
+        "\u200e\u200f\u202e\u2066\u061c",  # direction marks and overrides
+        "\ufe00\ufe0f\U000e0100\U000e01ef",  # variation selectors
+        "\u0301\u0308\u034f\u20dd",  # combining marks with no base
+        "\U000e0041\U000e007f",  # tag characters
+        "\u00ad\u180e\u3164\u115f\u1160\uffa0\u2800",  # soft hyphen, fillers, blank braille
+        "\ue000\U000f0000\U0010fffd",  # private use: no standard glyph
+        "\x01\x7f\u0085",  # controls
+    ],
+)
+def test_text_of_invisible_characters_is_not_visible(text: str) -> None:
+    assert not has_visible_text(text)

@@ -167,6 +167,22 @@ def public_127_0_0_2(monkeypatch: pytest.MonkeyPatch) -> None:
         "64:ff9b:1::1",
         "100::1",
         "fec0::1",
+        # The rest of the IANA special-purpose registries, and the reserved IPv6 space around them.
+        "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
+        "::ffff:0:a00:1",  # IPv4-translated 10.0.0.1
+        "::ffff:0:808:808",  # IPv4-translated, public inside: still not global unicast space
+        "192.0.0.170",
+        "192.0.0.1",
+        "192.88.99.1",
+        "100:0:0:1::1",
+        "2001:2::1",
+        "2001:10::1",
+        "3fff::1",
+        "5f00::1",
+        "2001:0:808:808::f5ff:fffe",  # Teredo: public relay, client 10.0.0.1
+        "2001:0:a00:1::f7f7:f7f7",  # Teredo: relay 10.0.0.1
+        "1::1",  # reserved by the IETF (outside 2000::/3)
+        "4000::1",
     ],
 )
 def test_non_public_addresses_are_refused(address: str) -> None:
@@ -183,6 +199,16 @@ def test_non_public_addresses_are_refused(address: str) -> None:
         "::ffff:8.8.8.8",
         "64:ff9b::808:808",
         "2002:808:808::1",
+        # Globally reachable blocks inside special-purpose ones (the registries' inner entries decide).
+        "192.0.0.9",
+        "192.0.0.10",
+        "192.31.196.1",
+        "192.175.48.1",
+        "2001:1::1",
+        "2001:4:112::1",
+        "2001:20::1",
+        "2620:4f:8000::1",
+        "2001:0:808:808::f7f7:f7f7",  # Teredo: relay 8.8.8.8, client 8.8.8.8
     ],
 )
 def test_public_addresses_are_allowed(address: str) -> None:
@@ -236,6 +262,49 @@ def test_numeric_and_local_forms_are_refused_without_a_request(
     with pytest.raises(FetchError) as excinfo:
         fetch_bytes(server.url(host=host), field="last_image")
     assert str(excinfo.value) == f"last_image could not be fetched: {reason}"
+    assert server.requests == []
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every TCP connect the HTTP client makes (the real connect still happens): for targets where no
+    test server can listen, such as an IPv4-translated IPv6 address."""
+    attempts: list[tuple[str, int]] = []
+    real = socket.create_connection
+
+    def recording(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        attempts.append(address)
+        return real(address, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "create_connection", recording)
+    return attempts
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("[::ffff:0:7f00:1]", "address ::ffff:0:7f00:1 is not allowed (embeds 127.0.0.1: loopback)"),
+        ("[::ffff:0:127.0.0.1]", "address ::ffff:0:7f00:1 is not allowed (embeds 127.0.0.1: loopback)"),
+        ("[::ffff:0:a00:1]", "address ::ffff:0:a00:1 is not allowed (embeds 10.0.0.1: private)"),
+        ("[::ffff:0:808:808]", "address ::ffff:0:808:808 is not allowed (IPv4-translated)"),
+        ("[64:ff9b::127.0.0.1]", "address 64:ff9b::7f00:1 is not allowed (embeds 127.0.0.1: loopback)"),
+        ("[2002:7f00:1::1]", "address 2002:7f00:1::1 is not allowed (embeds 127.0.0.1: loopback)"),
+        ("[2001:0:808:808::80ff:fffe]", "(embeds 127.0.0.1: loopback)"),  # Teredo client 127.0.0.1
+        ("[100:0:0:1::1]", "address 100:0:0:1::1 is not allowed (dummy prefix)"),
+        ("[3fff::1]", "address 3fff::1 is not allowed (documentation)"),
+        ("[5f00::1]", "address 5f00::1 is not allowed (reserved (SRv6 SIDs))"),
+        ("192.0.0.171", "address 192.0.0.171 is not allowed (NAT64/DNS64 discovery)"),
+    ],
+)
+def test_special_purpose_spellings_are_refused_without_a_connect(
+    serve: Callable[..., Server], connects: list[tuple[str, int]], host: str, reason: str
+) -> None:
+    server = serve()  # 127.0.0.1: where the embedded loopback spellings would lead
+    with pytest.raises(FetchError) as excinfo:
+        fetch_bytes(server.url(host=host), field="first_image", timeout=1.0, total_deadline=2.0)
+    assert reason in str(excinfo.value)
+    assert excinfo.value.field == "first_image"
+    assert connects == []
     assert server.requests == []
 
 
@@ -426,6 +495,32 @@ def test_redirect_to_other_schemes_is_refused(
     server.routes["/img"] = redirect(target)
     with pytest.raises(FetchError, match=re.escape(reason)):
         fetch_bytes(server.url("/img"), field="first_image")
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http:127.0.0.1:8080/x",  # a scheme and no "//": a path that must begin with "/"
+        "https:127.0.0.1",
+        "http://[::1",
+        "//[::1",
+        "http://[::1]x/",
+        "http://[v1.x]/",
+        "http://0x7f.1:abc/",
+        "http://xn--/",  # an IDNA label with nothing in it
+        "http://[::1]:99999/",
+    ],
+)
+def test_malformed_redirect_location_fails_naming_the_image(
+    serve: Callable[..., Server], public_127_0_0_2: None, location: str
+) -> None:
+    server = serve("127.0.0.2")
+    server.routes["/img"] = redirect(location)
+    with pytest.raises(FetchError) as excinfo:
+        fetch_bytes(server.url("/img"), field="last_image")
+    assert excinfo.value.field == "last_image"
+    assert str(excinfo.value).startswith("last_image could not be fetched: ")
+    assert len(server.requests) == 1
 
 
 def test_redirect_loop_is_bounded(serve: Callable[..., Server], public_127_0_0_2: None) -> None:

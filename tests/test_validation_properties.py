@@ -30,6 +30,7 @@ from reelq.domain import (
     MAX_SEED,
     MIN_DURATION,
     RESOLUTIONS,
+    has_visible_text,
 )
 from reelq.images import url_syntax_problem
 from reelq.store import NewTask
@@ -154,19 +155,20 @@ def assert_obeys_the_rules(new: NewTask) -> None:
     assert new.model in MODELS
     assert isinstance(new.prompt, str) and "\x00" not in new.prompt
     assert new.prompt == new.prompt.strip() and 1 <= len(new.prompt) <= MAX_PROMPT_CHARS
+    assert has_visible_text(new.prompt)
     assert type(new.duration) is int and MIN_DURATION <= new.duration <= MAX_DURATION
     assert new.aspect_ratio in ASPECT_RATIOS and new.resolution in RESOLUTIONS
     assert new.seed is None or (type(new.seed) is int and 0 <= new.seed <= MAX_SEED)
     assert new.last_image is None or new.first_image is not None
     for image in (new.first_image, new.last_image):
         assert image is None or image.startswith("data:") or url_syntax_problem(image) is None
-    assert new.callback_url is None or new.callback_url.startswith(("http://", "https://"))
+    assert new.callback_url is None or url_syntax_problem(new.callback_url) is None
     assert new.idempotency_key is None and new.request_hash is None
 
 
 non_blank_prompts = st.one_of(
-    st.text(min_size=1, max_size=200).filter(lambda s: s.strip() and "\x00" not in s),
-    long_prompts.filter(lambda s: 1 <= len(s.strip()) <= MAX_PROMPT_CHARS),
+    st.text(min_size=1, max_size=200).filter(lambda s: has_visible_text(s) and "\x00" not in s),
+    long_prompts.filter(lambda s: 1 <= len(s.strip()) <= MAX_PROMPT_CHARS and has_visible_text(s)),
 )
 valid_optional = {
     "duration": st.integers(MIN_DURATION, MAX_DURATION) | st.none(),

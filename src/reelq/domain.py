@@ -7,6 +7,7 @@ SDK without importing any of them (see docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,6 +124,27 @@ def total_tokens(
 def wire_number(value: float) -> int | float:
     """5.0 -> 5 so the JSON reads like the Vidu examples; keeps real fractions."""
     return int(value) if float(value).is_integer() else value
+
+
+# Letters (category Lo) that Unicode marks Default_Ignorable (they render as nothing), and the blank braille
+# pattern, which is a symbol drawn as an empty cell: the categories alone would count them as visible.
+_BLANK_GRAPHIC = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_visible_char(char: str) -> bool:
+    """Whether `char` draws something on its own.
+
+    Not visible: whitespace and separators (Z*), controls, format characters such as the zero-width
+    space/joiners, U+2060 and U+FEFF, surrogates, private-use and unassigned code points (C*), and marks
+    (M*: combining marks and variation selectors only modify a base character, and there is none without
+    a visible one), plus the blank letters above.
+    """
+    return unicodedata.category(char)[0] not in "ZCM" and char not in _BLANK_GRAPHIC
+
+
+def has_visible_text(text: str) -> bool:
+    """At least one visible character (`is_visible_char`): what "not empty" means for a prompt."""
+    return any(is_visible_char(c) for c in text)
 
 
 def find_blocked_term(prompt: str, terms: list[str]) -> str | None:

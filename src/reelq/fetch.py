@@ -1,7 +1,9 @@
 """Bounded, SSRF-safe download of client-supplied URLs (SPEC §2).
 
 The rules, and why:
-- The host is resolved here, once, and every address it resolves to must be public (`address_problem`);
+- The host is resolved here, once, and every address it resolves to must be globally reachable by the IANA
+  special-purpose address registries, encoded below as data, as must any IPv4 address an IPv6 one carries
+  (`address_problem`);
   the connection then goes to exactly the address that was checked (the URL's host is replaced by the IP,
   the Host header and TLS SNI/certificate name stay the original host), so a DNS answer that changes
   between the check and the connect (rebinding) cannot steer the request inside.
@@ -24,7 +26,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
 
 import certifi
 import httpx
@@ -38,49 +39,115 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "reelq-fetch/1"
 
-# First match wins, so the specific ranges (metadata) come before the ranges containing them.
-_V4_BLOCKED: list[tuple[ipaddress.IPv4Network, str]] = [
-    (ipaddress.IPv4Network(net), why)
-    for net, why in [
-        ("169.254.169.254/32", "cloud metadata"),
-        ("100.100.100.200/32", "cloud metadata"),
-        ("0.0.0.0/8", "unspecified"),
-        ("127.0.0.0/8", "loopback"),
-        ("10.0.0.0/8", "private"),
-        ("172.16.0.0/12", "private"),
-        ("192.168.0.0/16", "private"),
-        ("169.254.0.0/16", "link-local"),
-        ("100.64.0.0/10", "shared address space (CGNAT)"),
-        ("192.0.0.0/24", "reserved (IETF protocol assignments)"),
-        ("192.0.2.0/24", "documentation"),
-        ("198.51.100.0/24", "documentation"),
-        ("203.0.113.0/24", "documentation"),
-        ("198.18.0.0/15", "benchmarking"),
-        ("192.88.99.0/24", "reserved (6to4 relay anycast)"),
-        ("224.0.0.0/4", "multicast"),
-        ("240.0.0.0/4", "reserved"),
-    ]
-]
-_V6_BLOCKED: list[tuple[ipaddress.IPv6Network, str]] = [
+# --- the registries, as data ------------------------------------------------------------------------------
+# Every block of the IANA special-purpose address registries, with its "Globally Reachable" column:
+# True, False, or None where the registry says N/A. Transcribed from the registries as they stood in 2025:
+#   IANA IPv4 Special-Purpose Address Registry (iana-ipv4-special-registry; newest entry RFC 8880, 2020),
+#   IANA IPv6 Special-Purpose Address Registry (iana-ipv6-special-registry; newest entries RFC 9665 and
+#   RFC 9780, 2025).
+# RFC 6890 and RFC 8190 define the columns. The label is what a refusal says. When the registries change,
+# edit these tables: nothing else encodes the address policy.
+_IPV4_SPECIAL: tuple[tuple[str, str, bool | None], ...] = (
+    ("0.0.0.0/8", "this network", False),  # "This network" [RFC791]
+    ("0.0.0.0/32", "unspecified", False),  # "This host on this network" [RFC1122]
+    ("10.0.0.0/8", "private", False),  # Private-Use [RFC1918]
+    ("100.64.0.0/10", "shared address space (CGNAT)", False),  # [RFC6598]
+    ("127.0.0.0/8", "loopback", False),  # [RFC1122]
+    ("169.254.0.0/16", "link-local", False),  # [RFC3927]
+    ("172.16.0.0/12", "private", False),  # Private-Use [RFC1918]
+    ("192.0.0.0/24", "reserved (IETF protocol assignments)", False),  # [RFC6890]
+    ("192.0.0.0/29", "IPv4 service continuity prefix", False),  # [RFC7335]
+    ("192.0.0.8/32", "IPv4 dummy address", False),  # [RFC7600]
+    ("192.0.0.9/32", "port control protocol anycast", True),  # [RFC7723]
+    ("192.0.0.10/32", "TURN anycast", True),  # [RFC8155]
+    ("192.0.0.170/32", "NAT64/DNS64 discovery", False),  # [RFC8880][RFC7050]
+    ("192.0.0.171/32", "NAT64/DNS64 discovery", False),  # [RFC8880][RFC7050]
+    ("192.0.2.0/24", "documentation", False),  # TEST-NET-1 [RFC5737]
+    ("192.31.196.0/24", "AS112-v4", True),  # [RFC7535]
+    ("192.52.193.0/24", "AMT", True),  # [RFC7450]
+    ("192.88.99.0/24", "reserved (6to4 relay anycast)", None),  # Deprecated [RFC7526]
+    ("192.88.99.2/32", "6a44 relay anycast", None),  # [RFC6751]
+    ("192.168.0.0/16", "private", False),  # Private-Use [RFC1918]
+    ("192.175.48.0/24", "AS112 direct delegation", True),  # [RFC7534]
+    ("198.18.0.0/15", "benchmarking", False),  # [RFC2544]
+    ("198.51.100.0/24", "documentation", False),  # TEST-NET-2 [RFC5737]
+    ("203.0.113.0/24", "documentation", False),  # TEST-NET-3 [RFC5737]
+    ("240.0.0.0/4", "reserved", False),  # [RFC1112]
+    ("255.255.255.255/32", "limited broadcast", False),  # [RFC8190][RFC919]
+)
+_IPV6_SPECIAL: tuple[tuple[str, str, bool | None], ...] = (
+    ("::1/128", "loopback", False),  # [RFC4291]
+    ("::/128", "unspecified", False),  # [RFC4291]
+    ("::ffff:0:0/96", "IPv4-mapped", False),  # [RFC4291]
+    ("64:ff9b::/96", "NAT64 well-known prefix", True),  # IPv4-IPv6 Translat. [RFC6052]
+    ("64:ff9b:1::/48", "private (local-use NAT64)", False),  # [RFC8215]
+    ("100::/64", "discard-only", False),  # [RFC6666]
+    ("100:0:0:1::/64", "dummy prefix", False),  # [RFC9780]
+    ("2001::/23", "reserved (IETF protocol assignments)", False),  # [RFC2928]
+    ("2001::/32", "Teredo", None),  # [RFC4380][RFC8190]
+    ("2001:1::1/128", "port control protocol anycast", True),  # [RFC7723]
+    ("2001:1::2/128", "TURN anycast", True),  # [RFC8155]
+    ("2001:1::3/128", "DNS-SD SRP anycast", True),  # [RFC9665]
+    ("2001:2::/48", "benchmarking", False),  # [RFC5180][RFC Errata 1752]
+    ("2001:3::/32", "AMT", True),  # [RFC7450]
+    ("2001:4:112::/48", "AS112-v6", True),  # [RFC7535]
+    ("2001:10::/28", "reserved (deprecated ORCHID)", False),  # [RFC4843]
+    ("2001:20::/28", "ORCHIDv2", True),  # [RFC7343]
+    ("2001:30::/28", "drone remote ID entity tags", True),  # [RFC9374]
+    ("2001:db8::/32", "documentation", False),  # [RFC3849]
+    ("2002::/16", "6to4", None),  # [RFC3056]
+    ("2620:4f:8000::/48", "AS112 direct delegation", True),  # [RFC7534]
+    ("3fff::/20", "documentation", False),  # [RFC9637]
+    ("5f00::/16", "reserved (SRv6 SIDs)", False),  # [RFC9602]
+    ("fc00::/7", "private (unique local)", False),  # [RFC4193][RFC8190]
+    ("fe80::/10", "link-local", False),  # [RFC4291]
+)
+# Outside the special-purpose blocks, the address-space registries decide. IPv4: everything is allocated
+# unicast except 224.0.0.0/4 (IANA IPv4 Multicast Address Space). IPv6 (IANA Internet Protocol Version 6
+# Address Space): only 2000::/3 is global unicast; the rest is reserved by the IETF, unique-local,
+# link-local or multicast. Named here only for the refusal message.
+_IPV4_MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_IPV6_OTHER_SPACE: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
     (ipaddress.IPv6Network(net), why)
-    for net, why in [
-        ("::/128", "unspecified"),
-        ("::1/128", "loopback"),
-        ("::/96", "IPv4-compatible (deprecated)"),
-        ("fd00:ec2::254/128", "cloud metadata"),
-        ("fc00::/7", "private (unique local)"),
-        ("fe80::/10", "link-local"),
-        ("fec0::/10", "site-local (deprecated)"),
-        ("ff00::/8", "multicast"),
-        ("64:ff9b:1::/48", "private (local-use NAT64)"),
-        ("100::/64", "discard-only"),
-        ("2001:db8::/32", "documentation"),
-        ("3fff::/20", "documentation"),
-        ("2001::/23", "reserved (IETF protocol assignments, Teredo)"),
-        ("5f00::/16", "reserved (SRv6)"),
-    ]
-]
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+    for net, why in (
+        ("::/96", "IPv4-compatible (deprecated)"),  # [RFC4291] section 2.5.5.1
+        ("::ffff:0:0:0/96", "IPv4-translated"),  # [RFC2765] SIIT, within ::/8 "Reserved by IETF"
+        ("fec0::/10", "site-local (deprecated)"),  # [RFC3879]
+        ("ff00::/8", "multicast"),  # [RFC4291]
+    )
+)
+# Not blocks of their own: addresses inside refused blocks that deserve a clearer name in the refusal.
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "100.100.100.200", "fd00:ec2::254")
+)
+# IPv6 prefixes whose last 32 bits are the IPv4 address the traffic really reaches.
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT [RFC2765]
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix [RFC6052]
+
+
+def _longest_match(
+    ip: IPAddress, table: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, bool | None], ...]
+) -> tuple[str, bool | None] | None:
+    """The (label, globally reachable) of the most specific registry block holding `ip`, if any.
+
+    The registries list blocks inside blocks (192.0.0.9/32 inside 192.0.0.0/24); the inner one decides.
+    """
+    best: tuple[int, str, bool | None] | None = None
+    for network, label, reachable in table:
+        if ip in network and (best is None or network.prefixlen > best[0]):
+            best = (network.prefixlen, label, reachable)
+    return None if best is None else (best[1], best[2])
+
+
+def _compile(
+    rows: tuple[tuple[str, str, bool | None], ...],
+) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, bool | None], ...]:
+    return tuple((ipaddress.ip_network(net), label, reachable) for net, label, reachable in rows)
+
+
+_V4_TABLE = _compile(_IPV4_SPECIAL)
+_V6_TABLE = _compile(_IPV6_SPECIAL)
 
 
 class FetchError(Exception):
@@ -96,20 +163,47 @@ class FetchError(Exception):
 
 
 def address_problem(ip: IPAddress) -> str | None:
-    """Why a connection to `ip` is not allowed (e.g. "loopback"), or None when it is a public address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None:
-            problem = address_problem(embedded)
-            return None if problem is None else f"embeds {embedded}: {problem}"
-    table: Sequence[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]
-    table = _V6_BLOCKED if isinstance(ip, ipaddress.IPv6Address) else _V4_BLOCKED
-    for network, why in table:
+    """Why a connection to `ip` is not allowed (e.g. "loopback"), or None when it is globally reachable.
+
+    Allowed means: globally reachable by the registries above (a registry N/A counts as not, except
+    where the address carries an IPv4 address, which then decides), and every IPv4 address it carries
+    (IPv4-mapped, -translated, NAT64, 6to4, Teredo) allowed too.
+    """
+    if ip in _METADATA:
+        return "cloud metadata"
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _ipv4_problem(ip)
+    mapped = ip.ipv4_mapped
+    if mapped is not None:
+        # A socket sends to ::ffff:a.b.c.d as IPv4 to a.b.c.d: that address is the whole story.
+        problem = address_problem(mapped)
+        return None if problem is None else f"embeds {mapped}: {problem}"
+    embedded = _embedded_ipv4(ip)
+    for v4 in embedded:
+        problem = address_problem(v4)
+        if problem is not None:
+            return f"embeds {v4}: {problem}"
+    special = _longest_match(ip, _V6_TABLE)
+    if special is not None:
+        label, reachable = special
+        if reachable is True or (reachable is None and embedded):
+            return None
+        return label
+    if ip in _IPV6_GLOBAL_UNICAST:
+        return None
+    for network, why in _IPV6_OTHER_SPACE:
         if ip in network:
             return why
-    # The standard library's registry view catches whatever the tables above miss.
-    if not ip.is_global or ip.is_multicast:
-        return "not a public address"
+    return "reserved (outside IPv6 global unicast space)"
+
+
+def _ipv4_problem(ip: ipaddress.IPv4Address) -> str | None:
+    special = _longest_match(ip, _V4_TABLE)
+    if special is not None:
+        label, reachable = special
+        return None if reachable is True else label
+    if ip in _IPV4_MULTICAST:
+        return "multicast"
     return None
 
 
@@ -117,13 +211,16 @@ def is_public_address(ip: IPAddress) -> bool:
     return address_problem(ip) is None
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address that traffic to `ip` really reaches: IPv4-mapped, NAT64 or 6to4."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.sixtofour
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses that traffic to `ip` reaches or passes: IPv4-translated, NAT64, 6to4, Teredo."""
+    if ip in _IPV4_TRANSLATED or ip in _NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        server, client = ip.teredo  # the relay server, and the client's public (NAT) address
+        return [server, client]
+    return []
 
 
 # --- the download ----------------------------------------------------------------------------------------
@@ -148,7 +245,15 @@ def fetch_bytes(
     deadline = time.monotonic() + total_deadline
     current = _parse(url, field, redirected=False)
     for _hop in range(max_redirects + 1):
-        result = _fetch_hop(current, field, allow_private, max_bytes, timeout, deadline)
+        try:
+            result = _fetch_hop(current, field, allow_private, max_bytes, timeout, deadline)
+        except FetchError:
+            raise
+        except Exception as exc:
+            # Everything here is steered by a remote server; whatever it provokes that the cases above
+            # miss must still fail the task naming the image, not read as an engine crash.
+            log.exception("fetching %s for %s failed unexpectedly", current.host, field)
+            raise FetchError(field, f"the download failed ({type(exc).__name__})") from None
         if isinstance(result, bytes):
             return result
         current = result
@@ -287,6 +392,10 @@ def _connect_any(
             return client.send(request, stream=True)
         except httpx.ConnectError as exc:
             last = exc
+        except (httpx.InvalidURL, UnicodeError):
+            # httpx works out a redirect's next URL inside send(), before the answer reaches us, and a
+            # Location it cannot parse (`http:127.0.0.1:…`, a bad IDNA label) raises outside HTTPError.
+            raise FetchError(field, "the redirect target is not a valid URL") from None
         except httpx.TimeoutException:
             raise FetchError(field, "timed out") from None
         except httpx.HTTPError as exc:

@@ -25,18 +25,22 @@ from reelq.fetch import FetchError, fetch_bytes
 from reelq.images import ImageError, decode_image, is_data_uri, parse_data_uri
 from reelq.media import probe
 from reelq.storage import LocalStorage
+from reelq.storage.local import NO_SPACE_ERRNOS
 from reelq.store import TaskRow, TaskStore
+from reelq.store.errors import is_storage_full
 
 log = logging.getLogger("reelq.worker")
 
 INPUT_FIELDS = ("first_image", "last_image")
 FAULT_DRILL_EXIT_CODE = 86
+NO_SPACE_RETRY_SECONDS = 5.0  # pause after handing a task back for lack of disk space
+NO_SPACE_RELEASE_POLL_SECONDS = 0.25  # how often to retry recording that hand-back while the disk is full
 
 
 class Outcome(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
-    RELEASED = "released"  # handed back on shutdown, another worker will run it
+    RELEASED = "released"  # handed back (shutdown, or no disk space), it will run again
     LOST = "lost"  # the lease lapsed and someone else owns the task now
 
 
@@ -181,15 +185,19 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
             task.id, str(exc) if not isinstance(exc, RenderError) else f"Render failed: {exc}", ctx.worker_id
         )
         return Outcome.FAILED
-    except OSError as exc:
+    except Exception as exc:
         _discard(temp)
-        log.exception("task %s: storage error", task.id)
-        ctx.store.fail(
-            task.id, f"Storage error: could not write the video ({exc.strerror or exc}).", ctx.worker_id
-        )
-        return Outcome.FAILED
-    except Exception:
-        _discard(temp)
+        # The encoder reports a write error from its own thread, wrapped (`raise ... from`): the cause
+        # says what really happened.
+        os_error = _os_error_in(exc)
+        if os_error is not None and os_error.errno in NO_SPACE_ERRNOS:
+            # Nothing wrong with the task: hand it back, attempt refunded, to run once there is room.
+            return _hand_back_for_space(ctx, task, heartbeat)
+        if os_error is not None:
+            log.exception("task %s: storage error", task.id)
+            reason = os_error.strerror or os_error
+            ctx.store.fail(task.id, f"Storage error: could not write the video ({reason}).", ctx.worker_id)
+            return Outcome.FAILED
         log.exception("task %s: render crashed", task.id)
         ctx.store.fail(task.id, "Render failed: internal engine error.", ctx.worker_id)
         return Outcome.FAILED
@@ -201,6 +209,38 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
     # Someone else owns the task now: this attempt's file must never be served.
     ctx.storage.delete(key)
     return Outcome.LOST
+
+
+def _hand_back_for_space(ctx: WorkerContext, task: TaskRow, heartbeat: _Heartbeat) -> Outcome:
+    """Release a task whose video found no room on disk, once the database (often on the same disk)
+    can record it; the heartbeat keeps the lease meanwhile, so no sweep requeues it at an attempt's cost."""
+    log.warning("task %s: no space left to write the video; handing it back to retry later", task.id)
+    while True:
+        try:
+            released = ctx.store.release(task.id, ctx.worker_id)
+            break
+        except Exception as exc:
+            if not is_storage_full(exc):
+                raise
+            if heartbeat.lost.is_set() or ctx.drain_expired():
+                return Outcome.LOST  # the lease brings it back
+            time.sleep(NO_SPACE_RELEASE_POLL_SECONDS)
+    heartbeat.stop()
+    if not released:
+        return Outcome.LOST
+    # Claiming it again at once would only fill the disk again: pause (a drain cuts the pause short).
+    ctx.draining.wait(NO_SPACE_RETRY_SECONDS)
+    return Outcome.RELEASED
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """`exc` if it is an OSError, else the first OSError among its explicit causes (`raise ... from`)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # causes form short chains; the bound keeps a cycle harmless
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 def _discard(path: Path | None) -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
@@ -29,6 +30,7 @@ from reelq.api.vidu import (
 )
 from reelq.config import Settings, load_settings
 from reelq.storage import LocalStorage
+from reelq.storage.local import room_problem
 from reelq.store import TaskStore, make_engine, migrate
 from reelq.store.fastread import SqliteReader
 
@@ -167,13 +169,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 return f"database unavailable: {type(exc).__name__}"
             if not services.storage.tmp_dir.is_dir():
                 return "storage unavailable"
-            return None
+            # A full disk fails every render and every create: not ready, so a balancer sends traffic
+            # elsewhere and an operator sees why.
+            problem = room_problem(services.storage.tmp_dir, "videos")
+            sqlite_path = services.settings.sqlite_path
+            if problem is None and sqlite_path is not None:
+                problem = room_problem(sqlite_path.parent, "the database")
+            return problem
 
         problem = await run_in_threadpool(check)
         if problem:
-            return Response(
-                f'{{"status":"unavailable","reason":"{problem}"}}', 503, media_type="application/json"
-            )
+            body = orjson.dumps({"status": "unavailable", "reason": problem})
+            return Response(body, 503, media_type="application/json")
         return Response('{"status":"ready"}', media_type="application/json")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -101,6 +101,15 @@ class Overloaded(ApiError):
         super().__init__(message, headers={"Retry-After": retry_after})
 
 
+class InsufficientStorage(ApiError):
+    """The server's disk is full: the request was fine and nothing was stored; retry later."""
+
+    status, code = 503, "storage_full"
+
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message, headers={"Retry-After": retry_after})
+
+
 class Forbidden(ApiError):
     status, code = 403, "invalid_signature"
 

@@ -16,10 +16,11 @@ from reelq.domain import (
     MAX_SEED,
     MIN_DURATION,
     Status,
+    has_visible_text,
     wire_number,
     wire_status,
 )
-from reelq.images import ImageError, validate_image_reference
+from reelq.images import ImageError, url_syntax_problem, validate_image_reference
 from reelq.store import NewTask
 
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4"]
@@ -65,6 +66,9 @@ class CreateVideoRequest(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("must not be empty")
+        # Zero-width characters, lone combining marks and the like survive strip(), yet show nothing.
+        if not has_visible_text(value):
+            raise ValueError("must contain at least one visible character")
         if len(value) > MAX_PROMPT_CHARS:
             raise ValueError(f"must be at most {MAX_PROMPT_CHARS} characters (got {len(value)})")
         return value
@@ -72,10 +76,13 @@ class CreateVideoRequest(BaseModel):
     @field_validator("callback_url")
     @classmethod
     def _callback(cls, value: str | None) -> str | None:
-        if value is not None and (
-            not value.startswith(("http://", "https://")) or any(c.isspace() or ord(c) < 32 for c in value)
-        ):
-            raise ValueError("must be an http(s) URL")
+        # The syntax rules of an image URL (http(s), a host, <= 2048 characters, no credentials, no
+        # whitespace or control characters). Where the host resolves to is judged at delivery, on every
+        # attempt, as for image URLs at fetch time: DNS may change between create and delivery.
+        if value is not None:
+            problem = url_syntax_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
 

@@ -13,7 +13,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
-from reelq.api.errors import Conflict, InvalidRequest, NotFound, Overloaded, RateLimited
+from reelq.api.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    RateLimited,
+)
 from reelq.api.schemas import (
     CreateVideoRequest,
     parse_json_object,
@@ -25,6 +32,7 @@ from reelq.api.services import VIEW_FIELDS, Services, ServicesDep, TaskView
 from reelq.domain import TERMINAL, Status, is_task_id
 from reelq.ratelimit import retry_after_header
 from reelq.store import QuotaExceeded, TaskRow
+from reelq.store.errors import StorageFull
 
 router = APIRouter()
 
@@ -37,6 +45,7 @@ VIEW_STATUS = VIEW_FIELDS.index("status")
 # Retry-After hints when a quota is full: no way to know when a render ends, so a polite guess.
 ACTIVE_LIMIT_RETRY = 5.0
 QUEUE_FULL_RETRY = 10.0
+STORAGE_FULL_RETRY = 30.0  # a full disk waits for an operator, not for a render to end
 
 TASK_EXAMPLE = {
     "id": "video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd",
@@ -138,7 +147,7 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _err(409, "Idempotency-Key reused with a different body"),
     413: _err(413, "Request body over 50 MB"),
     429: _err(429, "Create rate limit or per-key active-task quota exceeded (see Retry-After)"),
-    503: _err(503, "The queue is full (see Retry-After)"),
+    503: _err(503, "The queue is full, or the server's disk is (see Retry-After)"),
 }
 IDEMPOTENCY_KEY_PARAMETER = {
     "name": "Idempotency-Key",
@@ -252,6 +261,11 @@ async def create_video_answer(
     try:
         # Group commit (store/batcher.py); it also wakes the workers once per stored batch.
         row, created = await services.creates.create(key_id, new)
+    except StorageFull:
+        raise InsufficientStorage(
+            "The server has no room to store the task; nothing was stored. Try again later.",
+            retry_after_header(STORAGE_FULL_RETRY),
+        ) from None
     except QuotaExceeded as exc:
         if exc.kind == "queue":
             raise Overloaded(

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -88,6 +89,17 @@ def _worker_main(argv: list[str] | None = None) -> None:
 
 
 # ---- the supervisor ---------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a reused pid reads as alive: kept, not lost)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @dataclass
 class _Child:
     name: str
@@ -112,6 +124,14 @@ class Supervisor:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        # After a kill of the whole group, nobody saw those workers die: their half-written renders go
+        # now rather than after the hour the age-based sweep waits (no worker of ours runs yet).
+        try:
+            removed = self.storage.remove_dead_workers_temp_files(socket.gethostname(), _pid_alive)
+            if removed:
+                log.info("removed %d temporary file(s) of dead render workers", removed)
+        except OSError:
+            log.warning("could not clean up temporary files of dead workers", exc_info=True)
         for child in self.children:
             self._spawn(child)
         for target in (self._monitor, self._sweeper):

@@ -22,10 +22,12 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reelq.store.errors import StorageFull, is_storage_full
 from reelq.store.quotas import QuotaExceeded, Quotas
 from reelq.store.tasks import NewTask, TaskRow
 from reelq.store.taskstore import TaskStore
@@ -34,6 +36,7 @@ log = logging.getLogger("reelq.store")
 
 MAX_BATCH = 256
 Outcome = tuple[TaskRow, bool] | BaseException
+_FULL_LOG_EVERY = 60.0  # seconds: a full disk refuses every create, and one line a minute says so
 
 
 @dataclass(slots=True)
@@ -58,9 +61,11 @@ class CreateBatcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
+        self._full_logged = float("-inf")
 
     async def create(self, key_id: str, new: NewTask) -> tuple[TaskRow, bool]:
-        """Store one create; (row, created) as `TaskStore.create_task`, or its QuotaExceeded."""
+        """Store one create; (row, created) as `TaskStore.create_task`, or its QuotaExceeded, or
+        StorageFull when the database has no room (the transaction rolled back: nothing stored)."""
         self._ensure_started()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[TaskRow, bool]] = loop.create_future()
@@ -125,16 +130,27 @@ class CreateBatcher:
                 for i, result in zip(plain, stored, strict=True):
                     outcomes[i] = result if isinstance(result, QuotaExceeded) else (result, True)
             except Exception as exc:  # the transaction failed as a whole: every create in it did
-                log.warning("storing %d creates failed: %s: %s", len(plain), type(exc).__name__, exc)
+                failure = self._failure(exc, len(plain))
                 for i in plain:
-                    outcomes[i] = exc
+                    outcomes[i] = failure
         for i, pending in enumerate(batch):
             if outcomes[i] is None:
                 try:
                     outcomes[i] = self.store.create_task(pending.key_id, pending.new, self.quotas)
                 except Exception as exc:
-                    outcomes[i] = exc
+                    outcomes[i] = self._failure(exc, 1)
         return [o if o is not None else RuntimeError("create not stored") for o in outcomes]
+
+    def _failure(self, exc: Exception, count: int) -> Exception:
+        """What the waiting creates get: StorageFull for a full disk (logged once a minute), else `exc`."""
+        if not is_storage_full(exc):
+            log.warning("storing %d creates failed: %s: %s", count, type(exc).__name__, exc)
+            return exc
+        now = time.monotonic()
+        if now - self._full_logged >= _FULL_LOG_EVERY:
+            self._full_logged = now
+            log.error("the database's disk is full: creates answer 503 until there is room (%s)", exc)
+        return StorageFull(str(exc))
 
     @staticmethod
     def _resolve(batch: list[_Pending], outcomes: list[Outcome]) -> None:
