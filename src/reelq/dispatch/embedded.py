@@ -61,7 +61,14 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
     log.info("worker %s ready", ctx.worker_id)
     try:
         while not ctx.draining.is_set():
-            task = ctx.store.claim_next(ctx.worker_id, settings.lease_seconds)
+            try:
+                task = ctx.store.claim_next(ctx.worker_id, settings.lease_seconds)
+            except Exception as exc:
+                # A database that cannot be written (disk full, locked past its timeout) is a
+                # condition to wait out, not a reason to die: a restarted worker would meet it too.
+                log.warning("claim failed (%s: %s); retrying", type(exc).__name__, exc)
+                listener.wait(FALLBACK_POLL_SECONDS)
+                continue
             if task is None:
                 listener.wait(FALLBACK_POLL_SECONDS)
                 continue
