@@ -18,6 +18,9 @@ Decisions (see SPEC §1 `first_image`):
 - Decode no more than needed: the create-time check (`check_image`) decodes JPEGs at 1/8 scale and keeps
   no pixels; a render (`decode_image`) gets at most what any frame can show (`RENDER_SIDE`). Either way
   every compressed byte is decoded, so a broken file is refused at create as it would fail the render.
+  Known gap: Pillow's WebP reader copies the decoded frame into a bytes object, and frees its canvases,
+  holding the GIL, so a 40 MP WebP still stalls the event loop ~150-200 ms; only decoding WebP in
+  another process would avoid that.
 - Transparent images are flattened onto white: the colour under fully transparent pixels is arbitrary
   (often black), and white is how such images (logos, cut-outs) look on a page.
 - EXIF orientation is applied, so a portrait photo stays upright; broken EXIF is ignored, not fatal.
