@@ -195,7 +195,7 @@ def check_image(data: bytes, field: str) -> None:
     """Prove that the image decodes, at the least cost (the create-time check): every compressed byte is
     decoded, but JPEGs at 1/8 scale and nothing is converted at full size; the pixels are not kept.
 
-    Raises ImageError exactly where `decode_image` would.
+    Raises ImageError where `decode_image` would: the same checks, decoders and conversions.
     """
     kind = _check_bytes(data, field)
     _decode(data, kind, field, for_render=False).close()
