@@ -1,6 +1,7 @@
 """Run every benchmark, print one table and write benchmarks/results/summary.json.
 
-    python -m benchmarks [--only status_reads,creates,dispatch_latency,render_speed,load_pollers] [--quick]
+    python -m benchmarks [--quick]
+        [--only status_reads,creates,dispatch_latency,render_speed,load_pollers,hostile_inputs]
 
 Each benchmark also runs alone (`python -m benchmarks.status_reads --help`, …) and writes its own
 JSON under benchmarks/results/. A benchmark that fails is reported in the table and makes the exit
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import creates, dispatch_latency, load_pollers, status_reads
+from benchmarks import creates, dispatch_latency, hostile_inputs, load_pollers, status_reads
 from benchmarks.common import RESULTS_DIR, ROOT, install_signal_cleanup, machine, write_json
 
 Row = tuple[str, str, str, str]  # benchmark, metric, value, target
@@ -56,14 +57,20 @@ def run_load_pollers(args: argparse.Namespace) -> dict[str, Any]:
     return load_pollers.main([*argv, "--idle-long-polls", "1000"])
 
 
+def run_hostile_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    # Prompt renders, image creates, memory and /healthz in one run (about 2.5 min; quick: 1 round).
+    return hostile_inputs.main(["--rounds", "1" if args.quick else "3"])
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "status_reads": run_status_reads,
     "creates": run_creates,
     "dispatch_latency": run_dispatch_latency,
     "render_speed": run_render_speed,
     "load_pollers": run_load_pollers,
+    "hostile_inputs": run_hostile_inputs,
 }
-DEFAULT_SET = ("status_reads", "creates", "dispatch_latency", "render_speed", "load_pollers")
+DEFAULT_SET = tuple(BENCHMARKS)
 
 
 def status_rows(r: dict[str, Any]) -> list[Row]:
@@ -164,12 +171,18 @@ def load_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def hostile_rows(r: dict[str, Any]) -> list[Row]:
+    """Its own table, one row per shape, with the bound and PASS/FAIL in the target column."""
+    return [("hostile_inputs", f"{part}: {what}", value, bound) for part, what, value, bound in r["table"]]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "status_reads": status_rows,
     "creates": creates_rows,
     "dispatch_latency": dispatch_rows,
     "render_speed": render_rows,
     "load_pollers": load_rows,
+    "hostile_inputs": hostile_rows,
 }
 
 

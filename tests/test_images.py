@@ -385,3 +385,106 @@ def test_invalid_references(value: str, message: str) -> None:
 def test_non_string_reference_is_refused() -> None:
     with pytest.raises(ImageError, match="must be a string"):
         validate_image_reference(12, "last_image")
+
+
+# --- cost: decode no more than needed, within the budget ---------------------------------------------------
+
+
+def thirds(size: tuple[int, int]) -> Image.Image:
+    """Red, green and blue vertical thirds: crops and rotations are visible."""
+    image = Image.new("RGB", size, (255, 0, 0))
+    w, h = size
+    image.paste((0, 255, 0), (w // 3, 0, 2 * w // 3, h))
+    image.paste((0, 0, 255), (2 * w // 3, 0, w, h))
+    return image
+
+
+def test_the_create_check_decodes_jpegs_at_an_eighth_and_still_sees_every_byte() -> None:
+    data = encode(thirds((8000, 4500)), "JPEG", quality=80)
+    with Image.open(io.BytesIO(data)) as source:
+        plan = images._plan(source, "jpeg", for_render=False)
+    assert plan.draft is not None
+    assert plan.cost <= 8000 * 4500 * 4 // 64 + 4096  # a 1/8 x 1/8 RGB image, not 144 MB
+    images.check_image(data, "first_image")
+    with pytest.raises(ImageError, match="could not be decoded"):
+        images.check_image(data[: len(data) * 9 // 10], "first_image")  # truncated: refused at 1/8 too
+
+
+def test_a_render_gets_what_a_frame_can_show_not_the_whole_image() -> None:
+    # 36 MP: the short side comes down to RENDER_SIDE (JPEG: decoded at 1/2 by libjpeg, then shrunk).
+    image, _ = decode_image(encode(thirds((8000, 4500)), "JPEG", quality=80), "first_image")
+    assert image.size == (3840, 2160) and image.mode == "RGB"
+    # A 40:1 strip: only the centred 16:9 part is ever shown, so only that is kept (green, the middle).
+    strip, _ = decode_image(encode(thirds((40_000, 1000)), "PNG"), "first_image")
+    assert strip.size == (1778, 1000)
+    assert strip.getpixel((0, 500)) == (0, 255, 0) and strip.getpixel((1777, 500)) == (0, 255, 0)
+    # Small images are left as they are (the existing tests: 40x20 stays 40x20).
+    assert images.RENDER_SIDE >= 1920 * 1.12  # the largest frame at the synthetic engine's deepest zoom
+
+
+def test_a_shrunk_image_keeps_its_orientation_and_transparency() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the left (red) third ends up on top
+    image, _ = decode_image(encode(thirds((6000, 3375)), "JPEG", quality=80, exif=exif), "first_image")
+    assert image.size == (2160, 3840)
+    top, bottom = image.getpixel((1080, 100)), image.getpixel((1080, 3740))
+    assert top[0] > 200 and top[1] < 60, top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+    rgba = Image.new("RGBA", (5000, 4000), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (2000, 1500, 3000, 2500))
+    flat, _ = decode_image(encode(rgba, "PNG"), "first_image")
+    assert flat.size == (2700, 2160)
+    assert flat.getpixel((5, 5)) == (255, 255, 255)
+    assert flat.getpixel((1350, 1080)) == (255, 0, 0)
+
+
+def test_sixteen_bit_grey_is_scaled_without_widening() -> None:
+    import tracemalloc
+
+    data = encode(Image.fromarray(np.full((2000, 3000), 40000, dtype=np.uint16)), "PNG")
+    tracemalloc.start()
+    try:
+        image, _ = decode_image(data, "first_image")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.getpixel((10, 10)) == (156, 156, 156)  # 40000 >> 8
+    # Pillow's buffers are not traced; a numpy int64 copy (48 MB here, 320 MB at 40 MP) would be.
+    assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.0f} MB traced"
+
+
+def test_an_image_costing_more_than_the_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "DECODE_BUDGET_BYTES", 1000)  # 40x20 RGB at create costs 3,200 bytes
+    with pytest.raises(ImageError, match=r"^first_image would need .* of memory to decode"):
+        images.check_image(PNG, "first_image")
+    with pytest.raises(ImageError, match="would need"):
+        decode_image(JPEG, "first_image")
+
+
+def test_the_decode_budget_bounds_decodes_at_once_and_bytes_held() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    budget = images._DecodeBudget(limit=100, slots=2)
+    running: list[int] = []
+    held: list[int] = []
+    now = {"running": 0, "held": 0}
+    lock = threading.Lock()
+
+    def decode(cost: int) -> None:
+        with budget.hold(cost):
+            with lock:
+                now["running"] += 1
+                now["held"] += cost
+                running.append(now["running"])
+                held.append(now["held"])
+            time.sleep(0.02)
+            with lock:
+                now["running"] -= 1
+                now["held"] -= cost
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(decode, [10, 10, 10, 10, 60, 60, 90, 10]))
+    assert max(running) == 2
+    assert max(held) <= 100
+    assert len(running) == 8

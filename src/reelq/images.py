@@ -11,6 +11,16 @@ Decisions (see SPEC §1 `first_image`):
   no whitespace; missing trailing `=` padding is tolerated, wrong padding is not.
 - Bounds: 20 MB of image bytes and 40 megapixels, both checked before any pixel is decoded (the
   dimensions come from the file header), so decompression bombs cost nothing.
+- Memory: what a decode will hold at its peak is estimated from the header (pixels x bytes per pixel of
+  the mode, plus the decoder's own buffers) and must fit `DECODE_BUDGET_BYTES`; decodes in one process
+  share that budget and `DECODE_SLOTS`, so a burst waits instead of multiplying; large blocks are mapped
+  apart, so their memory goes back to the OS as soon as it is freed.
+- Decode no more than needed: the create-time check (`check_image`) decodes JPEGs at 1/8 scale and keeps
+  no pixels; a render (`decode_image`) gets at most what any frame can show (`RENDER_SIDE`). Either way
+  every compressed byte is decoded, so a broken file is refused at create as it would fail the render.
+  Known gap: Pillow's WebP reader copies the decoded frame into a bytes object, and frees its canvases,
+  holding the GIL, so a 40 MP WebP still stalls the event loop ~150-200 ms; only decoding WebP in
+  another process would avoid that.
 - Transparent images are flattened onto white: the colour under fully transparent pixels is arbitrary
   (often black), and white is how such images (logos, cut-outs) look on a page.
 - EXIF orientation is applied, so a portrait photo stays upright; broken EXIF is ignored, not fatal.
@@ -23,21 +33,44 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import ctypes
 import hashlib
 import io
+import math
 import re
 import struct
+import threading
 import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
-import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+from reelq.domain import ASPECT_RATIOS, RESOLUTIONS, frame_size
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # 40 MP is above any camera photo a client would reasonably send, yet bounds the decoded RGBA buffer to
 # 160 MB. It is well below Pillow's own limit (~89 MP), so Pillow's bomb warning never fires for us.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_URL_LENGTH = 2048
+
+# The most one process's decodes hold at once. The largest single cost within the limits is a 40 MP WebP
+# decoded for a render (Pillow's WebP reader holds 16 bytes a pixel, plus 4 for the RGB result): 800 MB.
+# Nothing else comes near (a 40 MP RGBA PNG: 160 MB at create, 320 MB for a render), so a burst of those
+# is decoded two at a time, and a WebP that size alone.
+DECODE_BUDGET_BYTES = 800 * 1024 * 1024
+DECODE_SLOTS = 2
+
+# What a render can use of an image. Frames are at most 1920 pixels on a side and between 9:16 and 16:9
+# (domain.frame_size), the engines cover-fit the image to the frame and the synthetic engine zooms in up to
+# 1.12x: so of an image larger than a 16:9 frame of `RENDER_SIDE` pixels' height, only the centred 16:9
+# (or 9:16) part is ever shown, and a short side of `RENDER_SIDE` covers every frame size at every zoom.
+_FRAME_SIDE = max(max(frame_size(r, a)) for r in RESOLUTIONS for a in ASPECT_RATIOS)
+_MAX_ASPECT = max(max(a, b) / min(a, b) for a, b in ASPECT_RATIOS.values())
+RENDER_SIDE = math.ceil(_FRAME_SIDE * 1.125)
+RENDER_KEEP_PIXELS = RENDER_SIDE * math.ceil(RENDER_SIDE * _MAX_ASPECT)
 
 _ALLOWED_TYPES = "JPEG, PNG or WebP"
 _MEDIA_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
@@ -138,12 +171,37 @@ def _megabytes(n: int) -> str:
 # --- decoding --------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, field: str) -> tuple[Image.Image, str]:
-    """Decode an input image to RGB with its orientation applied; returns (image, sha256 hex of `data`).
+@dataclass(frozen=True)
+class _Plan:
+    """What decoding one image will cost, read from its header before any pixel is decoded."""
 
-    Raises ImageError when the bytes are not a JPEG/PNG/WebP image, are too large (bytes or pixels), or
-    cannot be decoded.
+    draft: tuple[int, int] | None  # JPEG: the least size worth decoding (libjpeg scales by 1/2, 1/4, 1/8)
+    cost: int  # bytes the decode holds at its peak, an upper estimate
+
+
+def decode_image(data: bytes, field: str) -> tuple[Image.Image, str]:
+    """The image as a render will use it: RGB, orientation applied, and no larger than any render needs
+    (see `RENDER_SIDE`); returns (image, sha256 hex of `data`).
+
+    Raises ImageError when the bytes are not a JPEG/PNG/WebP image, are too large (bytes, pixels or
+    memory to decode), or cannot be decoded.
     """
+    kind = _check_bytes(data, field)
+    image = _decode(data, kind, field, for_render=True)
+    return image, hashlib.sha256(data).hexdigest()
+
+
+def check_image(data: bytes, field: str) -> None:
+    """Prove that the image decodes, at the least cost (the create-time check): every compressed byte is
+    decoded, but JPEGs at 1/8 scale and nothing is converted at full size; the pixels are not kept.
+
+    Raises ImageError where `decode_image` would: the same checks, decoders and conversions.
+    """
+    kind = _check_bytes(data, field)
+    _decode(data, kind, field, for_render=False).close()
+
+
+def _check_bytes(data: bytes, field: str) -> str:
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageError(f"{field} is larger than {_megabytes(MAX_IMAGE_BYTES)}.")
     kind = sniff_image_type(data)
@@ -152,18 +210,30 @@ def decode_image(data: bytes, field: str) -> tuple[Image.Image, str]:
     header_size = _header_size(data, kind)
     if header_size is not None:
         _check_pixels(header_size, field)
-    image = _decode_pixels(data, kind, field)
-    return image, hashlib.sha256(data).hexdigest()
+    return kind
 
 
-def _decode_pixels(data: bytes, kind: str, field: str) -> Image.Image:
+def _decode(data: bytes, kind: str, field: str, *, for_render: bool) -> Image.Image:
     try:
         with _PLUGINS[kind](io.BytesIO(data)) as source:
             # The plugin has read the header only; this is the size Pillow will allocate.
             _check_pixels(source.size, field)
-            source.load()
-            oriented = _apply_orientation(source)
-            return _to_rgb(oriented)
+            plan = _plan(source, kind, for_render)
+            if plan.cost > DECODE_BUDGET_BYTES:
+                raise ImageError(
+                    f"{field} would need {_megabytes(plan.cost)} of memory to decode "
+                    f"(the limit is {_megabytes(DECODE_BUDGET_BYTES)})."
+                )
+            with _BUDGET.hold(plan.cost):
+                if plan.draft is not None:
+                    source.draft(source.mode, plan.draft)
+                source.load()
+                if for_render:
+                    return _apply_orientation(_shrink(_to_rgb(source)))
+                # A corner is enough to prove that the mode converts: converting the whole image would cost
+                # 4 bytes a pixel for nothing.
+                corner = source.crop((0, 0, min(source.width, 64), min(source.height, 64)))
+                return _apply_orientation(_to_rgb(corner))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -173,6 +243,81 @@ def _decode_pixels(data: bytes, kind: str, field: str) -> Image.Image:
         raise
     except Exception as exc:  # any decoder failure on untrusted bytes is the input's fault, not ours
         raise ImageError(f"{field} could not be decoded: {_short_reason(exc)}.") from None
+
+
+def _plan(source: Image.Image, kind: str, for_render: bool) -> _Plan:
+    """The decode's draft size and peak memory, from the header (the pixels are not decoded yet).
+
+    Pillow holds a pixel in 1 byte ("1", "L", "P"), 2 ("I;16") or 4 (everything else, RGB included).
+    On top of the decoded image: a progressive JPEG makes libjpeg keep every DCT coefficient (2 bytes per
+    sample, whatever the draft scale); Pillow's WebP reader (libwebp's animation decoder) holds two RGBA
+    canvases and a copy of the frame, 12 bytes a pixel; a render converts the image to RGB at full size
+    (4 bytes a pixel) and shrinks it in two passes (at most 4 more). Measured peaks are below these.
+    """
+    width, height = source.size
+    pixels = width * height
+    draft = None
+    if kind == "jpeg":
+        scale = _render_scale(width, height) if for_render else 0.0
+        if scale < 1.0:
+            draft = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+    out_w, out_h = _drafted_size(width, height, draft)
+    cost = out_w * out_h * _bytes_per_pixel(source.mode)
+    if kind == "jpeg" and source.info.get("progressive"):
+        cost += pixels * len(source.getbands()) * 2
+    if kind == "webp":
+        cost += pixels * 12
+    if for_render:
+        # The RGB conversion (none for RGB), then the shrink's first pass and its result (at most the same).
+        cost += out_w * out_h * (4 if source.mode != "RGB" else 0) + out_w * out_h * 4
+    return _Plan(draft=draft, cost=cost)
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _drafted_size(width: int, height: int, draft: tuple[int, int] | None) -> tuple[int, int]:
+    """The size Pillow's JPEG draft gives for a requested size (JpegImageFile.draft's arithmetic)."""
+    if draft is None:
+        return width, height
+    scale = min(width // draft[0], height // draft[1])
+    scale = next(s for s in (8, 4, 2, 1) if scale >= s)
+    return -(-width // scale), -(-height // scale)
+
+
+def _useful_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The centred part of a width x height image that any render can show: frames are at most
+    `_MAX_ASPECT` wide (or tall), and a cover fit crops the rest away."""
+    box_w = min(width, height * _MAX_ASPECT)
+    box_h = min(height, width * _MAX_ASPECT)
+    left, top = (width - box_w) / 2, (height - box_h) / 2
+    return (left, top, left + box_w, top + box_h)
+
+
+def _render_scale(width: int, height: int) -> float:
+    """How much of its size a render needs of a width x height image: 1.0 for an image of up to
+    `RENDER_KEEP_PIXELS`, else the scale that brings the short side of its useful box to `RENDER_SIDE`."""
+    if width * height <= RENDER_KEEP_PIXELS:
+        return 1.0
+    left, top, right, bottom = _useful_box(width, height)
+    return min(1.0, RENDER_SIDE / min(right - left, bottom - top))
+
+
+def _shrink(image: Image.Image) -> Image.Image:
+    """An RGB image cut down to what a render can use: its useful box at `_render_scale`."""
+    if image.width * image.height <= RENDER_KEEP_PIXELS:
+        return image
+    scale = _render_scale(*image.size)
+    box = _useful_box(*image.size)
+    if scale == 1.0:
+        return image.crop(tuple(round(edge) for edge in box))  # type: ignore[arg-type]
+    left, top, right, bottom = box
+    size = (max(1, round((right - left) * scale)), max(1, round((bottom - top) * scale)))
+    # BOX is an area average: every source pixel counts once, so fine detail does not alias.
+    return image.resize(size, Image.Resampling.BOX, box=box)
 
 
 def _check_pixels(size: tuple[int, int], field: str) -> None:
@@ -201,17 +346,87 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with 16-bit grey scaled (not clipped) and transparency flattened onto white."""
+    """RGB, with 16-bit grey scaled (not clipped) and transparency flattened onto white.
+
+    The metadata (`info`, EXIF included) is kept, so the orientation can be applied afterwards, to the
+    smaller image. No full-size copy is made that Pillow can avoid.
+    """
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        # Pillow clips I -> L at 255, which would turn a 16-bit grey photo white; scale it instead.
-        grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-        image = Image.fromarray(grey.astype(np.uint8), "L")
+        # Pillow clips I -> L at 255, which would turn a 16-bit grey photo white: scale by 1/256 first.
+        # `point` keeps I;16 at 2 bytes a pixel (the rarer integer modes go through I, 4 bytes).
+        if image.mode != "I;16":
+            image = image.convert("I")
+        image = image.point(lambda v: v * (1 / 256)).convert("L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, _WHITE)
         flat.paste(rgba, (0, 0), rgba)
+        flat.info = {k: v for k, v in image.info.items() if k != "transparency"}
         return flat
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# --- the decode budget -----------------------------------------------------------------------------------
+
+
+class _DecodeBudget:
+    """At most `slots` decodes at once in this process, holding at most `limit` bytes between them.
+
+    A decode waits for room rather than failing: a burst of large images is decoded a few at a time,
+    never all at once. (Costs above `limit` are refused before they get here.)
+    """
+
+    def __init__(self, limit: int, slots: int) -> None:
+        self.limit = limit
+        self.slots = slots
+        self._used = 0
+        self._running = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._running < self.slots and self._used + cost <= self.limit)
+            self._used += cost
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= cost
+                self._running -= 1
+                self._changed.notify_all()
+
+
+# glibc's mallopt parameter number (malloc.h) and the size from which allocations get their own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 8 * 1024 * 1024
+
+
+def _map_large_blocks_apart() -> None:
+    """Make glibc give every allocation of 8 MB or more its own mapping, returned to the OS when freed.
+
+    Decoded pixels are large blocks (Pillow allocates images in 16 MB blocks; libwebp, libjpeg and the
+    bytes of a frame in one piece). By default glibc raises its mmap threshold after the first such block
+    is freed, and later ones come from the heaps of the decoding threads' arenas, where freed memory stays
+    with the process: 8 creates of a 40 MP image left the API process at 5 GB for good. malloc_trim after
+    each burst would hand it back, but then every new image is zeroed (calloc) on reused memory while
+    Pillow holds the GIL: measured 90-130 ms stalls of the event loop per 40 MP RGBA decode, against 15 ms
+    with fresh mappings, which the kernel zeroes lazily as the decoder (not holding the GIL) writes them.
+    8 MB keeps smaller buffers (a 1080p video frame is 6 MB) on the heap as before. Process-wide, set once
+    by whichever process imports this module; elsewhere than glibc there is nothing to set.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
+_map_large_blocks_apart()
+_BUDGET = _DecodeBudget(DECODE_BUDGET_BYTES, DECODE_SLOTS)
 
 
 # --- header dimensions -----------------------------------------------------------------------------------
@@ -280,12 +495,11 @@ def _is_forbidden_url_char(char: str) -> bool:
 
 
 def validate_image_reference(value: object, field: str) -> None:
-    """Create-time check: a data URI is decoded and checked fully now; a URL is checked for syntax only."""
+    """Create-time check: a data URI is decoded now (`check_image`); a URL is checked for syntax only."""
     if not isinstance(value, str):
         raise ImageError(f"{field} must be a string.")
     if is_data_uri(value):
-        image, _ = decode_image(parse_data_uri(value, field), field)
-        image.close()
+        check_image(parse_data_uri(value, field), field)
         return
     if is_http_url(value):
         problem = url_syntax_problem(value)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import weakref
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -20,7 +24,7 @@ from reelq.domain import (
     wire_number,
     wire_status,
 )
-from reelq.images import ImageError, url_syntax_problem, validate_image_reference
+from reelq.images import DECODE_SLOTS, ImageError, is_data_uri, url_syntax_problem, validate_image_reference
 from reelq.store import NewTask
 
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4"]
@@ -133,7 +137,7 @@ def validate_create(data: dict[str, Any], models: list[str]) -> NewTask:
         )
     if req.last_image is not None and req.first_image is None:
         raise InvalidRequest("last_image requires first_image.", param="last_image")
-    for name in ("first_image", "last_image"):
+    for name in IMAGE_FIELDS:
         value = getattr(req, name)
         if value is not None:
             try:
@@ -151,6 +155,28 @@ def validate_create(data: dict[str, Any], models: list[str]) -> NewTask:
         last_image=req.last_image,
         callback_url=req.callback_url,
     )
+
+
+IMAGE_FIELDS = ("first_image", "last_image")
+# Threads for creates with a data-URI image, per event loop: as many as images.py decodes at once, so a
+# create waiting for its turn waits on the event loop, holding no thread of the pool that everyone's
+# authentication and reads share.
+_image_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def validate_create_off_loop(data: dict[str, Any], models: list[str]) -> NewTask:
+    """`validate_create` without holding up the event loop: inline when no image is a data URI (the
+    checks are then syntax only, bounded by the sizes of the fields), in a thread otherwise (decoding an
+    image, even base64 of 20 MB, scales with the input)."""
+    if not any(is_data_uri(data.get(name)) for name in IMAGE_FIELDS):
+        return validate_create(data, models)
+    loop = asyncio.get_running_loop()
+    limiter = _image_threads.get(loop)
+    if limiter is None:
+        limiter = _image_threads[loop] = anyio.CapacityLimiter(DECODE_SLOTS)
+    return await anyio.to_thread.run_sync(validate_create, data, models, limiter=limiter)
 
 
 def request_fingerprint(new: NewTask) -> str:

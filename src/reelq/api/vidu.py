@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
@@ -26,7 +25,7 @@ from reelq.api.schemas import (
     parse_json_object,
     request_fingerprint,
     task_object,
-    validate_create,
+    validate_create_off_loop,
 )
 from reelq.api.services import VIEW_FIELDS, Services, ServicesDep, TaskView
 from reelq.domain import TERMINAL, Status, is_task_id
@@ -36,8 +35,6 @@ from reelq.store.errors import StorageFull
 
 router = APIRouter()
 
-# Bodies above this are validated off the event loop: decoding a 20 MB data-URI image takes a while.
-INLINE_VALIDATION_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 MAX_LONG_POLL_SECONDS = 60
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -252,10 +249,7 @@ async def create_video_answer(
     idempotency_key = _idempotency_key(idempotency_key)
     data = parse_json_object(body, content_type)
     models = services.settings.models
-    if len(body) > INLINE_VALIDATION_BYTES:  # images: decoding them would hold up the event loop
-        new = await run_in_threadpool(validate_create, data, models)
-    else:
-        new = validate_create(data, models)
+    new = await validate_create_off_loop(data, models)  # images are decoded in a thread
     if idempotency_key is not None:
         new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
     try:

@@ -1,0 +1,185 @@
+"""Hostile but valid images cost bounded time on the event loop and bounded memory (issue 9 §1).
+
+The server tests run a real `reelq serve --workers 0` (creates are validated and stored, nothing
+renders) and send images that are tiny on the wire and huge decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from reelq.api.errors import InvalidRequest
+from reelq.api.schemas import validate_create_off_loop
+from reelq.images import DECODE_BUDGET_BYTES
+from tests.conftest import Server
+
+MB = 1024 * 1024
+
+
+def png_data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def create(client: httpx.Client, image: str) -> httpx.Response:
+    body = {"model": "viduq3-turbo", "prompt": "a fox", "duration": 1, "first_image": image}
+    return client.post("/v1/vidu/videos", json=body)
+
+
+def vm_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class Poller:
+    """Polls /healthz back to back on its own connection; records the slowest answer."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.worst = 0.0
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                assert client.get("/healthz").status_code == 200
+                self.worst = max(self.worst, time.monotonic() - started)
+                self.count += 1
+                time.sleep(0.005)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_decoding_images_does_not_hold_up_the_event_loop(make_server: Callable[..., Server]) -> None:
+    # The probe's case: a 4.9 KB 1-bit PNG of 7000x5700 pixels was validated on the event loop (its body
+    # is under 64 KB) and froze /healthz for 1.4 s per create.
+    server = make_server(workers=0)
+    image = png_data_uri(Image.new("1", (7000, 5700)))
+    assert len(image) < 10_000
+    with server.client() as client, Poller(server.base_url) as poller:
+        time.sleep(0.1)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _i: create(client, image), range(8)))
+        time.sleep(0.1)
+    assert [a.status_code for a in answers] == [200] * 8
+    assert poller.count > 10
+    assert poller.worst < 0.3, f"/healthz took {poller.worst:.3f} s while images were decoded"
+
+
+def test_a_burst_of_large_images_stays_within_the_budget_and_is_given_back(
+    make_server: Callable[..., Server],
+) -> None:
+    # 155 KB RGBA and 77 KB 16-bit PNGs of 40 MP: 8 such creates took the API from 120 MB to 5.3 GB
+    # (16-bit: 9 GB), all decoded at once at full size, and the memory was never returned.
+    server = make_server(workers=0)
+    rgba = png_data_uri(Image.new("RGBA", (8000, 5000)))
+    grey16 = png_data_uri(Image.fromarray(np.zeros((5000, 8000), dtype=np.uint16)))
+    assert server.process is not None
+    pid = server.process.pid
+    headers = {"Authorization": f"Bearer {server.keys[0]}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=120) as client:
+        assert create(client, png_data_uri(Image.new("RGB", (64, 64)))).status_code == 200  # warm
+        start = vm_rss(pid)
+        peak = start
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not stop.wait(0.02):
+                peak = max(peak, vm_rss(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda i: create(client, (rgba, grey16)[i % 2]), range(16)))
+        finally:
+            stop.set()
+            sampler.join()
+        time.sleep(0.5)
+        after = vm_rss(pid)
+    assert [a.status_code for a in answers] == [200] * 16
+    # Two decodes at a time, each well under the budget: the peak stays under the budget...
+    assert peak - start < DECODE_BUDGET_BYTES, f"peak {peak / MB:.0f} MB from {start / MB:.0f} MB"
+    # ...and the memory goes back to the OS afterwards.
+    assert after - start < 200 * MB, f"RSS {start / MB:.0f} MB -> {after / MB:.0f} MB after the burst"
+
+
+MODELS = ["viduq3-turbo"]
+
+
+async def _longest_loop_stall(work: Callable[[], object]) -> tuple[object, float]:
+    """Await `work()` while a ticker measures the longest the event loop went without running it."""
+    worst = 0.0
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal worst
+        last = time.monotonic()
+        while not done.is_set():
+            await asyncio.sleep(0.002)
+            now = time.monotonic()
+            worst = max(worst, now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    try:
+        result = await work()  # type: ignore[misc]
+    finally:
+        done.set()
+        await ticker
+    return result, worst
+
+
+def test_validation_with_a_data_uri_image_runs_off_the_event_loop() -> None:
+    image = png_data_uri(Image.new("1", (7000, 5700)))
+    body = {"model": "viduq3-turbo", "prompt": "a fox", "first_image": image, "last_image": image}
+    new, worst = asyncio.run(_longest_loop_stall(lambda: validate_create_off_loop(body, MODELS)))
+    assert new.first_image == image and new.last_image == image  # type: ignore[attr-defined]
+    assert worst < 0.2, f"the event loop stalled {worst:.3f} s"
+
+
+def test_validation_without_a_data_uri_needs_no_thread() -> None:
+    body = {"model": "viduq3-turbo", "prompt": "a fox", "first_image": "https://example.com/a.png"}
+
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        before = threading.active_count()
+        new = await validate_create_off_loop(body, MODELS)
+        assert loop.is_running() and threading.active_count() == before  # no worker thread was started
+        return new
+
+    assert asyncio.run(main()).first_image == "https://example.com/a.png"  # type: ignore[attr-defined]
+
+
+def test_a_bad_image_is_a_client_error_from_the_thread_too() -> None:
+    body = {"model": "viduq3-turbo", "prompt": "a fox", "first_image": "data:image/png;base64,aGVsbG8="}
+    with pytest.raises(InvalidRequest) as excinfo:
+        asyncio.run(validate_create_off_loop(body, MODELS))
+    assert excinfo.value.param == "first_image"
+    assert "not a JPEG, PNG or WebP image" in str(excinfo.value)
