@@ -85,6 +85,15 @@ def test_trickled_and_silent_connections_are_closed_and_healthz_keeps_answering(
         slowest = max(slowest, healthz_ms(server))
         time.sleep(0.3)
     answers = [read_all(sock, 2) for sock in trickling]
+    with connect(server) as sock:  # headers without end, sent fast: bounded in size, not only time
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(1000):  # 1 MB: well past 64 KiB plus the one uncounted first read
+                sock.sendall(b"X-Big: " + b"a" * 1000 + b"\r\n")
+        except OSError:
+            pass
+        status, error = error_of(read_all(sock, 2))
+        assert (status, error["code"]) == (431, "headers_too_large")
     assert all(closed_by_server(sock) for sock in silent)
     for sock in trickling + silent:
         sock.close()
@@ -196,6 +205,8 @@ def test_a_body_trickled_a_byte_a_second_gets_408_and_the_server_keeps_serving(m
     with server.client() as client:
         assert client.post("/v1/vidu/videos", json=BODY).status_code == 200
     healthz_ms(server)
+    assert "Traceback" not in server.log()
+    assert len(overload_lines(server)) == 1
 
 
 def test_long_polls_and_steady_uploads_are_not_cut(make_server) -> None:  # type: ignore[no-untyped-def]
