@@ -96,7 +96,7 @@ def serve(
 
     from reelq.api import create_asgi
     from reelq.api.app import build_services
-    from reelq.api.server import guarded_protocol
+    from reelq.api.server import server_options
     from reelq.dispatch.embedded import Supervisor
 
     settings = _settings(workers=workers, root_path=root_path, home=home)
@@ -112,12 +112,7 @@ def serve(
     config = uvicorn.Config(
         create_asgi(settings, services),
         # uvicorn's httptools protocol bounded against slow clients and too many connections.
-        http=guarded_protocol(
-            header_timeout=settings.header_timeout,
-            body_timeout=settings.body_timeout,
-            body_min_rate=settings.body_min_rate,
-            max_connections=settings.max_connections,
-        ),
+        **server_options(settings),
         host=host,
         port=port,
         log_level=os.environ.get("REELQ_LOG_LEVEL", "info").lower(),

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reelq.api.errors import error_body
+from reelq.config import Settings
 
 log = logging.getLogger("reelq.server")
 # The event loop's own clock (asyncio's loop.time() is time.monotonic()), without its method call.
@@ -44,6 +45,8 @@ _now = time.monotonic
 
 # Request headers beyond this are refused with 431: httptools itself accepts headers of any size.
 MAX_HEADER_BYTES = 64 * 1024
+# uvicorn's default listen backlog, kept where the open-file limit allows it.
+DEFAULT_BACKLOG = 2048
 # Descriptors kept for what is not a client connection: the database, video files being
 # downloaded (one per download on top of its socket), image fetches, worker pipes, logs.
 MIN_RESERVED_FDS = 256
@@ -59,7 +62,9 @@ _REASONS = {
     "slow_body": "closed for a slow request body",
     "headers_too_large": "closed for request headers over 64 KiB",
     "invalid": "closed for an invalid HTTP request",
+    "out_of_files": "not accepted: the process is out of file descriptors",
 }
+_ACCEPT_FAILED = "socket.accept() out of system resource"
 
 
 def _raw_response(status: int, code: str, message: str, extra: bytes = b"") -> bytes:
@@ -131,6 +136,15 @@ class ConnectionGuard:
             self._connections = connections
             self._last_sweep = _now()
             loop.call_later(self.interval, self._sweep, loop)
+            loop.set_exception_handler(self._loop_exception)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio logs a traceback per failed accept() when descriptors run out: up to `backlog`
+        of them per attempt, every second (the 150 MB log of issue 9). Counted here instead."""
+        if context.get("message") == _ACCEPT_FAILED:
+            self.note("out_of_files")
+        else:
+            loop.default_exception_handler(context)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = _now()
@@ -315,26 +329,32 @@ def raise_fd_limit() -> int:
     return target
 
 
-def guarded_protocol(
-    *, header_timeout: float, body_timeout: float, body_min_rate: float, max_connections: int
-) -> type[GuardedHttpToolsProtocol]:
-    """Set up the guard for `reelq serve`: raise the descriptor limit, fit the connection limit
-    under it, route uvicorn's per-request warnings into the summary; returns the protocol class."""
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.Config options for `reelq serve`: the guarded protocol and a listen backlog that fit
+    this process's open-file limit (raised to the hard limit first).
+
+    asyncio accepts up to `backlog` connections in one go before any protocol sees them, so a
+    burst holds up to that many descriptors on top of the open connections: both must fit, or
+    accept() fails with EMFILE however early the protocol refuses.
+    """
     fds = raise_fd_limit()
     usable = fds - max(MIN_RESERVED_FDS, fds // 4)
-    if max_connections > usable:
+    backlog = max(16, min(DEFAULT_BACKLOG, usable // 4))
+    max_connections = settings.max_connections
+    if max_connections > usable - backlog:
+        fitted = max(usable - backlog, 1)
         log.warning(
-            "REELQ_MAX_CONNECTIONS=%d is more than this process's open-file limit allows (%d): using %d",
+            "REELQ_MAX_CONNECTIONS=%d does not fit this process's open-file limit (%d): using %d",
             max_connections,
             fds,
-            max(usable, 1),
+            fitted,
         )
-        max_connections = max(usable, 1)
+        max_connections = fitted
     guard = ConnectionGuard(
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        body_min_rate=body_min_rate,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        body_min_rate=settings.body_min_rate,
         max_connections=max_connections,
     )
     logging.getLogger("uvicorn.error").addFilter(_InvalidRequestFilter(guard))
-    return guard.protocol_class()
+    return {"http": guard.protocol_class(), "backlog": backlog}
