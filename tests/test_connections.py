@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import socket
+import subprocess
 import time
 
 import httpx
 import pytest
 
 from reelq.api.server import ConnectionGuard
-from tests.conftest import Server
+from tests.conftest import REELQ, Server
 
 pytestmark = pytest.mark.e2e
 
@@ -225,6 +227,62 @@ def test_long_polls_and_steady_uploads_are_not_cut(make_server) -> None:  # type
     answer, seconds = slow_create(server, server.keys[0], body, pause=0.05, step=100)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert seconds > 1.2
+
+
+def start_with_fd_limit(server: Server, limit: int) -> None:
+    """Server.start, with the server's open-file limit (soft and hard) set to `limit`."""
+
+    def lower_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    server.log_path = server.home / "server.log"
+    with open(server.log_path, "wb") as log:
+        server.process = subprocess.Popen(
+            [*REELQ, "serve", "--port", str(server.port), "--workers", "0"],
+            env=server.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lower_limit,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"reelq serve did not become ready:\n{server.log()}")
+
+
+def test_more_slow_clients_than_file_descriptors(make_server) -> None:  # type: ignore[no-untyped-def]
+    """The issue's failure in small: more trickling connections than the process may open files."""
+    server: Server = make_server(start=False, REELQ_HEADER_TIMEOUT="2")
+    start_with_fd_limit(server, 512)
+    socks = []
+    for _ in range(600):  # more than the 512 files the server may open
+        sock = connect(server)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        socks.append(sock)
+    started = time.monotonic()
+    answers = []
+    while time.monotonic() - started < 4:
+        for sock in socks:
+            if not closed_by_server(sock):
+                sock.sendall(b"X-Slow: 1\r\n")
+        begun = time.monotonic()
+        try:  # refused (503) while the slow clients hold every slot, but always answered, and fast
+            answers.append(httpx.get(f"{server.base_url}/healthz", timeout=2).status_code)
+        except httpx.TransportError:
+            answers.append(0)
+        assert time.monotonic() - begun < 1
+        time.sleep(0.3)
+    for sock in socks:
+        sock.close()
+    assert set(answers) <= {200, 503} and answers[-1] == 200
+    log = server.log()
+    assert "Too many open files" not in log and "out of system resource" not in log
+    assert len(log) < 2000, log[-2000:]  # a few lines, not a traceback per connection
 
 
 def test_overload_log_is_one_line_then_a_summary_a_minute() -> None:
