@@ -92,6 +92,7 @@ def serve(
 
     from reelq.api import create_asgi
     from reelq.api.app import build_services
+    from reelq.api.server import server_options
     from reelq.dispatch.embedded import Supervisor
 
     settings = _settings(workers=workers, root_path=root_path, home=home)
@@ -104,6 +105,8 @@ def serve(
     supervisor = Supervisor(settings, settings.workers)
     config = uvicorn.Config(
         create_asgi(settings, services),
+        # uvicorn's httptools protocol bounded against slow clients and too many connections.
+        **server_options(settings),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # Long-polls (`?wait=N`, N <= 60) are held at most this long: lower it behind proxies with
     # shorter idle timeouts. Larger N are accepted and clamped.
     max_long_poll: float = Field(60.0, ge=0, le=60)
+    # Slow clients (api/server.py): request headers must be complete this long after the
+    # connection opens or the previous answer ends; a body gets body_timeout plus a second per
+    # body_min_rate bytes received; connections beyond max_connections are answered 503.
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
+    body_min_rate: float = Field(32768.0, gt=0)
+    max_connections: int = Field(4096, ge=1)
 
     model_rates: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_RATES))
     resolution_factors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTION_FACTORS))

@@ -1,0 +1,360 @@
+"""Connection guard: bounds what a slow or greedy client can hold of the server.
+
+uvicorn bounds only the idle gap between two requests (`timeout_keep_alive`). A client that
+connects and sends nothing, or sends its request headers or body a byte at a time, holds its
+connection (and a file descriptor) forever; enough of them exhaust the process's descriptors and
+`/healthz` stops answering. This module serves uvicorn's httptools protocol with three bounds:
+
+- request headers must be complete within `header_timeout` of the connection opening or of the
+  previous answer ending (a request pipelined behind an answer: of its first byte), and be at
+  most 64 KiB (httptools has no limit of its own);
+- a request body must arrive within `body_timeout` plus one second per `body_min_rate` bytes
+  received so far (Apache mod_reqtimeout's scheme): a 50 MB upload over a slow but honest link
+  keeps earning time, a trickle of a byte every few seconds is cut after `body_timeout`;
+- at most `max_connections` connections are open; one more is answered `503` and closed at once.
+
+Time the server itself holds a request up is not counted against the client: reading paused
+by flow control (a pipelined request waiting, a body the app has not consumed yet) or header
+bytes of a pipelined request arriving while this connection's answer is still being written
+(a held long-poll, a download). Responses are never cut: once a request has been read, the
+connection is out of these bounds until its answer ends.
+
+All the timing is one sweep a second over the open connections (a timer per request would
+cost the hot status-read path). Overload is logged once when it starts, then as one summary
+line a minute, never a line per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from collections import Counter
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from reelq.api.errors import error_body
+from reelq.config import Settings
+
+log = logging.getLogger("reelq.server")
+# The event loop's own clock (asyncio's loop.time() is time.monotonic()), without its method call.
+_now = time.monotonic
+
+# Request headers beyond this are refused with 431: httptools itself accepts headers of any size.
+MAX_HEADER_BYTES = 64 * 1024
+# uvicorn's default listen backlog, kept where the open-file limit allows it.
+DEFAULT_BACKLOG = 2048
+# Descriptors kept for what is not a client connection: the database, video files being
+# downloaded (one per download on top of its socket), image fetches, worker pipes, logs.
+MIN_RESERVED_FDS = 256
+
+# What a connection is reading now.
+_IDLE = 0  # nothing: the last request is read, its answer is pending or done
+_HEADERS = 1
+_BODY = 2
+
+_REASONS = {
+    "refused": "refused at the connection limit",
+    "slow_headers": "closed for slow request headers",
+    "slow_body": "closed for a slow request body",
+    "headers_too_large": "closed for request headers over 64 KiB",
+    "invalid": "closed for an invalid HTTP request",
+    "out_of_files": "not accepted: the process is out of file descriptors",
+}
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+def _raw_response(status: int, code: str, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer in the SPEC §4 envelope, written straight to the socket."""
+    body = error_body(code, message)
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n%s\r\n" % (status, HTTPStatus(status).phrase.encode(), len(body), extra)
+    )
+    return head + body
+
+
+class ConnectionGuard:
+    """The limits, the sweep that enforces the time limits, and the overload log of one server."""
+
+    def __init__(
+        self,
+        *,
+        header_timeout: float,
+        body_timeout: float,
+        body_min_rate: float,
+        max_connections: int,
+        summary_seconds: float = 60.0,
+    ) -> None:
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
+        self.max_connections = max_connections
+        self.summary_seconds = summary_seconds
+        # A quarter of the shortest limit (at most a second): a limit is enforced within 25 %.
+        self.interval = min(1.0, header_timeout / 4, body_timeout / 4)
+        self.counts: Counter[str] = Counter()
+        self._episode = False  # overload announced and not yet followed by a quiet summary period
+        self._last_line = 0.0
+        self._connections: set[Any] | None = None
+        self._last_sweep = 0.0
+        self.refusal = _raw_response(
+            503,
+            "overloaded",
+            "The server has too many open connections; retry shortly.",
+            b"retry-after: 1\r\n",
+        )
+        self.header_timeout_answer = _raw_response(
+            408, "request_timeout", f"The request headers did not arrive within {header_timeout:g} s."
+        )
+        self.body_timeout_answer = _raw_response(
+            408,
+            "request_timeout",
+            f"The request body arrived too slowly (allowed: {body_timeout:g} s plus 1 s per "
+            f"{body_min_rate:g} bytes).",
+        )
+        self.headers_too_large_answer = _raw_response(
+            431, "headers_too_large", f"The request headers are larger than {MAX_HEADER_BYTES // 1024} KiB."
+        )
+
+    def protocol_class(self) -> type[GuardedHttpToolsProtocol]:
+        """The class to hand uvicorn as `Config(http=...)`, bound to this guard."""
+        guard = self
+
+        class BoundProtocol(GuardedHttpToolsProtocol):
+            pass
+
+        BoundProtocol.guard = guard
+        return BoundProtocol
+
+    def watch(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        """Start the sweep on the first connection (the loop runs only once uvicorn serves)."""
+        if self._connections is None:
+            self._connections = connections
+            self._last_sweep = _now()
+            loop.call_later(self.interval, self._sweep, loop)
+            loop.set_exception_handler(self._loop_exception)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio logs a traceback per failed accept() when descriptors run out: up to `backlog`
+        of them per attempt, every second (the 150 MB log of issue 9). Counted here instead."""
+        if context.get("message") == _ACCEPT_FAILED:
+            self.note("out_of_files")
+        else:
+            loop.default_exception_handler(context)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = _now()
+        elapsed, self._last_sweep = now - self._last_sweep, now
+        try:
+            for connection in list(self._connections or ()):
+                if isinstance(connection, GuardedHttpToolsProtocol):
+                    connection.check(now, elapsed)
+            self.summarise(now)
+        except Exception:  # the sweep must survive anything, or the limits silently stop
+            log.exception("connection sweep failed")
+        loop.call_later(self.interval, self._sweep, loop)
+
+    def note(self, reason: str) -> None:
+        """Count one dropped connection; the first of an overload episode is logged at once."""
+        if self._episode:
+            self.counts[reason] += 1
+            return
+        self._episode = True
+        self._last_line = time.monotonic()
+        log.warning(
+            "overload: a connection %s (limits: %d connections, headers %g s, body %g s + 1 s per %g "
+            "bytes); further drops are summarised once a minute",
+            _REASONS[reason],
+            self.max_connections,
+            self.header_timeout,
+            self.body_timeout,
+            self.body_min_rate,
+        )
+
+    def summarise(self, now: float) -> None:
+        """At most one line per `summary_seconds`; a quiet period ends the episode."""
+        if not self._episode or now - self._last_line < self.summary_seconds:
+            return
+        self._last_line = now
+        if not self.counts:
+            self._episode = False
+            return
+        parts = ", ".join(f"{n} {_REASONS[reason]}" for reason, n in self.counts.most_common())
+        open_now = len(self._connections) if self._connections is not None else 0
+        log.warning(
+            "overload in the last %.0f s: %s; %d connections open", self.summary_seconds, parts, open_now
+        )
+        self.counts.clear()
+
+
+_Base = HttpToolsProtocol
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol under a ConnectionGuard's limits (see the module docstring).
+
+    The parser callbacks run for every request, status reads included: they call the base
+    class directly (not through super(), measured at a third of a microsecond each here) and
+    only note the phase and the time.
+    """
+
+    guard: ClassVar[ConnectionGuard]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase = _HEADERS
+        self._since = 0.0  # when the phase began, moved on by the time the server held it up
+        self._got = 0  # bytes of the phase received
+        self._refused = False
+        self._began = False  # a request began in the chunk being parsed
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        guard = self.guard
+        if len(self.connections) >= guard.max_connections:
+            # Answered before the request is read: the descriptor is freed at once, and the
+            # client learns to retry instead of hanging.
+            self._refused = True
+            transport.write(guard.refusal)
+            transport.close()
+            guard.note("refused")
+            return
+        super().connection_made(transport)
+        self._since = _now()
+        guard.watch(self.loop, self.connections)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._refused:  # a refused connection never set up uvicorn's state
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._began = False
+        _Base.data_received(self, data)
+        # Counted only when the whole chunk is header bytes; a chunk in which a request began
+        # may end a previous body too, so it goes uncounted (at most one read: 256 KiB).
+        if self._phase == _HEADERS and not self._began:
+            self._got += len(data)
+            if self._got > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self.guard.note("headers_too_large")
+                self._answer_and_close(self.guard.headers_too_large_answer)
+
+    def on_message_begin(self) -> None:
+        _Base.on_message_begin(self)
+        self._began = True
+        if self._phase != _HEADERS:  # pipelined behind an answer; else timed since connect or that answer
+            self._phase, self._since, self._got = _HEADERS, _now(), 0
+
+    def on_headers_complete(self) -> None:
+        _Base.on_headers_complete(self)
+        self._phase, self._since, self._got = _BODY, _now(), 0
+
+    def on_body(self, body: bytes) -> None:
+        _Base.on_body(self, body)
+        self._got += len(body)
+
+    def on_message_complete(self) -> None:
+        _Base.on_message_complete(self)
+        self._phase = _IDLE
+
+    def on_response_complete(self) -> None:
+        _Base.on_response_complete(self)
+        # The next request's headers are timed from here, unless it is already read (pipelined).
+        if self._phase == _IDLE and not self.pipeline and not self.transport.is_closing():
+            self._phase, self._since, self._got = _HEADERS, _now(), 0
+
+    def check(self, now: float, elapsed: float) -> None:
+        """Called by the sweep: close the connection if its client is over a time limit."""
+        phase = self._phase
+        if phase == _IDLE or self.transport is None or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete
+        if self.flow.read_paused or (phase == _HEADERS and answering):
+            self._since += elapsed  # the server holds this request up, not the client
+            return
+        guard = self.guard
+        if phase == _HEADERS:
+            if now - self._since <= guard.header_timeout:
+                return
+            if self._got == 0:  # an idle connection, like uvicorn's keep-alive expiry: no answer due
+                self.transport.close()
+                return
+            guard.note("slow_headers")
+            self._answer_and_close(guard.header_timeout_answer)
+        elif now - self._since > guard.body_timeout + self._got / guard.body_min_rate:
+            guard.note("slow_body")
+            self._answer_and_close(guard.body_timeout_answer)
+
+    def _answer_and_close(self, answer: bytes) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if not cycle.response_started:
+                self.transport.write(answer)
+            # The app waiting for the body gets `http.disconnect`; whatever it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        else:
+            self.transport.write(answer)
+        self._phase = _IDLE
+        self.transport.close()
+
+
+class _InvalidRequestFilter(logging.Filter):
+    """uvicorn warns once per malformed request; counted into the guard's summary instead."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Invalid HTTP request received.":
+            self.guard.note("invalid")
+            return False
+        return True
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):  # e.g. macOS caps it below an "unlimited" hard limit
+        return soft
+    return target
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.Config options for `reelq serve`: the guarded protocol and a listen backlog that fit
+    this process's open-file limit (raised to the hard limit first).
+
+    asyncio accepts up to `backlog` connections in one go before any protocol sees them, so a
+    burst holds up to that many descriptors on top of the open connections: both must fit, or
+    accept() fails with EMFILE however early the protocol refuses.
+    """
+    fds = raise_fd_limit()
+    usable = fds - max(MIN_RESERVED_FDS, fds // 4)
+    backlog = max(16, min(DEFAULT_BACKLOG, usable // 4))
+    max_connections = settings.max_connections
+    if max_connections > usable - backlog:
+        fitted = max(usable - backlog, 1)
+        log.warning(
+            "REELQ_MAX_CONNECTIONS=%d does not fit this process's open-file limit (%d): using %d",
+            max_connections,
+            fds,
+            fitted,
+        )
+        max_connections = fitted
+    guard = ConnectionGuard(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        body_min_rate=settings.body_min_rate,
+        max_connections=max_connections,
+    )
+    logging.getLogger("uvicorn.error").addFilter(_InvalidRequestFilter(guard))
+    return {"http": guard.protocol_class(), "backlog": backlog}
