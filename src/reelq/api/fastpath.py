@@ -84,10 +84,11 @@ class FastRoutes:
         tasks = self.tasks
         try:
             headers = _headers(scope)
-            key_id = tasks.authenticate_now(_text(headers.get(b"authorization")))
+            key_id = tasks.authenticate_now(headers.get(b"authorization"))
             view = tasks.read_now(key_id, task_id)
+            host = headers.get(b"host")
             base = tasks.link_base(
-                scope.get("scheme", "http"), _text(headers.get(b"host")), scope.get("server"), root
+                scope.get("scheme", "http"), host, root, None if host else scope.get("server")
             )
             return 200, tasks.answer(view, base), []
         except ApiError as exc:
@@ -103,15 +104,16 @@ class FastRoutes:
             return 413, too_large_body(), []  # before auth, as BodyLimitMiddleware on the routed path
         try:
             # Authenticate before reading the body: an unauthenticated client is not worth 50 MB.
-            key_id = tasks.authenticate_now(_text(headers.get(b"authorization")))
+            key_id = tasks.authenticate_now(headers.get(b"authorization"))
             body = await _read_body(receive)
             if body is None:
                 return 413, too_large_body(), []
             view = await tasks.create(
-                key_id, body, _text(headers.get(b"content-type")), _text(headers.get(b"idempotency-key"))
+                key_id, body, headers.get(b"content-type"), headers.get(b"idempotency-key")
             )
+            host = headers.get(b"host")
             base = tasks.link_base(
-                scope.get("scheme", "http"), _text(headers.get(b"host")), scope.get("server"), root
+                scope.get("scheme", "http"), host, root, None if host else scope.get("server")
             )
             return 200, tasks.answer(view, base), []
         except ApiError as exc:
@@ -140,16 +142,13 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
+def _headers(scope: Scope) -> dict[bytes, str]:
+    """The WANTED request headers, decoded as Starlette decodes them."""
+    found: dict[bytes, str] = {}
     for name, value in scope["headers"]:
         if name in WANTED and name not in found:
-            found[name] = value
+            found[name] = value.decode("latin-1")
     return found
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
 
 
 def _error_answer(exc: ApiError) -> Answer:

@@ -100,7 +100,7 @@ def under_root(path: str, root: str) -> tuple[str, str]:
     return "", path
 
 
-def declared_too_large(content_length: bytes | None, max_bytes: int = MAX_BODY_BYTES) -> bool:
+def declared_too_large(content_length: bytes | str | None, max_bytes: int = MAX_BODY_BYTES) -> bool:
     """True when a Content-Length header value announces more than the limit: refused before reading."""
     if content_length is None:
         return False

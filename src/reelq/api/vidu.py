@@ -141,8 +141,8 @@ def link_base(tasks: TaskService, request: Request) -> str:
     return tasks.link_base(
         scope.get("scheme", "http"),
         request.headers.get("host"),
-        scope.get("server"),
         scope.get("root_path", ""),
+        scope.get("server"),
     )
 
 

@@ -226,23 +226,27 @@ class TaskService:
     # --- answers ----------------------------------------------------------------------------
 
     def link_base(
-        self, scheme: str, host: str | None, server: tuple[str, int | None] | None, root: str
+        self, scheme: str, host: str | None, root: str, server: tuple[str, int | None] | None = None
     ) -> str:
         """Where video links point: the configured public base, else the address the request came to.
 
-        That address is spelled as Starlette's `request.base_url`, less the slash: `host` is the
-        Host header; without one, the address the server listens on (default port left out);
-        without that either, localhost. `root` is the root path the request came under.
+        That address is `scheme://host` + `root` (the root path the request came under), as
+        Starlette's `request.base_url` spells it less the slash. `host` is the Host header; without
+        one, `server` (the address the server listens on, default port left out: a transport may
+        pass it only when there is no Host header); without that either, localhost.
         """
         if self.public_base_url:
             return self.public_base_url
-        if host is None:
+        if not host:
             if server:
+                name, port = server
+                if ":" in name and not name.startswith("["):
+                    name = f"[{name}]"  # an IPv6 address
                 default = {"http": 80, "https": 443}.get(scheme)
-                host = server[0] if server[1] == default else f"{server[0]}:{server[1]}"
+                host = name if port == default else f"{name}:{port}"
             else:
                 host = "localhost"
-        return f"{scheme}://{host}{root}".rstrip("/")
+        return f"{scheme}://{host}{root}"
 
     def render(self, view: TaskView, base_url: str) -> dict[str, Any]:
         """The wire task object (SPEC §1); `base_url` is where its video link points (`link_base`)."""
