@@ -17,6 +17,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,15 @@ from PIL import Image
 
 from reelq.api import create_app, create_asgi
 from reelq.api.app import build_services
+from reelq.api.errors import Conflict, NotFound, RateLimited, Unauthorized
 from reelq.api.services import Services
 from reelq.config import Settings, load_settings
 from reelq.domain import Status, is_task_id
+from reelq.ratelimit import MemoryRateLimiter
+from reelq.service import TaskService, TaskView
 from reelq.storage import LocalStorage
-from reelq.store import NewTask, TaskStore, make_engine
+from reelq.store import NewTask, TaskStore, make_engine, migrate
+from reelq.store.fastread import SqliteReader
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +70,7 @@ class Transports:
     def key(self, name: str = "k") -> str:
         return self.store.create_key(name)[1]
 
-    def task(self, plain: str, **changes: Any) -> str:
+    def task(self, plain: str) -> str:
         key_id = self.store.key_id_for(plain)
         assert key_id is not None
         new = NewTask(
@@ -581,3 +586,50 @@ def test_the_task_service_imports_no_http_framework() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+async def test_the_task_service_answers_without_any_http(tmp_path: Path) -> None:
+    """What a new transport (a CLI, another API surface) gets: task views and typed errors."""
+    settings = _settings(tmp_path / "home", poll_rate=0.001, poll_burst=2)
+    settings.home_dir.mkdir(parents=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    store = TaskStore(engine)
+    storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+    assert settings.sqlite_path is not None
+    rung: list[bool] = []
+    tasks = TaskService(
+        settings,
+        store,
+        storage,
+        SqliteReader(settings.sqlite_path),
+        MemoryRateLimiter(),
+        threading.Event(),
+        on_stored=lambda: rung.append(True),
+    )
+    try:
+        _, plain = store.create_key("direct")
+        key_id = tasks.authenticate_now(f"Bearer {plain}")
+        assert await tasks.authenticate(f"Bearer {plain}") == key_id
+        with pytest.raises(Unauthorized):
+            tasks.authenticate_now("Bearer nope")
+        view = await tasks.create(key_id, orjson.dumps(GOOD), "application/json", "once")
+        assert isinstance(view, TaskView) and (view.status, view.key_id) == ("queued", key_id)
+        assert rung  # the workers were woken for the stored create
+        assert await tasks.create(key_id, orjson.dumps(GOOD), None, "once") == view  # replayed
+        with pytest.raises(Conflict):
+            await tasks.create(key_id, orjson.dumps({**GOOD, "seed": 1}), None, "once")
+        assert tasks.read_now(key_id, view.id) == view
+        assert (await tasks.read(key_id, view.id)).id == view.id
+        with pytest.raises(RateLimited):
+            tasks.read_now(key_id, view.id)  # the burst of 2 is spent
+        with pytest.raises(NotFound):
+            await tasks.read(key_id, "video_00000000-0000-4000-8000-000000000000")
+        assert tasks.render(view, "https://x.test")["status"] == "queued"
+        assert orjson.loads(tasks.answer(view, "https://x.test")) == tasks.render(view, "https://x.test")
+        assert tasks.link_base("https", None, "/r", ("::1", 8443)) == "https://[::1]:8443/r"
+        assert tasks.link_base("http", None, "", ("10.0.0.5", 80)) == "http://10.0.0.5"
+        assert tasks.link_base("http", "api.test", "", ("10.0.0.5", 80)) == "http://api.test"
+    finally:
+        tasks.close()
+        engine.dispose()
