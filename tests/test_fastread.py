@@ -17,10 +17,7 @@ import pytest
 from reelq.domain import Status
 from reelq.store import NewTask, TaskStore, make_engine, migrate
 from reelq.store.changes import ChangeCounter
-from reelq.store.fastread import SqliteReader
-
-STATUS = 3  # TASK_COLUMNS order: id, key_id, model, status, started_at, progress, ...
-PROGRESS = 5
+from reelq.store.fastread import SqliteReader, TaskView
 
 
 def _store(db: Path) -> TaskStore:
@@ -74,16 +71,17 @@ def test_reader_sees_every_transition_written_by_another_process(db: Path) -> No
     task, _ = store.create_task(key.id, _new())
     # Creates do not bump the counter: the new row is found because misses are never cached.
     row = reader.task(task.id, key.id)
-    assert row is not None and row[STATUS] == Status.QUEUED.value
+    assert isinstance(row, TaskView) and row.status == Status.QUEUED.value
+    assert row == TaskView.of(store.get_task(task.id, key.id))  # the same view whichever way it is read
     assert reader.task(task.id, key.id) is row  # served from the cache while nothing changed
 
     _in_child(_claim_and_progress, str(db), task.id, 40)
     row = reader.task(task.id, key.id)
-    assert row is not None and (row[STATUS], row[PROGRESS]) == (Status.PROCESSING.value, 40)
+    assert row is not None and (row.status, row.progress) == (Status.PROCESSING.value, 40)
 
     _in_child(_complete, str(db), task.id)
     row = reader.task(task.id, key.id)
-    assert row is not None and row[STATUS] == Status.COMPLETED.value
+    assert row is not None and row.status == Status.COMPLETED.value
 
     store.mark_video_deleted(task.id)  # the sweeper, in this process but through the store
     assert reader.task(task.id, key.id)[8]  # video_deleted
@@ -119,12 +117,12 @@ def test_a_write_outside_taskstore_is_not_seen_until_the_next_bump(db: Path) -> 
     key, _ = store.create_key("k")
     task, _ = store.create_task(key.id, _new())
     reader = SqliteReader(db)
-    assert reader.task(task.id, key.id)[PROGRESS] == 0
+    assert reader.task(task.id, key.id).progress == 0
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE tasks SET progress = 7 WHERE id = ?", (task.id,))
-    assert reader.task(task.id, key.id)[PROGRESS] == 0
+    assert reader.task(task.id, key.id).progress == 0
     ChangeCounter.for_database(db).bump()
-    assert reader.task(task.id, key.id)[PROGRESS] == 7
+    assert reader.task(task.id, key.id).progress == 7
 
 
 def test_concurrent_bumps_from_many_processes_are_never_lost(tmp_path: Path) -> None:

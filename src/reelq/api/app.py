@@ -19,8 +19,8 @@ from starlette.types import ASGIApp
 
 from reelq import __version__
 from reelq.api import files, usage, vidu
-from reelq.api.errors import install_error_handlers
 from reelq.api.fastpath import FastRoutes
+from reelq.api.handlers import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
 from reelq.api.services import Services, ServicesDep
 from reelq.api.vidu import (

@@ -6,30 +6,28 @@ FastAPI (middleware stack, router, dependency injection, parameter validation) a
 costs several times what the work itself costs. This ASGI layer answers plain status
 reads and creates directly and hands everything else, including `?wait=` long-polls, to
 the app. The FastAPI routes stay the documented ones (OpenAPI) and the fallback when the
-store is not SQLite; both share `authenticate_token`, `render_task_for_base`,
-`create_video_answer` and the error envelope, so they answer byte for byte the same.
+store is not SQLite.
+
+Like the routed app (api/vidu.py), this is only a transport: it reads the HTTP bits from the
+ASGI scope, calls the task service (reelq/service/tasks.py) and sends its task view or
+ApiError in the same envelope, so both answer byte for byte the same
+(tests/test_transports.py runs every request through both).
 """
 
 from __future__ import annotations
 
 import logging
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reelq.api.auth import authenticate_token
-from reelq.api.errors import ApiError, NotFound, RateLimited, error_body
-from reelq.api.middleware import MAX_BODY_BYTES, too_large_body
-from reelq.api.services import Services, TaskView
-from reelq.api.vidu import TERMINAL_VALUES, VIEW_STATUS, create_video_answer, render_task_for_base
-from reelq.domain import is_task_id
-from reelq.ratelimit import retry_after_header
+from reelq.api.errors import ApiError, error_body
+from reelq.api.middleware import MAX_BODY_BYTES, declared_too_large, too_large_body, under_root
+from reelq.api.services import Services
 
 log = logging.getLogger("reelq.api")
 
 RESULT_PREFIX = "/v1/result/"
 CREATE_PATH = "/v1/vidu/videos"
-MAX_CACHED_ANSWERS = 4096
 JSON_HEADERS = [(b"content-type", b"application/json")]
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 # The request headers the fast routes read; the first of each wins, as in Starlette.
@@ -43,10 +41,9 @@ class _ClientGone(Exception):
 class FastRoutes:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
-        self.services = services
+        self.tasks = services.tasks
         self.root_path = services.settings.root_path
-        self.inline = services.reader is not None
-        self._finished: dict[tuple[str, TaskView], bytes] = {}
+        self.inline = services.reader is not None  # the service's synchronous read needs the reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.inline or scope["type"] != "http":
@@ -54,13 +51,13 @@ class FastRoutes:
             return
         path: str = scope["path"]
         root = ""
-        if self.root_path and path.startswith(self.root_path + "/"):
-            root, path = self.root_path, path[len(self.root_path) :]
+        if self.root_path:
+            root, path = under_root(path, self.root_path)
         method = scope["method"]
         if method == "GET" and not scope["query_string"] and path.startswith(RESULT_PREFIX):
             task_id = path[len(RESULT_PREFIX) :]
-            if "/" not in task_id:
-                await self._answer(send, self._read_answer(scope, task_id, root))
+            if task_id and "/" not in task_id:  # else no route matches: the app answers that
+                await self._answer(send, self._read(scope, task_id, root))
                 return
         elif method == "POST" and path == CREATE_PATH:
             try:
@@ -83,67 +80,42 @@ class FastRoutes:
         )
         await send({"type": "http.response.body", "body": body})
 
-    def _read_answer(self, scope: Scope, task_id: str, root: str) -> Answer:
+    def _read(self, scope: Scope, task_id: str, root: str) -> Answer:
+        tasks = self.tasks
         try:
-            return self._read(scope, task_id, root)
+            headers = _headers(scope)
+            key_id = tasks.authenticate_now(headers.get(b"authorization"))
+            view = tasks.read_now(key_id, task_id)
+            host = headers.get(b"host")
+            base = tasks.link_base(
+                scope.get("scheme", "http"), host, root, None if host else scope.get("server")
+            )
+            return 200, tasks.answer(view, base), []
         except ApiError as exc:
             return _error_answer(exc)
         except Exception:
             log.exception("status read failed")
             return _internal_error()
 
-    def _read(self, scope: Scope, task_id: str, root: str) -> Answer:
-        services = self.services
-        reader = services.reader
-        assert reader is not None
-        headers = _headers(scope)
-        key_id = authenticate_token(_text(headers.get(b"authorization")), reader.key_id_for)
-        retry = services.limiter.acquire(f"poll:{key_id}:{task_id}", services.poll_limit)
-        if retry:
-            raise RateLimited(
-                f"Too many status reads for this task: at most {services.settings.poll_rate:g} per second.",
-                retry_after_header(retry),
-            )
-        view = reader.task(task_id, key_id) if is_task_id(task_id) else None
-        if view is None:
-            raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
-        base = services.settings.public_base_url or _base_url(scope, _text(headers.get(b"host")), root)
-        if view[VIEW_STATUS] not in TERMINAL_VALUES:
-            return 200, orjson.dumps(render_task_for_base(services, base, view)), []
-        # A finished task reads the same until it is purged: keyed on the whole row, the
-        # cached answer can never be stale, and clients poll finished tasks a lot.
-        cache_key = (base, view)
-        body = self._finished.get(cache_key)
-        if body is None:
-            body = orjson.dumps(render_task_for_base(services, base, view))
-            if len(self._finished) >= MAX_CACHED_ANSWERS:
-                self._finished.clear()
-            self._finished[cache_key] = body
-        return 200, body, []
-
     async def _create(self, scope: Scope, receive: Receive, root: str) -> Answer:
-        services = self.services
-        reader = services.reader
-        assert reader is not None
+        tasks = self.tasks
         headers = _headers(scope)
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        if declared_too_large(headers.get(b"content-length")):
             return 413, too_large_body(), []  # before auth, as BodyLimitMiddleware on the routed path
         try:
             # Authenticate before reading the body: an unauthenticated client is not worth 50 MB.
-            key_id = authenticate_token(_text(headers.get(b"authorization")), reader.key_id_for)
+            key_id = tasks.authenticate_now(headers.get(b"authorization"))
             body = await _read_body(receive)
             if body is None:
                 return 413, too_large_body(), []
-            base = services.settings.public_base_url or _base_url(scope, _text(headers.get(b"host")), root)
-            answer = await create_video_answer(
-                services,
-                key_id,
-                body=body,
-                content_type=_text(headers.get(b"content-type")),
-                idempotency_key=_text(headers.get(b"idempotency-key")),
-                base_url=base,
+            view = await tasks.create(
+                key_id, body, headers.get(b"content-type"), headers.get(b"idempotency-key")
             )
+            host = headers.get(b"host")
+            base = tasks.link_base(
+                scope.get("scheme", "http"), host, root, None if host else scope.get("server")
+            )
+            return 200, tasks.answer(view, base), []
         except ApiError as exc:
             return _error_answer(exc)
         except _ClientGone:
@@ -151,7 +123,6 @@ class FastRoutes:
         except Exception:
             log.exception("create failed")
             return _internal_error()
-        return 200, answer, []
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -171,35 +142,19 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
+def _headers(scope: Scope) -> dict[bytes, str]:
+    """The WANTED request headers, decoded as Starlette decodes them."""
+    found: dict[bytes, str] = {}
     for name, value in scope["headers"]:
         if name in WANTED and name not in found:
-            found[name] = value
+            found[name] = value.decode("latin-1")
     return found
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
 
 
 def _error_answer(exc: ApiError) -> Answer:
     headers = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
-    return exc.status, error_body(exc.code, exc.message, exc.param), headers
+    return exc.status, exc.body(), headers
 
 
 def _internal_error() -> Answer:
     return 500, error_body("internal_error", "The server hit an unexpected error."), []
-
-
-def _base_url(scope: Scope, host: str | None, root: str) -> str:
-    """What Starlette's `request.base_url` gives, without building a Request."""
-    scheme = scope.get("scheme", "http")
-    if host is None:
-        server = scope.get("server")
-        if server:
-            default = {"http": 80, "https": 443}.get(scheme)
-            host = server[0] if server[1] == default else f"{server[0]}:{server[1]}"
-        else:
-            host = "localhost"
-    return f"{scheme}://{host}{root}"

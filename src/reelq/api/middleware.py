@@ -23,10 +23,9 @@ class RootPathMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.root_path and scope["type"] in ("http", "websocket"):
-            path: str = scope["path"]
-            prefixed = path == self.root_path or path.startswith(self.root_path + "/")
+            root, _ = under_root(scope["path"], self.root_path)
             scope = dict(scope)
-            scope["root_path"] = self.root_path if prefixed else ""
+            scope["root_path"] = root
         await self.app(scope, receive, send)
 
 
@@ -43,13 +42,10 @@ class BodyLimitMiddleware:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
+                if declared_too_large(value, self.max_bytes):
                     await self._reject(send)
                     return
+                break  # the first one counts, as everywhere else
         received = 0
         response_started = False
 
@@ -91,6 +87,27 @@ class BodyLimitMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def under_root(path: str, root: str) -> tuple[str, str]:
+    """(root, the path below it) for a request path under the root path, else ("", path).
+
+    Both spellings of every route are served (SPEC §1): the routed app (RootPathMiddleware) and
+    the fast path (api/fastpath.py) tell them apart here.
+    """
+    if root and (path == root or path.startswith(root + "/")):
+        return root, path[len(root) :]
+    return "", path
+
+
+def declared_too_large(content_length: bytes | str | None, max_bytes: int = MAX_BODY_BYTES) -> bool:
+    """True when a Content-Length header value announces more than the limit: refused before reading."""
+    if content_length is None:
+        return False
+    try:
+        return int(content_length) > max_bytes
+    except ValueError:
+        return False  # not a number: the server (h11) refuses it; the body is still counted as it comes
 
 
 def too_large_body(max_bytes: int = MAX_BODY_BYTES) -> bytes:

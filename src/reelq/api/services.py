@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 
-from reelq.api.longpoll import LongPollHub
 from reelq.config import Settings
 from reelq.dispatch.doorbell import ring
-from reelq.ratelimit import Limit, MemoryRateLimiter, RateLimiter
+from reelq.ratelimit import MemoryRateLimiter, RateLimiter
+from reelq.service import TaskService
 from reelq.storage import LocalStorage
-from reelq.store import Quotas, TaskStore
-from reelq.store.batcher import CreateBatcher
-from reelq.store.fastread import TASK_COLUMNS, SqliteReader
-
-TaskView = tuple[Any, ...]  # columns of fastread.TASK_COLUMNS, in that order
-VIEW_FIELDS = [c.strip() for c in TASK_COLUMNS.split(",")]
+from reelq.store import TaskStore
+from reelq.store.fastread import SqliteReader
 
 
 @dataclass
@@ -33,23 +28,16 @@ class Services:
     draining: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        s = self.settings
-        self.poll_limit = Limit(rate=s.poll_rate, burst=max(1.0, s.poll_burst))
-        self.create_limit = Limit(rate=s.create_rate / 60.0, burst=max(1.0, s.create_rate))
-        self.quotas = Quotas(max_active_per_key=s.max_active_per_key, max_queue=s.max_queue)
-        self.creates = CreateBatcher(self.store, self.quotas, on_stored=self.notify_workers)
-        self.long_polls = LongPollHub(self.reader.version if self.reader else None, self.draining)
-
-    async def key_id_for(self, plain: str) -> str | None:
-        if self.reader is not None:
-            return self.reader.key_id_for(plain)
-        return await run_in_threadpool(self.store.key_id_for, plain)
-
-    async def task_view(self, task_id: str, key_id: str) -> TaskView | None:
-        if self.reader is not None:
-            return self.reader.task(task_id, key_id)
-        row = await run_in_threadpool(self.store.get_task, task_id, key_id)
-        return None if row is None else tuple(getattr(row, name) for name in VIEW_FIELDS)
+        # The task rules both transports call (api/vidu.py, api/fastpath.py).
+        self.tasks = TaskService(
+            self.settings,
+            self.store,
+            self.storage,
+            self.reader,
+            self.limiter,
+            self.draining,
+            on_stored=self.notify_workers,
+        )
 
     def notify_workers(self) -> None:
         """Wake idle workers now (embedded dispatch)."""
@@ -57,7 +45,7 @@ class Services:
 
     def close(self) -> None:
         """Store the creates still queued, then release the database."""
-        self.creates.close()
+        self.tasks.close()
         self.store.engine.dispose()
 
 

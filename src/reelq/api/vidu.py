@@ -1,48 +1,28 @@
-"""The Vidu-compatible surface: create a task, read its status (SPEC §1)."""
+"""The Vidu-compatible surface, routed: create a task, read its status (SPEC §1).
+
+A thin transport over the task service (reelq/service/tasks.py), which holds every rule; this
+module adds the OpenAPI description and FastAPI's routing. uvicorn serves the fast path
+(api/fastpath.py) in front of it, which answers the same requests through the same service.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import replace
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
-from reelq.api.errors import (
-    Conflict,
-    InsufficientStorage,
-    InvalidRequest,
-    NotFound,
-    Overloaded,
-    RateLimited,
-)
-from reelq.api.schemas import (
-    CreateVideoRequest,
-    parse_json_object,
-    request_fingerprint,
-    task_object,
-    validate_create_off_loop,
-)
-from reelq.api.services import VIEW_FIELDS, Services, ServicesDep, TaskView
-from reelq.domain import TERMINAL, Status, is_task_id
-from reelq.ratelimit import retry_after_header
-from reelq.store import QuotaExceeded, TaskRow
-from reelq.store.errors import StorageFull
+from reelq.api.schemas import CreateVideoRequest
+from reelq.api.services import ServicesDep
+from reelq.domain import Status
+from reelq.service import TaskService
+from reelq.service.tasks import MAX_IDEMPOTENCY_KEY
 
 router = APIRouter()
 
-MAX_IDEMPOTENCY_KEY = 200
 MAX_LONG_POLL_SECONDS = 60
-TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
-VIEW_STATUS = VIEW_FIELDS.index("status")
-# Retry-After hints when a quota is full: no way to know when a render ends, so a polite guess.
-ACTIVE_LIMIT_RETRY = 5.0
-QUEUE_FULL_RETRY = 10.0
-STORAGE_FULL_RETRY = 30.0  # a full disk waits for an operator, not for a render to end
 
 TASK_EXAMPLE = {
     "id": "video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd",
@@ -155,128 +135,15 @@ IDEMPOTENCY_KEY_PARAMETER = {
 }
 
 
-def link_base(services: Services, request: Request) -> str:
-    """Where video links point: the public base when configured, else the address serving this request."""
-    return services.settings.public_base_url or str(request.base_url).rstrip("/")
-
-
-def render_task(services: Services, request: Request, view: TaskView) -> dict[str, Any]:
-    return render_task_for_base(services, link_base(services, request), view)
-
-
-def render_task_for_base(services: Services, base_url: str, view: TaskView) -> dict[str, Any]:
-    """The wire task object; `base_url` is where video links point (public base or serving address)."""
-    (
-        task_id,
-        _key,
-        model,
-        status,
-        started_at,
-        progress,
-        created_at,
-        finished_at,
-        _deleted,
-        actual_duration,
-        total_tokens,
-        error,
-    ) = view
-    url = None
-    if status == Status.COMPLETED:
-        expires = int(finished_at + services.settings.video_url_ttl)
-        url = services.storage.signed_url(base_url, task_id, expires)
-    return task_object(
-        task_id=task_id,
-        model=model,
-        created_at=created_at,
-        status=status,
-        started=started_at is not None,
-        progress=progress,
-        video_url=url,
-        actual_duration=actual_duration,
-        total_tokens=total_tokens,
-        error=error,
+def link_base(tasks: TaskService, request: Request) -> str:
+    """Where video links point for this request (the service's rule, fed from the ASGI scope)."""
+    scope = request.scope
+    return tasks.link_base(
+        scope.get("scheme", "http"),
+        request.headers.get("host"),
+        scope.get("root_path", ""),
+        scope.get("server"),
     )
-
-
-def _row_view(row: TaskRow) -> TaskView:
-    return (
-        row.id,
-        row.key_id,
-        row.model,
-        row.status,
-        row.started_at,
-        row.progress,
-        row.created_at,
-        row.finished_at,
-        row.video_deleted,
-        row.actual_duration,
-        row.total_tokens,
-        row.error,
-    )
-
-
-def _idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not value or len(value) > MAX_IDEMPOTENCY_KEY or not all(32 <= ord(c) < 127 for c in value):
-        raise InvalidRequest(
-            "Idempotency-Key must be 1..200 printable ASCII characters.",
-            param="Idempotency-Key",
-            code="invalid_idempotency_key",
-        )
-    return value
-
-
-async def create_video_answer(
-    services: Services,
-    key_id: str,
-    *,
-    body: bytes,
-    content_type: str | None,
-    idempotency_key: str | None,
-    base_url: str,
-) -> bytes:
-    """The whole create after authentication, shared by the route and the fast path (api/fastpath.py).
-
-    Returns the task object's JSON bytes, or raises an ApiError.
-    """
-    wait = services.limiter.acquire(f"create:{key_id}", services.create_limit)
-    if wait:
-        raise RateLimited(
-            f"Too many creates: at most {services.settings.create_rate:g} per minute per key.",
-            retry_after_header(wait),
-        )
-    idempotency_key = _idempotency_key(idempotency_key)
-    data = parse_json_object(body, content_type)
-    models = services.settings.models
-    new = await validate_create_off_loop(data, models)  # images are decoded in a thread
-    if idempotency_key is not None:
-        new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
-    try:
-        # Group commit (store/batcher.py); it also wakes the workers once per stored batch.
-        row, created = await services.creates.create(key_id, new)
-    except StorageFull:
-        raise InsufficientStorage(
-            "The server has no room to store the task; nothing was stored. Try again later.",
-            retry_after_header(STORAGE_FULL_RETRY),
-        ) from None
-    except QuotaExceeded as exc:
-        if exc.kind == "queue":
-            raise Overloaded(
-                "The queue is full; try again later.", retry_after_header(QUEUE_FULL_RETRY)
-            ) from None
-        raise RateLimited(
-            f"This key already has {exc.limit} tasks waiting or running; wait for one to finish.",
-            retry_after_header(ACTIVE_LIMIT_RETRY),
-            code="too_many_active_tasks",
-        ) from None
-    if not created and row.request_hash != new.request_hash:
-        raise Conflict(
-            "This Idempotency-Key was already used with a different request body.",
-            param="Idempotency-Key",
-            code="idempotency_key_reused",
-        )
-    return orjson.dumps(render_task_for_base(services, base_url, _row_view(row)))
 
 
 @router.post(
@@ -292,15 +159,12 @@ async def create_video_answer(
     },
 )
 async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
-    answer = await create_video_answer(
-        services,
-        key_id,
-        body=await request.body(),
-        content_type=request.headers.get("content-type"),
-        idempotency_key=request.headers.get("idempotency-key"),
-        base_url=link_base(services, request),
+    tasks = services.tasks
+    headers = request.headers
+    view = await tasks.create(
+        key_id, await request.body(), headers.get("content-type"), headers.get("idempotency-key")
     )
-    return _json(answer)
+    return _json(tasks.answer(view, link_base(tasks, request)))
 
 
 @router.get("/v1/result/{task_id}", summary="Task status and result", responses=TASK_RESPONSES)
@@ -314,51 +178,15 @@ async def get_result(
         Query(ge=0, le=MAX_LONG_POLL_SECONDS, description="Long-poll: answer once terminal, or after N s"),
     ] = None,
 ) -> Response:
-    retry = services.limiter.acquire(f"poll:{key_id}:{task_id}", services.poll_limit)
-    if retry:
-        raise RateLimited(
-            f"Too many status reads for this task: at most {services.settings.poll_rate:g} per second.",
-            retry_after_header(retry),
-        )
-    view = await services.task_view(task_id, key_id) if is_task_id(task_id) else None
-    if view is None:
-        raise NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
+    tasks = services.tasks
+    view = await tasks.read(key_id, task_id)
     if wait:
-        view = await _until_terminal(
-            services, request, task_id, key_id, view, min(wait, services.settings.max_long_poll)
-        )
-    return _json(orjson.dumps(render_task(services, request, view)))
-
-
-async def _until_terminal(
-    services: Services, request: Request, task_id: str, key_id: str, view: TaskView, wait: float
-) -> TaskView:
-    """Hold the answer until the task is terminal or `wait` seconds passed.
-
-    Woken by the long-poll hub (api/longpoll.py) when the database changed, which re-reads
-    the row (free while it is unchanged: store/fastread.py). A client that hung up ends the
-    wait, and a server shutting down answers every held long-poll with the current state
-    at once instead of cancelling it at the end of its grace period.
-    """
-    deadline = time.monotonic() + wait
-    hub = services.long_polls
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        seen = hub.version()  # before the read, so a commit after it always wakes us
-        latest: TaskView | None = await services.task_view(task_id, key_id)
-        while latest is not None:  # None: purged meanwhile, answer with what we had
-            view = latest
-            remaining = deadline - time.monotonic()
-            if view[VIEW_STATUS] in TERMINAL_VALUES or remaining <= 0:
-                break
-            if gone.done() or services.draining.is_set():  # nobody to answer, or shutting down
-                break
-            await hub.wait(remaining, seen, gone)
-            seen = hub.version()
-            latest = await services.task_view(task_id, key_id)
-    finally:
-        gone.cancel()
-    return view
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            view = await tasks.wait(key_id, task_id, view, wait, gone)
+        finally:
+            gone.cancel()
+    return _json(tasks.answer(view, link_base(tasks, request)))
 
 
 async def _client_gone(request: Request) -> None:

@@ -12,10 +12,11 @@ change since the last poll touches no lock, file or query.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reelq.store.changes import ChangeCounter
 from reelq.store.db import SQLITE_BUSY_TIMEOUT_MS
@@ -23,11 +24,36 @@ from reelq.store.keys import hash_key
 
 MAX_CACHED_KEYS = 10_000
 MAX_CACHED_TASKS = 20_000
-# The columns a status read needs, in the order `TaskView` unpacks them.
-TASK_COLUMNS = (
-    "id, key_id, model, status, started_at, progress, created_at, finished_at, "
-    "video_deleted, actual_duration, total_tokens, error"
-)
+
+
+class TaskView(NamedTuple):
+    """What a status read needs of a task row: the `tasks` columns of the same names.
+
+    A NamedTuple because the fast path caches finished answers keyed on the whole view (it must
+    hash), and because a row fetched by sqlite3 becomes one without copying field by field.
+    """
+
+    id: str
+    key_id: str
+    model: str
+    status: str
+    started_at: float | None
+    progress: int
+    created_at: float
+    finished_at: float | None
+    video_deleted: bool
+    actual_duration: float | None
+    total_tokens: int | None
+    error: str | None
+
+    @classmethod
+    def of(cls, row: Any) -> TaskView:
+        """The view of a store row (store/taskstore.py TaskRow) or anything with these attributes."""
+        return cls._make(_view_fields(row))
+
+
+TASK_COLUMNS = ", ".join(TaskView._fields)
+_view_fields = operator.attrgetter(*TaskView._fields)  # one C call per create answer
 
 
 class SqliteReader:
@@ -40,7 +66,7 @@ class SqliteReader:
         # Each entry is filed under the change counter's value read *before* the database was
         # (the ordering argument in store/changes.py); it is good while the counter still says so.
         self._keys: dict[str, tuple[int, str]] = {}
-        self._tasks: dict[tuple[str, str], tuple[int, tuple[Any, ...]]] = {}
+        self._tasks: dict[tuple[str, str], tuple[int, TaskView]] = {}
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -75,8 +101,8 @@ class SqliteReader:
         )
         return row[0] if row else None
 
-    def task(self, task_id: str, key_id: str) -> tuple[Any, ...] | None:
-        """The task's status columns (TASK_COLUMNS), or None when this key has no such task."""
+    def task(self, task_id: str, key_id: str) -> TaskView | None:
+        """The task's status columns, or None when this key has no such task."""
         now = self._changes.value()
         cache_key = (task_id, key_id)
         cached = self._tasks.get(cache_key)
@@ -87,9 +113,11 @@ class SqliteReader:
             .execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND key_id = ?", (task_id, key_id))
             .fetchone()
         )
-        if row is not None:  # misses are not cached: creates do not bump the counter
-            _put(self._tasks, cache_key, (now, row), MAX_CACHED_TASKS)
-        return row
+        if row is None:  # misses are not cached: creates do not bump the counter
+            return None
+        view = TaskView._make(row)  # only on a miss: a cached read returns the stored view as is
+        _put(self._tasks, cache_key, (now, view), MAX_CACHED_TASKS)
+        return view
 
 
 def _put(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:

@@ -1,0 +1,70 @@
+"""The FastAPI side of errors: every failure of the routed app answered in the SPEC §4 envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from reelq.api.errors import ApiError, error_body
+
+log = logging.getLogger("reelq.api")
+
+_STATUS_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "expired",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    429: "rate_limit_exceeded",
+    500: "internal_error",
+    503: "overloaded",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(error_body(code, message, param), status, headers=headers, media_type="application/json")
+
+
+def _validation_message(error: dict[str, Any]) -> tuple[str | None, str]:
+    loc = [part for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    param = ".".join(str(p) for p in loc) or None
+    return param, str(error.get("msg", "invalid value"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> Response:
+        param, message = _validation_message(exc.errors()[0]) if exc.errors() else (None, "invalid request")
+        text = f"Invalid value for '{param}': {message}." if param else f"Invalid request: {message}."
+        return error_response(400, "invalid_request", text, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = "No such route."
+        elif exc.status_code == 405:
+            message = "Method not allowed on this route."
+        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", "The server hit an unexpected error.")

@@ -1,0 +1,314 @@
+"""The rules of the task surface, once: authenticate, read, long-poll, create, render.
+
+Both HTTP transports call this and only translate: the routed FastAPI app (api/vidu.py, the
+documented surface and the fallback) and the raw-ASGI fast path (api/fastpath.py, what
+uvicorn serves first). They parse the HTTP bits, call a method here, and turn the task view
+or the ApiError it raises into an answer; neither decides anything a client could tell
+apart. Routes added later (list, cancel, events, other API surfaces) call the same methods.
+
+Nothing here imports an HTTP framework: errors are the ApiError family (api/errors.py),
+which carries its status and headers as plain data for the transports to send.
+
+Two spellings of the read exist on purpose. `authenticate_now`/`read_now` run synchronously
+on the event loop and need the inline SQLite reader (store/fastread.py): a status read is
+microseconds and the fast path serves thousands a second, so it pays for no coroutine or
+thread hop. `authenticate`/`read` are the same rules for any database (a thread hop to
+SQLAlchemy where there is no reader); the routed app uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import anyio.to_thread
+import orjson
+
+from reelq.api.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    RateLimited,
+    Unauthorized,
+)
+from reelq.api.longpoll import LongPollHub
+from reelq.api.schemas import parse_json_object, request_fingerprint, task_object, validate_create_off_loop
+from reelq.config import Settings
+from reelq.domain import TERMINAL, Status, is_task_id
+from reelq.ratelimit import Limit, RateLimiter, retry_after_header
+from reelq.storage import LocalStorage
+from reelq.store import QuotaExceeded, Quotas, TaskStore
+from reelq.store.batcher import CreateBatcher
+from reelq.store.errors import StorageFull
+from reelq.store.fastread import SqliteReader, TaskView
+
+MAX_IDEMPOTENCY_KEY = 200
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+# Retry-After hints when a quota is full: no way to know when a render ends, so a polite guess.
+ACTIVE_LIMIT_RETRY = 5.0
+QUEUE_FULL_RETRY = 10.0
+STORAGE_FULL_RETRY = 30.0  # a full disk waits for an operator, not for a render to end
+# Finished answers kept per process (see `answer`); cleared whole when full, refilling is cheap.
+MAX_CACHED_ANSWERS = 4096
+INVALID_KEY = "Invalid or revoked API key."
+
+
+def parse_bearer(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <key>` header value, or Unauthorized."""
+    if not header:
+        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthorized("Malformed Authorization header: expected 'Bearer <key>'.")
+    return token
+
+
+class TaskService:
+    """Reads and creates tasks for an authenticated key; one per API process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        storage: LocalStorage,
+        reader: SqliteReader | None,
+        limiter: RateLimiter,
+        draining: threading.Event,
+        on_stored: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.reader = reader  # the inline SQLite read path; None on other databases
+        self.limiter = limiter
+        self.draining = draining  # set when shutting down: held long-polls answer at once
+        self.public_base_url = settings.public_base_url
+        self.poll_limit = Limit(rate=settings.poll_rate, burst=max(1.0, settings.poll_burst))
+        self.create_limit = Limit(rate=settings.create_rate / 60.0, burst=max(1.0, settings.create_rate))
+        self.quotas = Quotas(max_active_per_key=settings.max_active_per_key, max_queue=settings.max_queue)
+        # Group commit (store/batcher.py); `on_stored` wakes the workers once per stored batch.
+        self.creates = CreateBatcher(store, self.quotas, on_stored=on_stored)
+        self.long_polls = LongPollHub(reader.version if reader else None, draining)
+        self._finished: dict[tuple[str, TaskView], bytes] = {}
+
+    # --- authentication ---------------------------------------------------------------------
+
+    def authenticate_now(self, authorization: str | None) -> str:
+        """The key id of an `Authorization` header value, looked up inline (needs the SQLite reader)."""
+        assert self.reader is not None
+        key_id = self.reader.key_id_for(parse_bearer(authorization))
+        if key_id is None:
+            raise Unauthorized(INVALID_KEY)
+        return key_id
+
+    async def authenticate(self, authorization: str | None) -> str:
+        """The key id of an `Authorization` header value, on any database."""
+        if self.reader is not None:
+            return self.authenticate_now(authorization)
+        key_id = await anyio.to_thread.run_sync(self.store.key_id_for, parse_bearer(authorization))
+        if key_id is None:
+            raise Unauthorized(INVALID_KEY)
+        return key_id
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def read_now(self, key_id: str, task_id: str) -> TaskView:
+        """The key's task, read inline (needs the SQLite reader); RateLimited or NotFound."""
+        assert self.reader is not None
+        retry = self.limiter.acquire(f"poll:{key_id}:{task_id}", self.poll_limit)
+        if retry:
+            raise self._reading_too_fast(retry)
+        view = self.reader.task(task_id, key_id) if is_task_id(task_id) else None
+        if view is None:
+            raise _no_such_task(task_id)
+        return view
+
+    async def read(self, key_id: str, task_id: str) -> TaskView:
+        """The key's task, on any database; RateLimited or NotFound."""
+        if self.reader is not None:
+            return self.read_now(key_id, task_id)
+        retry = self.limiter.acquire(f"poll:{key_id}:{task_id}", self.poll_limit)
+        if retry:
+            raise self._reading_too_fast(retry)
+        view = await self._lookup(task_id, key_id) if is_task_id(task_id) else None
+        if view is None:
+            raise _no_such_task(task_id)
+        return view
+
+    async def wait(
+        self,
+        key_id: str,
+        task_id: str,
+        view: TaskView,
+        seconds: float,
+        gone: asyncio.Future[None] | None = None,
+    ) -> TaskView:
+        """Hold a read (`view`, just read) until the task is terminal or `seconds` passed (a long-poll).
+
+        Woken by the long-poll hub (api/longpoll.py) when the database changed, which re-reads
+        the row (free while it is unchanged: store/fastread.py). `gone` completes when the client
+        hung up, which ends the wait; so does a shutdown, answering every held long-poll with the
+        current state at once instead of cancelling it at the end of its grace period. A task
+        purged meanwhile answers with what was last read.
+        """
+        deadline = time.monotonic() + min(seconds, self.settings.max_long_poll)
+        hub = self.long_polls
+        seen = hub.version()  # before the read, so a commit after it always wakes us
+        latest: TaskView | None = await self._lookup(task_id, key_id)
+        while latest is not None:
+            view = latest
+            remaining = deadline - time.monotonic()
+            if view.status in TERMINAL_VALUES or remaining <= 0:
+                break
+            if (gone is not None and gone.done()) or self.draining.is_set():
+                break
+            await hub.wait(remaining, seen, gone)
+            seen = hub.version()
+            latest = await self._lookup(task_id, key_id)
+        return view
+
+    async def _lookup(self, task_id: str, key_id: str) -> TaskView | None:
+        if self.reader is not None:
+            return self.reader.task(task_id, key_id)
+        row = await anyio.to_thread.run_sync(self.store.get_task, task_id, key_id)
+        return None if row is None else TaskView.of(row)
+
+    def _reading_too_fast(self, retry: float) -> RateLimited:
+        return RateLimited(
+            f"Too many status reads for this task: at most {self.settings.poll_rate:g} per second.",
+            retry_after_header(retry),
+        )
+
+    # --- creates ----------------------------------------------------------------------------
+
+    async def create(
+        self, key_id: str, body: bytes, content_type: str | None, idempotency_key: str | None
+    ) -> TaskView:
+        """Validate and store a create request (the raw body and its headers); the new (or replayed) task.
+
+        Raises RateLimited (creates per minute, or the key's active tasks), InvalidRequest,
+        Conflict (Idempotency-Key reused with another body), Overloaded (queue full) or
+        InsufficientStorage (no room to store it).
+        """
+        wait = self.limiter.acquire(f"create:{key_id}", self.create_limit)
+        if wait:
+            raise RateLimited(
+                f"Too many creates: at most {self.settings.create_rate:g} per minute per key.",
+                retry_after_header(wait),
+            )
+        idempotency_key = _idempotency_key(idempotency_key)
+        data = parse_json_object(body, content_type)
+        models = self.settings.models
+        new = await validate_create_off_loop(data, models)  # image decodes run in a thread
+        if idempotency_key is not None:
+            new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
+        try:
+            row, created = await self.creates.create(key_id, new)
+        except StorageFull:
+            raise InsufficientStorage(
+                "The server has no room to store the task; nothing was stored. Try again later.",
+                retry_after_header(STORAGE_FULL_RETRY),
+            ) from None
+        except QuotaExceeded as exc:
+            if exc.kind == "queue":
+                raise Overloaded(
+                    "The queue is full; try again later.", retry_after_header(QUEUE_FULL_RETRY)
+                ) from None
+            raise RateLimited(
+                f"This key already has {exc.limit} tasks waiting or running; wait for one to finish.",
+                retry_after_header(ACTIVE_LIMIT_RETRY),
+                code="too_many_active_tasks",
+            ) from None
+        if not created and row.request_hash != new.request_hash:
+            raise Conflict(
+                "This Idempotency-Key was already used with a different request body.",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        return TaskView.of(row)
+
+    # --- answers ----------------------------------------------------------------------------
+
+    def link_base(
+        self, scheme: str, host: str | None, root: str, server: tuple[str, int | None] | None = None
+    ) -> str:
+        """Where video links point: the configured public base, else the address the request came to.
+
+        That address is `scheme://host` + `root` (the root path the request came under), as
+        Starlette's `request.base_url` spells it less the slash. `host` is the Host header; without
+        one, `server` (the address the server listens on, default port left out: a transport may
+        pass it only when there is no Host header); without that either, localhost.
+        """
+        if self.public_base_url:
+            return self.public_base_url
+        if not host:
+            if server:
+                name, port = server
+                if ":" in name and not name.startswith("["):
+                    name = f"[{name}]"  # an IPv6 address
+                default = {"http": 80, "https": 443}.get(scheme)
+                host = name if port == default else f"{name}:{port}"
+            else:
+                host = "localhost"
+        return f"{scheme}://{host}{root}"
+
+    def render(self, view: TaskView, base_url: str) -> dict[str, Any]:
+        """The wire task object (SPEC §1); `base_url` is where its video link points (`link_base`)."""
+        url = None
+        if view.status == Status.COMPLETED:
+            expires = int(view.finished_at + self.settings.video_url_ttl)
+            url = self.storage.signed_url(base_url, view.id, expires)
+        return task_object(
+            task_id=view.id,
+            model=view.model,
+            created_at=view.created_at,
+            status=view.status,
+            started=view.started_at is not None,
+            progress=view.progress,
+            video_url=url,
+            actual_duration=view.actual_duration,
+            total_tokens=view.total_tokens,
+            error=view.error,
+        )
+
+    def answer(self, view: TaskView, base_url: str) -> bytes:
+        """The task object as the JSON body both transports send."""
+        if view.status not in TERMINAL_VALUES:
+            return orjson.dumps(self.render(view, base_url))
+        # A finished task reads the same until it is purged: keyed on the whole row, the
+        # cached answer can never be stale, and clients poll finished tasks a lot.
+        cache_key = (base_url, view)
+        body = self._finished.get(cache_key)
+        if body is None:
+            body = orjson.dumps(self.render(view, base_url))
+            if len(self._finished) >= MAX_CACHED_ANSWERS:
+                self._finished.clear()
+            self._finished[cache_key] = body
+        return body
+
+    def close(self) -> None:
+        """Store the creates still queued."""
+        self.creates.close()
+
+
+def _no_such_task(task_id: str) -> NotFound:
+    return NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY or not all(32 <= ord(c) < 127 for c in value):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1..200 printable ASCII characters.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return value
