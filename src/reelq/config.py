@@ -59,8 +59,16 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(1.0, gt=0)
     queued_redispatch_seconds: float = Field(5.0, gt=0)
     drain_seconds: float = Field(30.0, ge=0)
+    # Each render gets base + factor x its work (seconds of video x pixels / 720p pixels) + the synthetic
+    # delay, from the claim; then it is stopped and its task fails (not retried: it would run away again).
+    # A render that ignores the stop for `grace` more seconds takes its worker process down with it.
+    render_deadline_base: float = Field(120.0, gt=0)
+    render_deadline_factor: float = Field(10.0, ge=0)
+    render_deadline_grace: float = Field(30.0, gt=0)
     # Fault drills: a prompt containing this term makes its render worker die abruptly mid-render.
     fault_drill_term: str | None = None
+    # ... and this one makes its render hang without ever reporting progress again (the deadline drill).
+    fault_drill_hang_term: str | None = None
     fetch_timeout: float = Field(10.0, gt=0)
     fetch_deadline: float = Field(30.0, gt=0)
 

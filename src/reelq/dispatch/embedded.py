@@ -27,7 +27,7 @@ from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener, rin
 from reelq.engines import build_engines
 from reelq.storage import LocalStorage
 from reelq.store import TaskStore, make_engine, migrate
-from reelq.worker import WorkerContext, make_worker_id, run_task, worker_marker
+from reelq.worker import WorkerContext, end_worker_process, make_worker_id, run_task, worker_marker
 
 log = logging.getLogger("reelq.dispatch")
 
@@ -47,6 +47,9 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
         storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
         engines=build_engines(settings),
         worker_id=make_worker_id(name),
+        # A render stuck past its deadline ends this process (the supervisor starts a fresh one); not
+        # when the loop runs on a thread (`stop` given) of a process that is not a worker's own.
+        hard_stop=end_worker_process if stop is None else None,
     )
     if stop is None:
 

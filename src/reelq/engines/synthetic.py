@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import itertools
 import math
 import time
 import unicodedata
@@ -19,7 +20,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from reelq.domain import VideoSpec
+from reelq.domain import MAX_PROMPT_CHARS, VideoSpec
 from reelq.engines.base import ProgressCallback, RenderInputs
 from reelq.media import BT709_RGB_TO_YUV, YUV_OFFSET, Mp4Writer, cover_box, cover_fit
 
@@ -335,13 +336,19 @@ def _disc_sprite(radius: float, color: np.ndarray, opacity: float) -> tuple[np.n
 
 _Font = ImageFont.FreeTypeFont | ImageFont.ImageFont  # what load_default() gives, with or without FreeType
 
+# Text kept for layout, in rendered width: this many times what the lines can hold. Generous, so that
+# kerning (a string is a little narrower than the sum of its glyphs) never leaves the lines short of text,
+# yet bounded, so that no prompt makes layout cost more than a few lines' worth of measuring.
+_LAYOUT_SLACK = 2.0
+_ELLIPSIS = "..."
+
 
 def _text_sprite(prompt: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The prompt's words in white over a soft shadow, rendered once by Pillow, as RGB (keep, add)."""
     short = min(width, height)
     size = max(12, round(short * 0.05))
     font = ImageFont.load_default(size=size)
-    lines = _wrap(_renderable(prompt, font), font, max_width=width * 0.84, max_lines=3)
+    lines = _layout(prompt, font, max_width=width * 0.84, max_lines=3)
     if not lines:
         return None
     text = "\n".join(lines)
@@ -366,22 +373,62 @@ def _text_sprite(prompt: str, width: int, height: int) -> tuple[np.ndarray, np.n
     return keep, add
 
 
-def _renderable(prompt: str, font: _Font) -> str:
-    """The prompt reduced to what the bundled font can draw: accents stripped, other scripts dropped.
+def _layout(prompt: str, font: _Font, max_width: float, max_lines: int) -> list[str]:
+    """The lines drawn for a prompt; costs a few lines' worth of measuring whatever the prompt holds."""
+    return _wrap(_renderable(prompt, font, _LAYOUT_SLACK * max_lines * max_width), font, max_width, max_lines)
+
+
+def _renderable(prompt: str, font: _Font, budget: float) -> str:
+    """The prompt reduced to what the bundled font can draw (accents stripped, other scripts dropped), cut
+    once the glyphs kept are `budget` pixels wide: only a few lines are ever drawn.
 
     Pillow's default font covers ASCII only; anything else would be drawn as a row of tofu boxes.
+    Each prompt character is normalised (NFKD) on its own and the result cached: per character the
+    decomposition is the same as the whole string's, because canonical reordering only moves combining
+    marks, which are dropped. So a prompt costs one dictionary look-up per character read, plus one
+    glyph check per distinct character, and reading stops at the budget: `"\u338f" * 5000` ("kcal" each)
+    no longer becomes 20,000 characters to lay out.
     """
-    decomposed = unicodedata.normalize("NFKD", " ".join(prompt.split()))
     missing = bytes(font.getmask("\U0010fffd"))
-    cache: dict[str, bool] = {}
-    out = []
-    for ch in decomposed:
-        if unicodedata.combining(ch):
-            continue
-        if ch not in cache:
-            cache[ch] = ch == " " or (ch.isprintable() and bytes(font.getmask(ch)) != missing)
-        out.append(ch if cache[ch] else " ")
+    glyphs: dict[str, float | None] = {}  # character -> its width when drawable, else None
+    forms: dict[str, tuple[str, float]] = {}  # prompt character -> (what is drawn for it, its width)
+    out: list[str] = []
+    used = 0.0
+    # The API refuses longer prompts; the cap keeps the engine bounded when called some other way.
+    for ch in itertools.islice(prompt, MAX_PROMPT_CHARS):
+        form = forms.get(ch)
+        if form is None:
+            form = forms[ch] = _drawn_form(ch, font, missing, glyphs)
+        out.append(form[0])
+        used += form[1]
+        if used > budget:
+            break
     return " ".join("".join(out).split())
+
+
+def _drawn_form(ch: str, font: _Font, missing: bytes, glyphs: dict[str, float | None]) -> tuple[str, float]:
+    """What one prompt character becomes on screen, and a width that counts towards the layout budget."""
+    if ch.isspace():
+        return " ", 0.0
+    drawn: list[str] = []
+    width = 0.0
+    for part in unicodedata.normalize("NFKD", ch):  # at most 18 characters (U+FDFA)
+        if unicodedata.combining(part):
+            continue
+        if part == " ":
+            drawn.append(" ")
+            continue
+        if part not in glyphs:
+            drawable = part.isprintable() and bytes(font.getmask(part)) != missing
+            # At least a pixel each, so that even a zero-width glyph counts against the budget.
+            glyphs[part] = max(1.0, font.getlength(part)) if drawable else None
+        glyph_width = glyphs[part]
+        if glyph_width is None:
+            drawn.append(" ")
+        else:
+            drawn.append(part)
+            width += glyph_width
+    return "".join(drawn), width
 
 
 def _wrap(text: str, font: _Font, max_width: float, max_lines: int) -> list[str]:
@@ -392,8 +439,7 @@ def _wrap(text: str, font: _Font, max_width: float, max_lines: int) -> list[str]
     while i < len(words) and len(lines) < max_lines:
         line = words[i]
         if font.getlength(line) > max_width:  # one overlong word: cut it and carry the rest over
-            while font.getlength(line) > max_width and len(line) > 1:
-                line = line[:-1]
+            line = line[: max(1, _fitting_prefix(line, "", font, max_width))]
             words[i] = words[i][len(line) :]
             lines.append(line)
             continue
@@ -404,10 +450,24 @@ def _wrap(text: str, font: _Font, max_width: float, max_lines: int) -> list[str]
         lines.append(line)
     if i < len(words) and lines:
         last = lines[-1]
-        while last and font.getlength(last + "...") > max_width:
-            last = last[:-1]
-        lines[-1] = last.rstrip() + "..."
+        lines[-1] = last[: _fitting_prefix(last, _ELLIPSIS, font, max_width)].rstrip() + _ELLIPSIS
     return lines
+
+
+def _fitting_prefix(text: str, suffix: str, font: _Font, max_width: float) -> int:
+    """The longest n such that text[:n] + suffix is at most `max_width` wide (0 when none is).
+
+    Binary search (width grows with each character): a log of the length in measurements, where
+    shortening one character at a time measured a 5,000-character word thousands of times.
+    """
+    lo, hi = 0, len(text)  # text[:lo] + suffix fits, or lo == 0; text[:hi + 1] + suffix does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if font.getlength(text[:mid] + suffix) <= max_width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 # -- image-to-video ------------------------------------------------------------------------------------
