@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reelq.store import NewTask, QuotaExceeded, Quotas, TaskStore, make_engine, migrate
-from reelq.store.batcher import CreateBatcher
+from reelq.database import NewTask, QuotaExceeded, Quotas, TaskStore, make_engine, migrate
+from reelq.database.batcher import CreateBatcher
 
 
 @pytest.fixture

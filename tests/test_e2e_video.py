@@ -365,7 +365,7 @@ def worker_pids(server: Server) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == server.process.pid and b"reelq.dispatch.embedded" in cmdline:
+        if ppid == server.process.pid and b"reelq.worker.process" in cmdline:
             pids.append(int(entry.name))
     return pids
 

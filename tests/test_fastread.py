@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from reelq.database import NewTask, TaskStore, make_engine, migrate
+from reelq.database.changes import ChangeCounter
+from reelq.database.fastread import SqliteReader, TaskView
 from reelq.domain import Status
-from reelq.store import NewTask, TaskStore, make_engine, migrate
-from reelq.store.changes import ChangeCounter
-from reelq.store.fastread import SqliteReader, TaskView
 
 
 def _store(db: Path) -> TaskStore:

@@ -20,10 +20,10 @@ import pytest
 
 from reelq import worker
 from reelq.config import load_settings
-from reelq.dispatch.embedded import _pid_alive
+from reelq.database import NewTask, TaskStore, make_engine, migrate
+from reelq.dispatch.supervisor import _pid_alive
 from reelq.engines import build_engines
 from reelq.storage import LocalStorage
-from reelq.store import NewTask, TaskStore, make_engine, migrate
 from reelq.worker import Outcome, WorkerContext, make_worker_id, run_task
 from tests.conftest import Server, free_port, reelq_env, wait_terminal
 from tests.test_api import assert_error

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reelq.api.errors import InvalidRequest
-from reelq.api.schemas import validate_create_off_loop
 from reelq.images import DECODE_BUDGET_BYTES
+from reelq.service.errors import InvalidRequest
+from reelq.service.schemas import validate_create_off_loop
 from tests.conftest import Server
 
 MB = 1024 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from reelq.api.longpoll import TICK, LongPollHub
+from reelq.service.longpoll import TICK, LongPollHub
 
 # Generous bounds: the hub answers within a tick (20 ms), but the test box may be loaded.
 PROMPTLY = 5.0

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from reelq.store import NewTask, Quotas, TaskStore, make_engine, migrate
-from reelq.store.quotas import QuotaCounts
+from reelq.database import NewTask, Quotas, TaskStore, make_engine, migrate
+from reelq.database.quotas import QuotaCounts
 
 BIG = 1000  # a limit far away: counts are reused
 

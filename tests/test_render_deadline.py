@@ -13,7 +13,7 @@ import pytest
 
 from reelq.config import load_settings
 from reelq.domain import VideoSpec
-from reelq.worker import render_deadline
+from reelq.worker.heartbeat import render_deadline
 from tests.conftest import REELQ, Server, reelq_env, wait_terminal
 from tests.test_e2e_video import worker_pids
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from reelq.config import ConfigError, Settings, load_settings
-from reelq.dispatch.embedded import Supervisor
+from reelq.database import NewTask
+from reelq.dispatch.supervisor import Supervisor
 from reelq.domain import TERMINAL
 from reelq.engines import ENGINES, build_engines
 from reelq.engines.synthetic import SyntheticEngine
-from reelq.store import NewTask
 
 
 def test_log_level_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from reelq.database import NewTask, QuotaExceeded, Quotas, TaskStore, make_engine, migrate
 from reelq.domain import Status
-from reelq.store import NewTask, QuotaExceeded, Quotas, TaskStore, make_engine, migrate
 
 POSTGRES_URL = os.environ.get("REELQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -30,15 +30,15 @@ from PIL import Image
 
 from reelq.api import create_app, create_asgi
 from reelq.api.app import build_services
-from reelq.api.errors import Conflict, NotFound, RateLimited, Unauthorized
 from reelq.api.services import Services
 from reelq.config import Settings, load_settings
+from reelq.database import NewTask, TaskStore, make_engine, migrate
+from reelq.database.fastread import SqliteReader
 from reelq.domain import Status, is_task_id
 from reelq.ratelimit import MemoryRateLimiter
 from reelq.service import TaskService, TaskView
+from reelq.service.errors import Conflict, NotFound, RateLimited, Unauthorized
 from reelq.storage import LocalStorage
-from reelq.store import NewTask, TaskStore, make_engine, migrate
-from reelq.store.fastread import SqliteReader
 
 pytestmark = pytest.mark.anyio
 

@@ -20,8 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from reelq.api.errors import InvalidRequest
-from reelq.api.schemas import parse_json_object, request_fingerprint, validate_create
+from reelq.database import NewTask
 from reelq.domain import (
     ASPECT_RATIOS,
     DEFAULT_DURATION,
@@ -33,7 +32,8 @@ from reelq.domain import (
     has_visible_text,
 )
 from reelq.images import url_syntax_problem
-from reelq.store import NewTask
+from reelq.service.errors import InvalidRequest
+from reelq.service.schemas import parse_json_object, request_fingerprint, validate_create
 
 MODELS = ["viduq3-pro", "viduq3-turbo"]
 REQUIRED = ("model", "prompt")

@@ -48,7 +48,7 @@ def _logging(settings: Settings) -> None:
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from reelq.store import TaskStore, make_engine, migrate
+    from reelq.database import TaskStore, make_engine, migrate
 
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
@@ -93,7 +93,7 @@ def serve(
     from reelq.api import create_asgi
     from reelq.api.app import build_services
     from reelq.api.server import server_options
-    from reelq.dispatch.embedded import Supervisor
+    from reelq.dispatch.supervisor import Supervisor
 
     settings = _settings(workers=workers, root_path=root_path, home=home)
     _logging(settings)
@@ -146,7 +146,7 @@ def worker(
     home: HomeOpt = None,
 ) -> None:
     """Run render workers without the API (they share the database with the API processes)."""
-    from reelq.dispatch.embedded import Supervisor
+    from reelq.dispatch.supervisor import Supervisor
 
     settings = _settings(home=home)
     _logging(settings)
@@ -282,11 +282,11 @@ def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: 
 
 
 def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -> None:
-    from reelq.api.errors import ApiError
-    from reelq.api.schemas import validate_create
     from reelq.dispatch.doorbell import ring
     from reelq.domain import TERMINAL
     from reelq.engines import build_engines
+    from reelq.service.errors import ApiError
+    from reelq.service.schemas import validate_create
     from reelq.storage import LocalStorage
     from reelq.worker import WorkerContext, make_worker_id, run_task
 

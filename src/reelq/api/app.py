@@ -29,10 +29,10 @@ from reelq.api.vidu import (
     error_response_doc,
 )
 from reelq.config import Settings, load_settings
+from reelq.database import TaskStore, make_engine, migrate
+from reelq.database.fastread import SqliteReader
 from reelq.storage import LocalStorage
 from reelq.storage.local import room_problem
-from reelq.store import TaskStore, make_engine, migrate
-from reelq.store.fastread import SqliteReader
 
 log = logging.getLogger("reelq.api")
 

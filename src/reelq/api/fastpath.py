@@ -20,9 +20,9 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reelq.api.errors import ApiError, error_body
 from reelq.api.middleware import MAX_BODY_BYTES, declared_too_large, too_large_body, under_root
 from reelq.api.services import Services
+from reelq.service.errors import ApiError, error_body
 
 log = logging.getLogger("reelq.api")
 

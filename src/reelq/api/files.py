@@ -9,10 +9,10 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
-from reelq.api.errors import ApiError, Forbidden, Gone, NotFound
 from reelq.api.services import ServicesDep
 from reelq.api.vidu import error_response_doc
 from reelq.domain import Status, is_task_id
+from reelq.service.errors import ApiError, Forbidden, Gone, NotFound
 
 router = APIRouter()
 

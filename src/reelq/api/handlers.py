@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from reelq.api.errors import ApiError, error_body
+from reelq.service.errors import ApiError, error_body
 
 log = logging.getLogger("reelq.api")
 

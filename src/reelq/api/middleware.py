@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reelq.api.errors import error_body
+from reelq.service.errors import error_body
 
 MAX_BODY_BYTES = 50 * 1024 * 1024
 

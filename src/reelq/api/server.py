@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from reelq.api.errors import error_body
 from reelq.config import Settings
+from reelq.service.errors import error_body
 
 log = logging.getLogger("reelq.server")
 # The event loop's own clock (asyncio's loop.time() is time.monotonic()), without its method call.

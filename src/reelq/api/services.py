@@ -9,12 +9,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from reelq.config import Settings
+from reelq.database import TaskStore
+from reelq.database.fastread import SqliteReader
 from reelq.dispatch.doorbell import ring
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
 from reelq.storage import LocalStorage
-from reelq.store import TaskStore
-from reelq.store.fastread import SqliteReader
 
 
 @dataclass

@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
-from reelq.api.errors import InvalidRequest
 from reelq.api.services import ServicesDep
 from reelq.domain import wire_number
+from reelq.service.errors import InvalidRequest
 
 router = APIRouter()
 

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
-from reelq.api.schemas import CreateVideoRequest
 from reelq.api.services import ServicesDep
 from reelq.domain import Status
 from reelq.service import TaskService
+from reelq.service.schemas import CreateVideoRequest
 from reelq.service.tasks import MAX_IDEMPOTENCY_KEY
 
 router = APIRouter()

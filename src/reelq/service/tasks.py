@@ -28,7 +28,14 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
-from reelq.api.errors import (
+from reelq.config import Settings
+from reelq.database import QuotaExceeded, Quotas, TaskStore
+from reelq.database.batcher import CreateBatcher
+from reelq.database.errors import StorageFull
+from reelq.database.fastread import SqliteReader, TaskView
+from reelq.domain import TERMINAL, Status, is_task_id
+from reelq.ratelimit import Limit, RateLimiter, retry_after_header
+from reelq.service.errors import (
     Conflict,
     InsufficientStorage,
     InvalidRequest,
@@ -37,16 +44,14 @@ from reelq.api.errors import (
     RateLimited,
     Unauthorized,
 )
-from reelq.api.longpoll import LongPollHub
-from reelq.api.schemas import parse_json_object, request_fingerprint, task_object, validate_create_off_loop
-from reelq.config import Settings
-from reelq.domain import TERMINAL, Status, is_task_id
-from reelq.ratelimit import Limit, RateLimiter, retry_after_header
+from reelq.service.longpoll import LongPollHub
+from reelq.service.schemas import (
+    parse_json_object,
+    request_fingerprint,
+    task_object,
+    validate_create_off_loop,
+)
 from reelq.storage import LocalStorage
-from reelq.store import QuotaExceeded, Quotas, TaskStore
-from reelq.store.batcher import CreateBatcher
-from reelq.store.errors import StorageFull
-from reelq.store.fastread import SqliteReader, TaskView
 
 MAX_IDEMPOTENCY_KEY = 200
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)

@@ -1,13 +1,13 @@
 """The tasks database: schema and migrations, `TaskStore` (keys, tasks, the state machine, usage,
 quotas: one module each) and the hot read path."""
 
-from reelq.store.db import make_engine, migrate
-from reelq.store.keys import ApiKey, hash_key
-from reelq.store.lifecycle import SweepResult
-from reelq.store.quotas import QuotaExceeded, Quotas
-from reelq.store.tasks import NewTask, TaskRow
-from reelq.store.taskstore import TaskStore
-from reelq.store.usage import UsageRow
+from reelq.database.db import make_engine, migrate
+from reelq.database.keys import ApiKey, hash_key
+from reelq.database.lifecycle import SweepResult
+from reelq.database.quotas import QuotaExceeded, Quotas
+from reelq.database.tasks import NewTask, TaskRow
+from reelq.database.taskstore import TaskStore
+from reelq.database.usage import UsageRow
 
 __all__ = [
     "ApiKey",

@@ -1,10 +1,10 @@
-"""Alembic environment: the connection is handed over by reelq.store.migrate (no alembic.ini needed)."""
+"""Alembic environment: the connection is handed over by reelq.database.migrate (no alembic.ini needed)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from reelq.store.tables import metadata
+from reelq.database.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
+from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
+from reelq.database.tables import task_inputs, tasks
 from reelq.domain import Status, VideoSpec, new_task_id
-from reelq.store.quotas import QuotaCounts, QuotaExceeded, Quotas
-from reelq.store.tables import task_inputs, tasks
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 

@@ -18,9 +18,9 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from reelq.store.changes import ChangeCounter
-from reelq.store.db import SQLITE_BUSY_TIMEOUT_MS
-from reelq.store.keys import hash_key
+from reelq.database.changes import ChangeCounter
+from reelq.database.db import SQLITE_BUSY_TIMEOUT_MS
+from reelq.database.keys import hash_key
 
 MAX_CACHED_KEYS = 10_000
 MAX_CACHED_TASKS = 20_000

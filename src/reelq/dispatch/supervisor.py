@@ -1,15 +1,14 @@
-"""Embedded dispatch: render worker processes that claim rows, and the supervisor that keeps them alive.
+"""The supervisor of the embedded render workers, and the sweeper.
 
-`reelq serve` = uvicorn (API) in the main process + `Supervisor` threads; each worker is
-a child process (`python -m reelq.dispatch.embedded`) in the same process group, so a
-kill of the group takes everything down and the leases bring the work back on restart.
-A child reads its settings from stdin (`Settings.to_json`), never from the environment:
-it runs with what the supervisor validated, and the signing secret stays out of `ps`.
+`reelq serve` = uvicorn (API) in the main process + `Supervisor` threads; each render worker is
+a child process (`python -m reelq.worker.process`) in the same process group, so a kill of the
+group takes everything down and the leases bring the work back on restart. A child reads its
+settings from stdin (`Settings.to_json`), never from the environment: it runs with what the
+supervisor validated, and the signing secret stays out of `ps`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -23,80 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reelq.config import Settings
-from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener, ring
-from reelq.engines import build_engines
+from reelq.database import TaskStore, make_engine, migrate
+from reelq.dispatch.doorbell import ring
 from reelq.storage import LocalStorage
-from reelq.store import TaskStore, make_engine, migrate
-from reelq.worker import WorkerContext, end_worker_process, make_worker_id, run_task, worker_marker
+from reelq.worker import worker_marker
 
 log = logging.getLogger("reelq.dispatch")
 
 RESTART_BACKOFF_MAX = 10.0
 MONITOR_INTERVAL = 0.2
 TEMP_FILE_MAX_AGE_FACTOR = 4  # x lease: a temp file this old belongs to no live render
-
-
-# ---- the worker process -----------------------------------------------------------------------
-def worker_loop(settings: Settings, name: str, stop: threading.Event | None = None) -> None:
-    """Claim and run tasks until SIGTERM/SIGINT (or `stop`); a render in flight finishes or is handed back."""
-    engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
-    ctx = WorkerContext(
-        settings=settings,
-        store=TaskStore(engine),
-        storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
-        engines=build_engines(settings),
-        worker_id=make_worker_id(name),
-        # A render stuck past its deadline ends this process (the supervisor starts a fresh one); not
-        # when the loop runs on a thread (`stop` given) of a process that is not a worker's own.
-        hard_stop=end_worker_process if stop is None else None,
-    )
-    if stop is None:
-
-        def _drain(_signum: int, _frame: object) -> None:
-            ctx.start_drain()
-
-        signal.signal(signal.SIGTERM, _drain)
-        signal.signal(signal.SIGINT, _drain)
-    else:
-        threading.Thread(target=lambda: (stop.wait(), ctx.start_drain()), daemon=True).start()
-
-    listener = DoorbellListener(settings.run_dir, f"{os.getpid()}")
-    log.info("worker %s ready", ctx.worker_id)
-    try:
-        while not ctx.draining.is_set():
-            try:
-                task = ctx.store.claim_next(ctx.worker_id, settings.lease_seconds)
-            except Exception as exc:
-                # A database that cannot be written (disk full, locked past its timeout) is a
-                # condition to wait out, not a reason to die: a restarted worker would meet it too.
-                log.warning("claim failed (%s: %s); retrying", type(exc).__name__, exc)
-                listener.wait(FALLBACK_POLL_SECONDS)
-                continue
-            if task is None:
-                listener.wait(FALLBACK_POLL_SECONDS)
-                continue
-            try:
-                outcome = run_task(ctx, task)
-            except Exception:
-                # run_task settles every render error itself; this is the store failing under us.
-                # The lease brings the task back; this process stays up for the next one.
-                log.exception("task %s: could not be settled; its lease will lapse", task.id)
-                continue
-            log.info("task %s: %s (attempt %d)", task.id, outcome.value, task.attempts)
-    finally:
-        listener.close()
-        engine.dispose()
-
-
-def _worker_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="reelq-worker", description="Settings JSON on stdin.")
-    parser.add_argument("--name", default="w")
-    args = parser.parse_args(argv)
-    settings = Settings.from_json(sys.stdin.buffer.read())
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    worker_loop(settings, args.name)
 
 
 # ---- the supervisor ---------------------------------------------------------------------------
@@ -165,7 +100,7 @@ class Supervisor:
         env = dict(os.environ)
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "reelq.dispatch.embedded", "--name", child.name],
+            [sys.executable, "-m", "reelq.worker.process", "--name", child.name],
             env=env,
             stdin=subprocess.PIPE,
         )
@@ -256,7 +191,3 @@ class Supervisor:
         for thread in self._threads:
             thread.join(timeout=2)
         self.store.engine.dispose()
-
-
-if __name__ == "__main__":
-    _worker_main()

@@ -20,10 +20,10 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, update
 
+from reelq.database import usage
+from reelq.database.tables import tasks
+from reelq.database.tasks import TaskRow
 from reelq.domain import Status
-from reelq.store import usage
-from reelq.store.tables import tasks
-from reelq.store.tasks import TaskRow
 
 QUEUED, PROCESSING = Status.QUEUED.value, Status.PROCESSING.value
 

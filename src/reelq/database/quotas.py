@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, select
 
+from reelq.database.tables import tasks
 from reelq.domain import Status
-from reelq.store.tables import tasks
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from reelq.store import keys, lifecycle, tasks, usage
-from reelq.store.changes import ChangeCounter
-from reelq.store.keys import ApiKey
-from reelq.store.lifecycle import SweepResult
-from reelq.store.quotas import QuotaCounts, QuotaExceeded, Quotas
-from reelq.store.tasks import IDEMPOTENCY_WINDOW_SECONDS, NewTask, TaskRow
-from reelq.store.usage import UsageRow
+from reelq.database import keys, lifecycle, tasks, usage
+from reelq.database.changes import ChangeCounter
+from reelq.database.keys import ApiKey
+from reelq.database.lifecycle import SweepResult
+from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
+from reelq.database.tasks import IDEMPOTENCY_WINDOW_SECONDS, NewTask, TaskRow
+from reelq.database.usage import UsageRow
 
 
 def change_counter_for(engine: Engine) -> ChangeCounter | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, or_, select, update
 
-from reelq.store.tables import api_keys
+from reelq.database.tables import api_keys
 
 KEY_PREFIX = "rq_"
 LOCAL_KEY_ID = "key_local"

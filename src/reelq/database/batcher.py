@@ -27,12 +27,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reelq.store.errors import StorageFull, is_storage_full
-from reelq.store.quotas import QuotaExceeded, Quotas
-from reelq.store.tasks import NewTask, TaskRow
-from reelq.store.taskstore import TaskStore
+from reelq.database.errors import StorageFull, is_storage_full
+from reelq.database.quotas import QuotaExceeded, Quotas
+from reelq.database.tasks import NewTask, TaskRow
+from reelq.database.taskstore import TaskStore
 
-log = logging.getLogger("reelq.store")
+log = logging.getLogger("reelq.database")
 
 MAX_BATCH = 256
 Outcome = tuple[TaskRow, bool] | BaseException

@@ -12,7 +12,7 @@ import anyio.to_thread
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from reelq.api.errors import InvalidRequest
+from reelq.database import NewTask
 from reelq.domain import (
     DEFAULT_DURATION,
     MAX_DURATION,
@@ -25,7 +25,7 @@ from reelq.domain import (
     wire_status,
 )
 from reelq.images import DECODE_SLOTS, ImageError, is_data_uri, url_syntax_problem, validate_image_reference
-from reelq.store import NewTask
+from reelq.service.errors import InvalidRequest
 
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4"]
 Resolution = Literal["540p", "720p", "1080p"]

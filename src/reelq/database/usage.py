@@ -9,7 +9,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from reelq.store.tables import usage_daily
+from reelq.database.tables import usage_daily
 
 
 @dataclass(frozen=True, slots=True)
