@@ -1,4 +1,4 @@
-"""Group commit of creates (store/batcher.py) on a real SQLite file."""
+"""Group commit of creates (database/batcher.py) on a real SQLite file."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The cached read path: every change committed by any process is seen by the next read.
 
-The status endpoint caches key lookups and task rows per process (store/fastread.py) and
-relies on the shared change counter (store/changes.py) to drop them. These tests write
+The status endpoint caches key lookups and task rows per process (database/fastread.py) and
+relies on the shared change counter (database/changes.py) to drop them. These tests write
 from other processes, as render workers and `reelq keys revoke` do, and read through one
 long-lived reader that has the old answers cached.
 """

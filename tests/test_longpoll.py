@@ -1,4 +1,4 @@
-"""The long-poll hub (api/longpoll.py) on a real event loop, with a change counter the test moves."""
+"""The long-poll hub (service/longpoll.py) on a real event loop, with a change counter the test moves."""
 
 from __future__ import annotations
 

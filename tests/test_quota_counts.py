@@ -1,4 +1,4 @@
-"""The quota count cache (store/quotas.py: QuotaCounts) over a real SQLite file, on a clock the test moves."""
+"""The quota count cache (database/quotas.py: QuotaCounts) on a real SQLite file and a test clock."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ point lookup in WAL mode, 0.93x. A read takes microseconds, so it runs on the ev
 loop without a thread hop. Writes still go through TaskStore (SQLAlchemy).
 
 Key lookups and task rows are cached in this process and dropped whenever any process
-commits a change to the database (store/changes.py): a poll of a task that did not
+commits a change to the database (database/changes.py): a poll of a task that did not
 change since the last poll touches no lock, file or query.
 """
 
@@ -48,7 +48,7 @@ class TaskView(NamedTuple):
 
     @classmethod
     def of(cls, row: Any) -> TaskView:
-        """The view of a store row (store/taskstore.py TaskRow) or anything with these attributes."""
+        """The view of a store row (database/taskstore.py TaskRow) or anything with these attributes."""
         return cls._make(_view_fields(row))
 
 
@@ -64,7 +64,7 @@ class SqliteReader:
         self._local = threading.local()
         self._changes = ChangeCounter.for_database(path)
         # Each entry is filed under the change counter's value read *before* the database was
-        # (the ordering argument in store/changes.py); it is good while the counter still says so.
+        # (the ordering argument in database/changes.py); it is good while the counter still says so.
         self._keys: dict[str, tuple[int, str]] = {}
         self._tasks: dict[tuple[str, str], tuple[int, TaskView]] = {}
 
@@ -79,7 +79,7 @@ class SqliteReader:
         return conn
 
     def version(self) -> int:
-        """The shared change counter: it moves after any commit that changed a row (store/changes.py)."""
+        """The shared change counter: it moves after any commit that changed a row (database/changes.py)."""
         return self._changes.value()
 
     def key_id_for(self, plain: str) -> str | None:

@@ -1,8 +1,8 @@
 """API keys: create, list, revoke, look up. Only a key's SHA-256 is stored, never the key.
 
 Functions take an open connection; `TaskStore` chooses the transaction. A revocation is a
-write that changes a row, so its commit bumps the change counter (store/changes.py): that
-bump is the signal that makes every API process's cached key lookups (store/fastread.py)
+write that changes a row, so its commit bumps the change counter (database/changes.py): that
+bump is the signal that makes every API process's cached key lookups (database/fastread.py)
 look again, so a revoked key stops working at the next request.
 """
 

@@ -1,4 +1,4 @@
-"""The schema (SQLAlchemy Core). Alembic migrations in store/migrations create exactly this."""
+"""The schema (SQLAlchemy Core). Alembic migrations in database/migrations create exactly this."""
 
 from __future__ import annotations
 

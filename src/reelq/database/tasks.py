@@ -1,5 +1,5 @@
 """Task rows: what a task is (`TaskRow`, `NewTask`), storing new ones, reading them, and removing
-them after retention. How a task moves between states is store/lifecycle.py.
+them after retention. How a task moves between states is database/lifecycle.py.
 
 Functions take an open connection; `TaskStore` chooses the transaction.
 """

@@ -27,7 +27,7 @@ from reelq.database.usage import UsageRow
 
 
 def change_counter_for(engine: Engine) -> ChangeCounter | None:
-    """The shared change counter of a SQLite file database (see store/changes.py); None elsewhere."""
+    """The shared change counter of a SQLite file database (see database/changes.py); None elsewhere."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
@@ -48,7 +48,7 @@ class TaskStore:
 
     @contextmanager
     def _write(self, *, bump: bool = True) -> Iterator[Connection]:
-        """A write transaction; once it has committed, readers' caches are told (store/changes.py).
+        """A write transaction; once it has committed, readers' caches are told (database/changes.py).
 
         `bump=False` only for writes that add rows and change none: readers cache rows they
         found, never a miss, so a new row cannot be hidden behind a cached answer.
@@ -63,7 +63,7 @@ class TaskStore:
         with self.engine.connect() as conn:
             yield conn
 
-    # ---- API keys (store/keys.py) ---------------------------------------------------------
+    # ---- API keys (database/keys.py) ---------------------------------------------------------
     def create_key(self, name: str = "") -> tuple[ApiKey, str]:
         """Create a key; returns the record and the plain key (shown once, never stored)."""
         with self._write(bump=False) as conn:
@@ -87,7 +87,7 @@ class TaskStore:
         with self._write() as conn:
             return keys.ensure_local(conn)
 
-    # ---- tasks: create and read (store/tasks.py) ------------------------------------------
+    # ---- tasks: create and read (database/tasks.py) ------------------------------------------
     def create_task(self, key_id: str, new: NewTask, quotas: Quotas | None = None) -> tuple[TaskRow, bool]:
         """Store a new queued task; returns (row, created).
 
@@ -149,7 +149,7 @@ class TaskStore:
         with self._read() as conn:
             return tasks.count_by_status(conn)
 
-    # ---- the state machine (store/lifecycle.py) -------------------------------------------
+    # ---- the state machine (database/lifecycle.py) -------------------------------------------
     def claim_next(self, worker: str, lease_seconds: float, task_id: str | None = None) -> TaskRow | None:
         """Atomically move the oldest queued task (or `task_id`) to processing for `worker`."""
         with self._write() as conn:
@@ -187,13 +187,13 @@ class TaskStore:
         with self._write() as conn:
             return lifecycle.sweep(conn, max_attempts, queued_stale_seconds)
 
-    # ---- usage (store/usage.py) -----------------------------------------------------------
+    # ---- usage (database/usage.py) -----------------------------------------------------------
     def usage(self, key_id: str, since: str | None = None, until: str | None = None) -> list[UsageRow]:
         """The key's usage per UTC day and model, optionally within [since, until] (YYYY-MM-DD)."""
         with self._read() as conn:
             return usage.query(conn, key_id, since, until)
 
-    # ---- retention (store/tasks.py) -------------------------------------------------------
+    # ---- retention (database/tasks.py) -------------------------------------------------------
     def expired_videos(self, ttl_seconds: float, limit: int = 500) -> list[tuple[str, str]]:
         """(task id, video key) of completed tasks whose download link has expired and file still exists."""
         with self._read() as conn:

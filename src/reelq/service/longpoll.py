@@ -2,7 +2,7 @@
 
 A long-poll waits for its task to finish. Workers finish tasks in other processes, so there
 is nothing in-process to subscribe to; but every commit that changes a task moves the
-shared change counter (store/changes.py), and looking at it is a memory read. One
+shared change counter (database/changes.py), and looking at it is a memory read. One
 coroutine per API process watches it every TICK while any long-poll is held and wakes the
 long-polls whose counter value is out of date, which then re-read their row. An idle
 long-poll costs nothing between changes, and a finished task is answered within a tick of

@@ -6,11 +6,11 @@ uvicorn serves first). They parse the HTTP bits, call a method here, and turn th
 or the ApiError it raises into an answer; neither decides anything a client could tell
 apart. Routes added later (list, cancel, events, other API surfaces) call the same methods.
 
-Nothing here imports an HTTP framework: errors are the ApiError family (api/errors.py),
+Nothing here imports an HTTP framework: errors are the ApiError family (service/errors.py),
 which carries its status and headers as plain data for the transports to send.
 
 Two spellings of the read exist on purpose. `authenticate_now`/`read_now` run synchronously
-on the event loop and need the inline SQLite reader (store/fastread.py): a status read is
+on the event loop and need the inline SQLite reader (database/fastread.py): a status read is
 microseconds and the fast path serves thousands a second, so it pays for no coroutine or
 thread hop. `authenticate`/`read` are the same rules for any database (a thread hop to
 SQLAlchemy where there is no reader); the routed app uses them.
@@ -98,7 +98,7 @@ class TaskService:
         self.poll_limit = Limit(rate=settings.poll_rate, burst=max(1.0, settings.poll_burst))
         self.create_limit = Limit(rate=settings.create_rate / 60.0, burst=max(1.0, settings.create_rate))
         self.quotas = Quotas(max_active_per_key=settings.max_active_per_key, max_queue=settings.max_queue)
-        # Group commit (store/batcher.py); `on_stored` wakes the workers once per stored batch.
+        # Group commit (database/batcher.py); `on_stored` wakes the workers once per stored batch.
         self.creates = CreateBatcher(store, self.quotas, on_stored=on_stored)
         self.long_polls = LongPollHub(reader.version if reader else None, draining)
         self._finished: dict[tuple[str, TaskView], bytes] = {}
@@ -157,8 +157,8 @@ class TaskService:
     ) -> TaskView:
         """Hold a read (`view`, just read) until the task is terminal or `seconds` passed (a long-poll).
 
-        Woken by the long-poll hub (api/longpoll.py) when the database changed, which re-reads
-        the row (free while it is unchanged: store/fastread.py). `gone` completes when the client
+        Woken by the long-poll hub (service/longpoll.py) when the database changed, which re-reads
+        the row (free while it is unchanged: database/fastread.py). `gone` completes when the client
         hung up, which ends the wait; so does a shutdown, answering every held long-poll with the
         current state at once instead of cancelling it at the end of its grace period. A task
         purged meanwhile answers with what was last read.
