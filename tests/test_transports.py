@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -633,3 +634,41 @@ async def test_the_task_service_answers_without_any_http(tmp_path: Path) -> None
     finally:
         tasks.close()
         engine.dispose()
+
+
+async def test_a_client_leaving_mid_body_is_no_server_error(
+    both: Transports, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The routed create (the path on PostgreSQL) reads the body through Starlette, which raises
+    ClientDisconnect when the client leaves or the connection guard cuts a stalled body."""
+    key = both.key()
+    app = both.clients["fallback"]._transport.app  # type: ignore[attr-defined]
+    sent: list[dict[str, Any]] = []
+    part = {"type": "http.request", "body": b'{"mod', "more_body": True}
+    messages = iter([part, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/vidu/videos",
+        "raw_path": b"/v1/vidu/videos",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000),
+    }
+    with caplog.at_level(logging.INFO, logger="reelq"):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert both.store.count_by_status() == {}

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from reelq.service.errors import ApiError, error_body
@@ -63,6 +64,13 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = "Method not allowed on this route."
         return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _exc: ClientDisconnect) -> Response:
+        # The client left (or the connection guard cut a body that stopped arriving): nobody reads
+        # this answer, and it is no server error worth a traceback.
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "The client left before the request body ended.")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
