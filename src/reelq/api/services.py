@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from reelq.api.longpoll import LongPollHub
 from reelq.config import Settings
 from reelq.dispatch.doorbell import ring
+from reelq.images import close_decoder_processes
 from reelq.ratelimit import Limit, MemoryRateLimiter, RateLimiter
 from reelq.storage import LocalStorage
 from reelq.store import Quotas, TaskStore
@@ -56,9 +57,10 @@ class Services:
         ring(self.settings.run_dir)
 
     def close(self) -> None:
-        """Store the creates still queued, then release the database."""
+        """Store the creates still queued, then release the database and the image-checking processes."""
         self.creates.close()
         self.store.engine.dispose()
+        close_decoder_processes()
 
 
 async def get_services(request: Request) -> Services:
