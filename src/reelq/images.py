@@ -485,15 +485,15 @@ class _WebpChecker:
                 try:
                     future = pool.submit(_check_in_child, data, field)
                     message = future.result(timeout=WEBP_CHECK_TIMEOUT)
-                except (BrokenProcessPool, OSError, RuntimeError):
-                    # A child died, could not be started, or the pool was shut down under us.
-                    self._discard(pool, kill=False)
-                    continue
-                except FutureTimeout:
+                except FutureTimeout:  # first: since 3.11 it is the builtin TimeoutError, an OSError
                     self._discard(pool, kill=True)
                     raise ImageError(
                         f"{field} could not be decoded: it took longer than {WEBP_CHECK_TIMEOUT:g} s."
                     ) from None
+                except (BrokenProcessPool, OSError, RuntimeError):
+                    # A child died, could not be started, or the pool was shut down under us.
+                    self._discard(pool, kill=False)
+                    continue
                 if message is not None:
                     raise ImageError(message)
                 return
