@@ -18,9 +18,10 @@ Decisions (see SPEC §1 `first_image`):
 - Decode no more than needed: the create-time check (`check_image`) decodes JPEGs at 1/8 scale and keeps
   no pixels; a render (`decode_image`) gets at most what any frame can show (`RENDER_SIDE`). Either way
   every compressed byte is decoded, so a broken file is refused at create as it would fail the render.
-  Known gap: Pillow's WebP reader copies the decoded frame into a bytes object, and frees its canvases,
-  holding the GIL, so a 40 MP WebP still stalls the event loop ~150-200 ms; only decoding WebP in
-  another process would avoid that.
+- WebP is checked in a child process when large: Pillow's WebP reader copies the decoded frame into a
+  bytes object, and frees its canvases, holding the GIL (a 40 MP WebP stalled the event loop ~100-200 ms
+  from a thread), and it offers no reduced decode (`_webp` exposes only libwebp's animation decoder, at
+  full size). See `_WebpChecker`.
 - Transparent images are flattened onto white: the colour under fully transparent pixels is arbitrary
   (often black), and white is how such images (logos, cut-outs) look on a page.
 - EXIF orientation is applied, so a portrait photo stays upright; broken EXIF is ignored, not fatal.
@@ -38,11 +39,18 @@ import ctypes
 import hashlib
 import io
 import math
+import multiprocessing
+import os
 import re
+import signal
 import struct
 import threading
+import time
 import unicodedata
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import httpx
@@ -186,22 +194,27 @@ def decode_image(data: bytes, field: str) -> tuple[Image.Image, str]:
     Raises ImageError when the bytes are not a JPEG/PNG/WebP image, are too large (bytes, pixels or
     memory to decode), or cannot be decoded.
     """
-    kind = _check_bytes(data, field)
+    kind, _size = _check_bytes(data, field)
     image = _decode(data, kind, field, for_render=True)
     return image, hashlib.sha256(data).hexdigest()
 
 
 def check_image(data: bytes, field: str) -> None:
     """Prove that the image decodes, at the least cost (the create-time check): every compressed byte is
-    decoded, but JPEGs at 1/8 scale and nothing is converted at full size; the pixels are not kept.
+    decoded, but JPEGs at 1/8 scale and nothing is converted at full size; the pixels are not kept. A WebP
+    of more than `WEBP_CHILD_PIXELS` is decoded in a child process (see `_WebpChecker`).
 
     Raises ImageError where `decode_image` would: the same checks, decoders and conversions.
     """
-    kind = _check_bytes(data, field)
+    kind, size = _check_bytes(data, field)
+    if kind == "webp" and size is not None and size[0] * size[1] > WEBP_CHILD_PIXELS:
+        _WEBP_CHECKER.check(data, field, size)
+        return
     _decode(data, kind, field, for_render=False).close()
 
 
-def _check_bytes(data: bytes, field: str) -> str:
+def _check_bytes(data: bytes, field: str) -> tuple[str, tuple[int, int] | None]:
+    """The image's type and, where its header gives it cheaply, its size (already within the limit)."""
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageError(f"{field} is larger than {_megabytes(MAX_IMAGE_BYTES)}.")
     kind = sniff_image_type(data)
@@ -210,7 +223,7 @@ def _check_bytes(data: bytes, field: str) -> str:
     header_size = _header_size(data, kind)
     if header_size is not None:
         _check_pixels(header_size, field)
-    return kind
+    return kind, header_size
 
 
 def _decode(data: bytes, kind: str, field: str, *, for_render: bool) -> Image.Image:
@@ -219,11 +232,7 @@ def _decode(data: bytes, kind: str, field: str, *, for_render: bool) -> Image.Im
             # The plugin has read the header only; this is the size Pillow will allocate.
             _check_pixels(source.size, field)
             plan = _plan(source, kind, for_render)
-            if plan.cost > DECODE_BUDGET_BYTES:
-                raise ImageError(
-                    f"{field} would need {_megabytes(plan.cost)} of memory to decode "
-                    f"(the limit is {_megabytes(DECODE_BUDGET_BYTES)})."
-                )
+            _check_cost(plan.cost, field)
             with _BUDGET.hold(plan.cost):
                 if plan.draft is not None:
                     source.draft(source.mode, plan.draft)
@@ -271,6 +280,14 @@ def _plan(source: Image.Image, kind: str, for_render: bool) -> _Plan:
         # The RGB conversion (none for RGB), then the shrink's first pass and its result (at most the same).
         cost += out_w * out_h * (4 if source.mode != "RGB" else 0) + out_w * out_h * 4
     return _Plan(draft=draft, cost=cost)
+
+
+def _check_cost(cost: int, field: str) -> None:
+    if cost > DECODE_BUDGET_BYTES:
+        raise ImageError(
+            f"{field} would need {_megabytes(cost)} of memory to decode "
+            f"(the limit is {_megabytes(DECODE_BUDGET_BYTES)})."
+        )
 
 
 def _bytes_per_pixel(mode: str) -> int:
@@ -427,6 +444,138 @@ def _map_large_blocks_apart() -> None:
 
 _map_large_blocks_apart()
 _BUDGET = _DecodeBudget(DECODE_BUDGET_BYTES, DECODE_SLOTS)
+
+
+# --- large WebPs: checked in a child process -------------------------------------------------------------
+
+# From how many pixels a WebP's create-time check runs in a child process. Below it the GIL-held copy is
+# short (4 MP: 16 MB, a few ms) and a thread is cheaper than a round trip to another process.
+WEBP_CHILD_PIXELS = 4_000_000
+# A check that takes longer is stopped (its process killed) and the image refused: a 40 MP WebP takes
+# under a second, so this is only ever reached by a decoder stuck on hostile input.
+WEBP_CHECK_TIMEOUT = 60.0
+# What a WebP check holds at its peak (`_plan`: the RGB or RGBA frame, 4 bytes a pixel, plus libwebp's
+# canvases and Pillow's copy, 12).
+_WEBP_CHECK_BYTES_PER_PIXEL = 16
+
+
+class _WebpChecker:
+    """Checks large WebPs (`check_image`) in a pool of child processes, so that no pixel work holds this
+    process's GIL (the API's event loop runs here).
+
+    Only the bytes go to the child and only the verdict (None, or the ImageError's message) comes back.
+    The pool is started on first use (spawn, so no copy of the server's state or threads is inherited),
+    has `DECODE_SLOTS` processes at most, and every check holds its cost in this process's decode budget
+    while the child decodes: the children's memory is this host's memory too. A child that dies (killed
+    for memory, say) breaks the pool: it is replaced, and the check is tried once more on the new one (the
+    death may have been a neighbouring check's); a second death refuses the image with a clear message.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def check(self, data: bytes, field: str, size: tuple[int, int]) -> None:
+        cost = size[0] * size[1] * _WEBP_CHECK_BYTES_PER_PIXEL
+        _check_cost(cost, field)
+        with _BUDGET.hold(cost):
+            for _attempt in range(2):
+                pool = self._current()
+                try:
+                    future = pool.submit(_check_in_child, data, field)
+                    message = future.result(timeout=WEBP_CHECK_TIMEOUT)
+                except FutureTimeout:  # first: since 3.11 it is the builtin TimeoutError, an OSError
+                    self._discard(pool, kill=True)
+                    raise ImageError(
+                        f"{field} could not be decoded: it took longer than {WEBP_CHECK_TIMEOUT:g} s."
+                    ) from None
+                except (BrokenProcessPool, OSError, RuntimeError):
+                    # A child died, could not be started, or the pool was shut down under us.
+                    self._discard(pool, kill=False)
+                    continue
+                if message is not None:
+                    raise ImageError(message)
+                return
+        raise ImageError(
+            f"{field} could not be decoded: the decoding process stopped unexpectedly (out of memory?); "
+            "try again, or send a smaller image."
+        )
+
+    def pids(self) -> list[int]:
+        """The process ids of the pool's children now (none before the first large WebP)."""
+        with self._lock:
+            return list(self._processes(self._pool))
+
+    def close(self) -> None:
+        """Stop the children (at server shutdown); a later check starts a new pool."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _current(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_child,
+                    initargs=(os.getpid(),),
+                )
+            return self._pool
+
+    def _discard(self, pool: ProcessPoolExecutor, *, kill: bool) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        if kill:
+            # A running task cannot be cancelled, and Python 3.11's executor has no way to stop its
+            # workers (3.14's kill_workers): kill them by hand, the others' checks are retried.
+            for process in self._processes(pool).values():
+                with contextlib.suppress(OSError):
+                    process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _processes(pool: ProcessPoolExecutor | None) -> dict[int, multiprocessing.process.BaseProcess]:
+        return dict(getattr(pool, "_processes", None) or {})
+
+
+def _start_child(parent: int) -> None:
+    """Runs first in each pool child."""
+    # Ctrl-C reaches the whole process group: the server shuts the pool down, the children need not
+    # print a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The children hold both ends of the pool's pipes, so a server killed outright (kill -9) would leave
+    # them waiting for work forever: leave with it.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _check_in_child(data: bytes, field: str) -> str | None:
+    """`check_image` in a pool child, in this process: None if the image decodes, else why not."""
+    try:
+        kind, _size = _check_bytes(data, field)
+        _decode(data, kind, field, for_render=False).close()
+    except ImageError as exc:
+        return str(exc)
+    except MemoryError:
+        return f"{field} could not be decoded: out of memory."
+    return None
+
+
+def close_decoder_processes() -> None:
+    """Stop the processes that check large WebPs (the API calls this at shutdown)."""
+    _WEBP_CHECKER.close()
+
+
+_WEBP_CHECKER = _WebpChecker(DECODE_SLOTS)
 
 
 # --- header dimensions -----------------------------------------------------------------------------------

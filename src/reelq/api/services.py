@@ -12,6 +12,7 @@ from reelq.config import Settings
 from reelq.database import TaskStore
 from reelq.database.fastread import SqliteReader
 from reelq.dispatch.doorbell import ring
+from reelq.images import close_decoder_processes
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
 from reelq.storage import LocalStorage
@@ -44,9 +45,10 @@ class Services:
         ring(self.settings.run_dir)
 
     def close(self) -> None:
-        """Store the creates still queued, then release the database."""
+        """Store the creates still queued, then release the database and the image-checking processes."""
         self.tasks.close()
         self.store.engine.dispose()
+        close_decoder_processes()
 
 
 async def get_services(request: Request) -> Services:
