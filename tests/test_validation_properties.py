@@ -13,9 +13,11 @@ import base64
 import io
 import random
 import re
+import tracemalloc
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -403,3 +405,25 @@ def test_any_bytes_parse_to_an_object_or_a_400(body: bytes, content_type: str | 
 )
 def test_a_json_object_parses_to_itself(value: dict[str, Any], content_type: str | None) -> None:
     assert parse_json_object(orjson.dumps(value), content_type) == value
+
+
+@pytest.mark.parametrize("filler", [b"0,", b"{},", b'"",'])
+def test_a_body_of_countless_values_is_refused_before_it_is_parsed(filler: bytes) -> None:
+    """50 MB of tiny values parsed cost ~1 s and ~1 GB; refused after a scan of its first megabyte."""
+    values = filler * (50 * 1024 * 1024 // len(filler))
+    body = b'{"model":"viduq3-pro","prompt":"x","extra":[' + values + b"0]}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidRequest) as caught:
+            parse_json_object(body, "application/json")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.code == "invalid_json"
+    assert "too many JSON values" in caught.value.message
+    assert peak < 1024 * 1024
+
+
+def test_a_prompt_full_of_commas_is_still_a_create() -> None:
+    body = orjson.dumps({"model": "viduq3-pro", "prompt": "," * MAX_PROMPT_CHARS, "seed": 1})
+    assert parse_json_object(body, "application/json")["prompt"] == "," * MAX_PROMPT_CHARS

@@ -30,6 +30,11 @@ from reelq.service.errors import InvalidRequest
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4"]
 Resolution = Literal["540p", "720p", "1080p"]
 MAX_URL_CHARS = 2048
+# A create has a dozen fields, and unknown ones are ignored; but a body of 50 MB of tiny values
+# (`[0,0,…]`, `[{},{},…]`) costs a second and a gigabyte to parse only to be ignored. Commas bound
+# the number of values (a 5,000-character prompt holds at most 5,000 of them; base64 holds none).
+MAX_JSON_SEPARATORS = 20_000
+_SEPARATOR_SCAN_CHUNK = 1 << 20
 # Optional fields sent as JSON null mean "not given" (clients built from typed models send them).
 NULLABLE_OPTIONAL = (
     "duration",
@@ -102,6 +107,17 @@ def _first_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
 
 
+def _too_many_values(body: bytes) -> bool:
+    """Whether the body separates more values than any create could need, counted a chunk at a time
+    so that a hostile body is refused after its first megabyte."""
+    count = 0
+    for start in range(0, len(body), _SEPARATOR_SCAN_CHUNK):
+        count += body.count(b",", start, start + _SEPARATOR_SCAN_CHUNK)
+        if count > MAX_JSON_SEPARATORS:
+            return True
+    return False
+
+
 def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 explaining what is wrong with it."""
     if content_type:
@@ -111,8 +127,14 @@ def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
                 f"Content-Type must be application/json (got {media or 'nothing'}).",
                 code="invalid_content_type",
             )
-    if not body.strip():
+    if not body or body.isspace():  # not `strip()`: that copies a 50 MB body to look at its ends
         raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
+    if _too_many_values(body):
+        raise InvalidRequest(
+            f"The request body holds too many JSON values (over {MAX_JSON_SEPARATORS} separators); "
+            "a create needs a dozen.",
+            code="invalid_json",
+        )
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
