@@ -80,17 +80,19 @@ class FastRoutes:
         )
         await send({"type": "http.response.body", "body": body})
 
+    def _link_base(self, scope: Scope, headers: dict[bytes, str], root: str) -> str:
+        """Where this request's video links point; the serving address only without a Host header."""
+        host = headers.get(b"host")
+        server = None if host else scope.get("server")
+        return self.tasks.link_base(scope.get("scheme", "http"), host, root, server)
+
     def _read(self, scope: Scope, task_id: str, root: str) -> Answer:
         tasks = self.tasks
         try:
             headers = _headers(scope)
             key_id = tasks.authenticate_now(headers.get(b"authorization"))
             view = tasks.read_now(key_id, task_id)
-            host = headers.get(b"host")
-            base = tasks.link_base(
-                scope.get("scheme", "http"), host, root, None if host else scope.get("server")
-            )
-            return 200, tasks.answer(view, base), []
+            return 200, tasks.answer(view, self._link_base(scope, headers, root)), []
         except ApiError as exc:
             return _error_answer(exc)
         except Exception:
@@ -111,11 +113,7 @@ class FastRoutes:
             view = await tasks.create(
                 key_id, body, headers.get(b"content-type"), headers.get(b"idempotency-key")
             )
-            host = headers.get(b"host")
-            base = tasks.link_base(
-                scope.get("scheme", "http"), host, root, None if host else scope.get("server")
-            )
-            return 200, tasks.answer(view, base), []
+            return 200, tasks.answer(view, self._link_base(scope, headers, root)), []
         except ApiError as exc:
             return _error_answer(exc)
         except _ClientGone:

@@ -127,9 +127,7 @@ class TaskService:
     def read_now(self, key_id: str, task_id: str) -> TaskView:
         """The key's task, read inline (needs the SQLite reader); RateLimited or NotFound."""
         assert self.reader is not None
-        retry = self.limiter.acquire(f"poll:{key_id}:{task_id}", self.poll_limit)
-        if retry:
-            raise self._reading_too_fast(retry)
+        self._limit_reads(key_id, task_id)
         view = self.reader.task(task_id, key_id) if is_task_id(task_id) else None
         if view is None:
             raise _no_such_task(task_id)
@@ -139,9 +137,7 @@ class TaskService:
         """The key's task, on any database; RateLimited or NotFound."""
         if self.reader is not None:
             return self.read_now(key_id, task_id)
-        retry = self.limiter.acquire(f"poll:{key_id}:{task_id}", self.poll_limit)
-        if retry:
-            raise self._reading_too_fast(retry)
+        self._limit_reads(key_id, task_id)
         view = await self._lookup(task_id, key_id) if is_task_id(task_id) else None
         if view is None:
             raise _no_such_task(task_id)
@@ -185,11 +181,14 @@ class TaskService:
         row = await anyio.to_thread.run_sync(self.store.get_task, task_id, key_id)
         return None if row is None else TaskView.of(row)
 
-    def _reading_too_fast(self, retry: float) -> RateLimited:
-        return RateLimited(
-            f"Too many status reads for this task: at most {self.settings.poll_rate:g} per second.",
-            retry_after_header(retry),
-        )
+    def _limit_reads(self, key_id: str, task_id: str) -> None:
+        """RateLimited when this key reads this task faster than REELQ_POLL_RATE allows."""
+        retry = self.limiter.acquire(f"poll:{key_id}:{task_id}", self.poll_limit)
+        if retry:
+            raise RateLimited(
+                f"Too many status reads for this task: at most {self.settings.poll_rate:g} per second.",
+                retry_after_header(retry),
+            )
 
     # --- creates ----------------------------------------------------------------------------
 
