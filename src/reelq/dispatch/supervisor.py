@@ -34,7 +34,6 @@ MONITOR_INTERVAL = 0.2
 TEMP_FILE_MAX_AGE_FACTOR = 4  # x lease: a temp file this old belongs to no live render
 
 
-# ---- the supervisor ---------------------------------------------------------------------------
 def _pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (a reused pid reads as alive: kept, not lost)."""
     try:
@@ -53,7 +52,8 @@ def _is_zombie(pid: int) -> bool:
     except OSError:
         return False
     # The state follows the command name, which is in parentheses and may itself hold ") ".
-    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "Z"
+    state_at = stat.rfind(")") + 2
+    return stat[state_at : state_at + 1] == "Z"
 
 
 @dataclass
