@@ -292,7 +292,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
 
     store = _store(settings)
     try:
-        new = validate_create({k: v for k, v in body.items() if v is not None}, settings.models)
+        new = validate_create({k: v for k, v in body.items() if v is not None}, settings.model_limits)
     except ApiError as exc:
         _error(f"{exc.message}")
         raise typer.Exit(2) from None

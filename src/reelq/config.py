@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -25,7 +25,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from reelq.domain import DEFAULT_MODEL_RATES, DEFAULT_RESOLUTION_FACTORS, RESOLUTIONS
+from reelq.catalog import ModelEntry, implicit_catalog, load_catalog
+from reelq.domain import DEFAULT_MODEL_RATES, DEFAULT_RESOLUTION_FACTORS, RESOLUTIONS, ModelLimits
 from reelq.engines import DEFAULT_ENGINE, ENGINES
 
 # Kept short on purpose: operators replace it with their own list (REELQ_BLOCKED_TERMS).
@@ -95,6 +96,12 @@ class Settings(BaseSettings):
     resolution_factors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTION_FACTORS))
     # model name -> engine name; every model in model_rates is served by the synthetic engine unless mapped.
     engines: dict[str, str] = Field(default_factory=dict)
+    # REELQ_MODELS: the models file (SPEC §5, catalog.py). When set, it alone says which models are
+    # served, by which engine, at what rate; REELQ_MODEL_RATES and REELQ_ENGINES must then be unset.
+    models_file: Path | None = Field(None, validation_alias=AliasChoices("REELQ_MODELS", "models_file"))
+    # The file's content as validated at start-up; a child worker gets this copy (`to_json`), so it
+    # serves what its parent validated even if the file changed since.
+    catalog: dict[str, ModelEntry] = Field(default_factory=dict)
 
     @field_validator("blocked_terms", mode="before")
     @classmethod
@@ -142,9 +149,36 @@ class Settings(BaseSettings):
                 raise ValueError(f"model {model!r}: unknown engine {engine!r} (available: {available})")
         return value
 
+    @model_validator(mode="after")
+    def _load_catalog(self) -> Settings:
+        if self.catalog:
+            return self
+        if self.models_file is None:
+            catalog = implicit_catalog(self.model_rates, self.engines)
+        else:
+            both = {"model_rates", "engines"} & self.model_fields_set
+            if both:
+                drop = "REELQ_" + sorted(both)[0].upper()
+                raise ValueError(f"REELQ_MODELS is set: drop {drop} (the file says it)")
+            catalog = load_catalog(self.models_file)
+        # Frozen settings: the catalog is derived once, here, and never changes after.
+        object.__setattr__(self, "catalog", catalog)
+        return self
+
     def engine_for(self, model: str) -> str:
-        """The engine that serves `model` (REELQ_ENGINES, else the default engine)."""
-        return self.engines.get(model, DEFAULT_ENGINE)
+        """The engine that serves `model` (the models file, or REELQ_ENGINES, else the default)."""
+        entry = self.catalog.get(model)
+        return entry.engine if entry is not None else self.engines.get(model, DEFAULT_ENGINE)
+
+    @property
+    def token_rates(self) -> dict[str, float]:
+        """Tokens per second of video, per served model (SPEC §1 "Tokens")."""
+        return {name: entry.tokens_per_second for name, entry in self.catalog.items()}
+
+    @property
+    def model_limits(self) -> dict[str, ModelLimits]:
+        """What each served model can be asked for, checked at create."""
+        return {name: entry.limits for name, entry in self.catalog.items()}
 
     def to_json(self) -> str:
         """These settings, complete and with the home resolved, for a child process (`from_json`)."""
@@ -158,7 +192,7 @@ class Settings(BaseSettings):
 
     @property
     def models(self) -> list[str]:
-        return list(self.model_rates)
+        return list(self.catalog)
 
     @cached_property
     def home_dir(self) -> Path:
@@ -238,8 +272,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**clean)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "REELQ_" + str(first["loc"][0]).upper() if first["loc"] else "configuration"
-        raise ConfigError(f"invalid configuration: {name}: {first['msg']}") from None
+        name = "REELQ_" + str(first["loc"][0]).upper() if first["loc"] else "REELQ_MODELS"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid configuration: {name}: {message}") from None
     except SettingsError as exc:  # a JSON-valued variable that is not JSON
         field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"
         raise ConfigError(f"invalid configuration: REELQ_{field.upper()}: not valid JSON") from None

@@ -157,3 +157,25 @@ def find_blocked_term(prompt: str, terms: list[str]) -> str | None:
         if re.search(pattern, prompt, flags=re.IGNORECASE):
             return term
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """What a model can be asked for, known without loading it: a create that asks for more is a
+    400 naming the field, never a task accepted and then failed (SPEC §5)."""
+
+    first_image: bool = True
+    last_image: bool = True
+    max_duration: int = MAX_DURATION
+
+    def refusal(
+        self, model: str, duration: int, first_image: bool, last_image: bool
+    ) -> tuple[str, str] | None:
+        """(param, message) for the first thing asked that `model` cannot do, else None."""
+        if first_image and not self.first_image:
+            return "first_image", f"Model '{model}' generates from text only; it does not take first_image."
+        if last_image and not self.last_image:
+            return "last_image", f"Model '{model}' cannot use last_image (first+last frame is not supported)."
+        if duration > self.max_duration:
+            return "duration", f"Model '{model}' renders at most {self.max_duration} seconds."
+        return None

@@ -1,21 +1,26 @@
 """Render engines: the `Engine` protocol and the registry of engines a model can be served by.
 
-`ENGINES` is the one list of engine names: `Settings` validates REELQ_ENGINES against it and
-`build_engines` builds from it. A factory imports its engine when called, so only processes
-that render pay for an engine's dependencies (the API process validates names, never renders).
+`ENGINES` is the one list of engine names: `Settings` validates REELQ_ENGINES and the models file
+against it and `build_engines` builds from it. A factory imports its engine when called, so only
+processes that render pay for an engine's dependencies (the API process validates names and
+options, never renders). `OPTION_CHECKERS` validates a model's engine-specific keys from the
+models file and says what the model can do (`ModelLimits`), from configuration alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from reelq.domain import MAX_DURATION, ModelLimits
 from reelq.engines.base import Engine, ProgressCallback, RenderAborted, RenderError, RenderInputs
 
 if TYPE_CHECKING:
     from reelq.config import Settings
 
 EngineFactory = Callable[["Settings"], Engine]
+# (the model's engine-specific keys, its max_duration) -> its limits; raises ValueError when wrong.
+OptionsChecker = Callable[[dict[str, Any], int | None], ModelLimits]
 
 
 def _synthetic(settings: Settings) -> Engine:
@@ -24,9 +29,33 @@ def _synthetic(settings: Settings) -> Engine:
     return SyntheticEngine(delay_seconds=settings.synthetic_delay)
 
 
-# name -> factory; later `diffusers` and `relay` join here.
-ENGINES: dict[str, EngineFactory] = {"synthetic": _synthetic}
+def _diffusers(settings: Settings) -> Engine:
+    from reelq.engines.diffusers.engine import DiffusersEngine
+
+    return DiffusersEngine(settings)
+
+
+def _no_options(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
+    if options:
+        raise ValueError(f"unknown key {sorted(options)[0]!r} for this engine")
+    return ModelLimits(max_duration=max_duration or MAX_DURATION)
+
+
+def _diffusers_options(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
+    from reelq.engines.diffusers.options import limits_of
+
+    return limits_of(options, max_duration)
+
+
+# name -> factory, and name -> options checker; `relay` joins here.
+ENGINES: dict[str, EngineFactory] = {"synthetic": _synthetic, "diffusers": _diffusers}
+OPTION_CHECKERS: dict[str, OptionsChecker] = {"diffusers": _diffusers_options}
 DEFAULT_ENGINE = "synthetic"
+
+
+def check_model_options(engine: str, options: dict[str, Any], max_duration: int | None) -> ModelLimits:
+    """Validate a model's engine-specific keys (no engine is loaded) and return what it can do."""
+    return OPTION_CHECKERS.get(engine, _no_options)(options, max_duration)
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
@@ -44,11 +73,14 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
 __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
+    "OPTION_CHECKERS",
     "Engine",
     "EngineFactory",
+    "OptionsChecker",
     "ProgressCallback",
     "RenderAborted",
     "RenderError",
     "RenderInputs",
     "build_engines",
+    "check_model_options",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import weakref
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import anyio
@@ -19,6 +20,7 @@ from reelq.domain import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MIN_DURATION,
+    ModelLimits,
     Status,
     has_visible_text,
     wire_number,
@@ -144,8 +146,11 @@ def parse_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     return data
 
 
-def validate_create(data: dict[str, Any], models: list[str]) -> NewTask:
-    """Validate a create body fully (images included) and return what to store."""
+def validate_create(data: dict[str, Any], models: Mapping[str, ModelLimits] | Collection[str]) -> NewTask:
+    """Validate a create body fully (images included) and return what to store.
+
+    `models` are the served models with what each can be asked for (a bare collection of names: no
+    model limits anything)."""
     cleaned = {k: v for k, v in data.items() if not (k in NULLABLE_OPTIONAL and v is None)}
     try:
         req = CreateVideoRequest.model_validate(cleaned)
@@ -159,6 +164,13 @@ def validate_create(data: dict[str, Any], models: list[str]) -> NewTask:
         )
     if req.last_image is not None and req.first_image is None:
         raise InvalidRequest("last_image requires first_image.", param="last_image")
+    limits = models.get(req.model) if isinstance(models, Mapping) else None
+    refusal = limits and limits.refusal(
+        req.model, req.duration, req.first_image is not None, req.last_image is not None
+    )
+    if refusal:
+        param, message = refusal
+        raise InvalidRequest(message, param=param, code="unsupported_by_model")
     for name in IMAGE_FIELDS:
         value = getattr(req, name)
         if value is not None:
@@ -188,7 +200,9 @@ _image_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Capac
 )
 
 
-async def validate_create_off_loop(data: dict[str, Any], models: list[str]) -> NewTask:
+async def validate_create_off_loop(
+    data: dict[str, Any], models: Mapping[str, ModelLimits] | Collection[str]
+) -> NewTask:
     """`validate_create` without holding up the event loop: inline when no image is a data URI (the
     checks are then syntax only, bounded by the sizes of the fields), in a thread otherwise (decoding an
     image, even base64 of 20 MB, scales with the input)."""

@@ -95,6 +95,7 @@ class TaskService:
         self.limiter = limiter
         self.draining = draining  # set when shutting down: held long-polls answer at once
         self.public_base_url = settings.public_base_url
+        self.model_limits = settings.model_limits  # served models and what each can be asked for
         self.poll_limit = Limit(rate=settings.poll_rate, burst=max(1.0, settings.poll_burst))
         self.create_limit = Limit(rate=settings.create_rate / 60.0, burst=max(1.0, settings.create_rate))
         self.quotas = Quotas(max_active_per_key=settings.max_active_per_key, max_queue=settings.max_queue)
@@ -209,8 +210,7 @@ class TaskService:
             )
         idempotency_key = _idempotency_key(idempotency_key)
         data = parse_json_object(body, content_type)
-        models = self.settings.models
-        new = await validate_create_off_loop(data, models)  # image decodes run in a thread
+        new = await validate_create_off_loop(data, self.model_limits)  # image decodes run in a thread
         if idempotency_key is not None:
             new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
         try:

@@ -110,7 +110,7 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
         if info.frame_count <= 0:
             raise RenderError("the engine produced an empty video")
         tokens = total_tokens(
-            task.model, info.duration, task.resolution, settings.model_rates, settings.resolution_factors
+            task.model, info.duration, task.resolution, settings.token_rates, settings.resolution_factors
         )
         key = ctx.storage.commit(temp, task.id, task.attempts)
     except RenderAborted:
