@@ -65,7 +65,10 @@ def test_the_file_alone_says_what_is_served(tmp_path: Path) -> None:
         ('[models.a]\nengine = "synthetic"\ntokens_per_second = -1\n', "tokens_per_second"),
         ('[models.a]\nengine = "diffusers"\npipeline = "WanPipeline"\n', "weights"),
         ('[models.a]\nengine = "diffusers"\npipeline = "MagicPipeline"\nweights = "/x"\n', "MagicPipeline"),
-        ('[models.a]\nengine = "diffusers"\npipeline = "WanPipeline"\nweights = "/nowhere"\n', "model_index.json"),
+        (
+            '[models.a]\nengine = "diffusers"\npipeline = "WanPipeline"\nweights = "/nowhere"\n',
+            "model_index.json",
+        ),
     ],
 )
 def test_a_wrong_models_file_stops_start_up_with_one_line(tmp_path: Path, text: str, message: str) -> None:
@@ -87,9 +90,19 @@ def test_what_a_diffusers_model_can_do_is_read_from_its_checkpoint(tmp_path: Pat
         # (i2v pipeline, model_index, transformer config) -> (first_image, last_image)
         "none": (None, None, None, (False, False)),
         "wan21-i2v": ("WanImageToVideoPipeline", {}, wan21_i2v, (True, False)),
-        "wan21-flf2v": ("WanImageToVideoPipeline", {}, {"image_dim": 1280, "pos_embed_seq_len": 514}, (True, True)),
+        "wan21-flf2v": (
+            "WanImageToVideoPipeline",
+            {},
+            {"image_dim": 1280, "pos_embed_seq_len": 514},
+            (True, True),
+        ),
         "wan22-a14b": ("WanImageToVideoPipeline", {"boundary_ratio": 0.9}, {"image_dim": None}, (True, True)),
-        "wan22-ti2v": ("WanImageToVideoPipeline", {"expand_timesteps": True}, {"image_dim": None}, (True, False)),
+        "wan22-ti2v": (
+            "WanImageToVideoPipeline",
+            {"expand_timesteps": True},
+            {"image_dim": None},
+            (True, False),
+        ),
         "ltx-i2v": ("LTXImageToVideoPipeline", {}, None, (True, False)),
         "ltx-cond": ("LTXConditionPipeline", {}, None, (True, True)),
     }
@@ -113,7 +126,9 @@ def test_what_a_diffusers_model_can_do_is_read_from_its_checkpoint(tmp_path: Pat
 
 
 @pytest.mark.e2e
-def test_a_request_a_model_cannot_serve_is_refused_at_create_naming_the_field(make_server, tmp_path: Path) -> None:
+def test_a_request_a_model_cannot_serve_is_refused_at_create_naming_the_field(
+    make_server, tmp_path: Path
+) -> None:
     path = _models(tmp_path, '[models.short]\nengine = "synthetic"\nmax_duration = 3\n')
     server = make_server(workers=0, REELQ_MODELS=str(path))
     with server.client() as client:
@@ -123,14 +138,18 @@ def test_a_request_a_model_cannot_serve_is_refused_at_create_naming_the_field(ma
         assert "at most 3 seconds" in answer.json()["error"]["message"]
         answer = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "a cat"})
         assert (answer.status_code, answer.json()["error"]["param"]) == (400, "model")
-        assert client.post("/v1/vidu/videos", json={"model": "short", "prompt": "a cat", "duration": 3}).is_success
+        assert client.post(
+            "/v1/vidu/videos", json={"model": "short", "prompt": "a cat", "duration": 3}
+        ).is_success
 
 
 def test_serve_refuses_a_bad_models_file_with_one_line(tmp_path: Path) -> None:
     from tests.conftest import reelq_env
 
     path = _models(tmp_path, '[models.a]\nengine = "warp"\n')
-    done = run_cli(tmp_path, "serve", env=reelq_env(tmp_path, REELQ_MODELS=str(path)), check=False, timeout=60)
+    done = run_cli(
+        tmp_path, "serve", env=reelq_env(tmp_path, REELQ_MODELS=str(path)), check=False, timeout=60
+    )
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "REELQ_MODELS" in lines[0] and "Traceback" not in done.stderr
