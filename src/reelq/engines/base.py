@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,3 +41,14 @@ class Engine(Protocol):
     def render(
         self, spec: VideoSpec, inputs: RenderInputs, out_path: Path, progress: ProgressCallback
     ) -> None: ...
+
+
+def derive_seed(domain: bytes, spec: VideoSpec, inputs: RenderInputs) -> int:
+    """A 128-bit seed from everything that defines the video (length-prefixed, so fields never blur):
+    a retried task renders the same video as its first attempt would have."""
+    h = hashlib.sha256(domain)
+    for part in (spec.model, spec.prompt, "" if spec.seed is None else str(spec.seed), *inputs.digests):
+        data = part.encode("utf-8")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return int.from_bytes(h.digest()[:16], "big")

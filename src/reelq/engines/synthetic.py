@@ -9,7 +9,6 @@ cross-fading into the last one when given. Everything is a function of a sha256 
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import itertools
 import math
 import time
@@ -21,11 +20,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from reelq.domain import MAX_PROMPT_CHARS, VideoSpec
-from reelq.engines.base import ProgressCallback, RenderInputs
+from reelq.engines.base import ProgressCallback, RenderInputs, derive_seed
 from reelq.media import BT709_RGB_TO_YUV, YUV_OFFSET, Mp4Writer, cover_box, cover_fit
 
 # Bumping this changes every synthetic video: do it only when the look changes on purpose.
 _SEED_DOMAIN = b"reelq-synthetic-v1"
+
+
+def request_seed(spec: VideoSpec, inputs: RenderInputs) -> int:
+    """The synthetic engine's 128-bit seed for a request (see `derive_seed`)."""
+    return derive_seed(_SEED_DOMAIN, spec, inputs)
 
 # A report goes out when 5 % more is done or 0.25 s has passed since the last one, whichever comes first:
 # lively enough for a progress bar, while a render makes a few dozen calls (each may cost the caller a
@@ -41,16 +45,6 @@ _DELAY_SLICE_S = 0.1
 _YUV_OFFSET_ROUNDED = YUV_OFFSET + 0.5
 _BLAS_SINGLE_THREAD_MNK = 65536 * 4  # OpenBLAS: SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD
 _KEN_BURNS_ZOOM = 1.12  # zoom reached at the far end of an image-to-video move: gentle, not dizzying
-
-
-def request_seed(spec: VideoSpec, inputs: RenderInputs) -> int:
-    """A 128-bit seed from everything that defines the video (length-prefixed, so fields never blur)."""
-    h = hashlib.sha256(_SEED_DOMAIN)
-    for part in (spec.model, spec.prompt, "" if spec.seed is None else str(spec.seed), *inputs.digests):
-        data = part.encode("utf-8")
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return int.from_bytes(h.digest()[:16], "big")
 
 
 class SyntheticEngine:

@@ -57,7 +57,8 @@ class DiffusersOptions(BaseModel):
 
     device: str = "auto"  # "auto": the worker's GPU (cuda) when there is one, else the CPU
     dtype: Dtype = "bfloat16"
-    vae_dtype: Dtype = "float32"  # Wan's and LTX's VAEs lose detail in half precision
+    # None: float32 for Wan (its VAE loses detail in half precision), `dtype` for LTX-Video.
+    vae_dtype: Dtype | None = None
     steps: int | None = Field(None, ge=1, le=1000)
     guidance: float | None = Field(None, ge=0, le=50)
     guidance_2: float | None = Field(None, ge=0, le=50)  # Wan 2.2's low-noise expert
@@ -73,7 +74,9 @@ class DiffusersOptions(BaseModel):
     vae_slicing: bool = False
     cpu_offload: Literal["none", "model", "sequential"] = "none"
     cache: CacheOptions | None = None
-    max_sequence_length: int = Field(512, ge=16, le=4096)
+    max_sequence_length: int | None = Field(None, ge=16, le=4096)  # None: the pipeline's default
+    # Passed to every call of the pipeline as is (e.g. LTX 0.9.1+: decode_timestep = 0.05).
+    pipeline_args: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_pipelines(self) -> DiffusersOptions:
@@ -103,6 +106,10 @@ class DiffusersOptions(BaseModel):
     @property
     def image_weights(self) -> Path:
         return self.i2v_weights or self.weights
+
+    @property
+    def vae_precision(self) -> str:
+        return self.vae_dtype or ("float32" if self.family == "wan" else self.dtype)
 
     @property
     def num_steps(self) -> int:

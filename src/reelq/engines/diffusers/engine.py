@@ -1,0 +1,163 @@
+"""The diffusers engine: renders with the open video models a worker loaded once, at start.
+
+One instance per render worker process holds every diffusers model of the catalog on the worker's
+device (the supervisor gives each worker its own GPU), and renders one request at a time. Progress
+is reported after every denoising step; the worker's progress callback raises to stop a render
+between steps (deadline, lease lost, drain, cancel). Out of GPU memory fails the task with a clear
+message and leaves the worker ready for the next one.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reelq.domain import VideoSpec
+from reelq.engines.base import ProgressCallback, RenderError, RenderInputs, derive_seed
+from reelq.engines.diffusers.frames import RenderPlan, conform, plan
+from reelq.engines.diffusers.options import parse_options
+from reelq.engines.diffusers.pipelines import LoadedModel, load_model, pick_device
+from reelq.media import Mp4Writer, cover_fit
+
+if TYPE_CHECKING:
+    from reelq.config import Settings
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SEED_DOMAIN = b"reelq-diffusers-v1"
+# Shares of the progress bar: denoising steps, then the VAE decode, then conforming and encoding.
+STEPS_SHARE, DECODE_SHARE = 0.85, 0.05
+
+
+class DiffusersEngine:
+    name = "diffusers"
+
+    def __init__(self, settings: Settings, models: dict[str, LoadedModel] | None = None) -> None:
+        """Load every diffusers model of the catalog (or take `models`, already loaded)."""
+        if models is None:
+            models = {}
+            for name, entry in settings.catalog.items():
+                if entry.engine != self.name:
+                    continue
+                options = parse_options(entry.options)
+                started = time.monotonic()
+                models[name] = load_model(options, pick_device(options.device))
+                log.info(
+                    "model %s: %s loaded on %s in %.1f s",
+                    name,
+                    options.pipeline,
+                    models[name].device,
+                    time.monotonic() - started,
+                )
+        self.models = models
+
+    def render(
+        self, spec: VideoSpec, inputs: RenderInputs, out_path: Path, progress: ProgressCallback
+    ) -> None:
+        model = self.models[spec.model]
+        pipe = model.image if inputs.first_image is not None else model.text
+        if pipe is None:  # refused at create (ModelLimits); kept for calls that bypass the API
+            raise RenderError(f"model {spec.model} has no image-to-video pipeline configured")
+        render = plan(spec, model.rules)
+        try:
+            video = self._denoise(model, pipe, spec, inputs, render, progress)
+            progress(STEPS_SHARE + DECODE_SHARE)
+            self._encode(video, spec, render, out_path, progress)
+        except torch.OutOfMemoryError:
+            _free_memory(model)
+            raise RenderError(
+                f"out of GPU memory rendering {render.width}x{render.height}, {render.num_frames} frames; "
+                "ask for a lower resolution or a shorter video"
+            ) from None
+        finally:
+            video = None
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _denoise(
+        self,
+        model: LoadedModel,
+        pipe: Any,
+        spec: VideoSpec,
+        inputs: RenderInputs,
+        render: RenderPlan,
+        progress: ProgressCallback,
+    ) -> torch.Tensor:
+        steps = model.options.num_steps
+
+        def on_step(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            progress(STEPS_SHARE * (step + 1) / steps)  # raises to stop the render here
+            return tensors
+
+        args = call_arguments(model, pipe, spec, inputs, render)
+        with torch.inference_mode():
+            output = pipe(**args, callback_on_step_end=on_step)
+        return output.frames[0]  # (frames, 3, h, w) in [0, 1], on the pipeline's device
+
+    @staticmethod
+    def _encode(
+        video: torch.Tensor, spec: VideoSpec, render: RenderPlan, out_path: Path, progress: ProgressCallback
+    ) -> None:
+        start, total = STEPS_SHARE + DECODE_SHARE, spec.frame_count
+        with Mp4Writer(out_path, spec.width, spec.height, spec.fps) as writer:
+            for i, frame in enumerate(conform(video, spec, render)):
+                writer.write(frame)
+                if i % spec.fps == 0:
+                    progress(start + (1 - start) * i / total)
+
+
+def call_arguments(
+    model: LoadedModel, pipe: Any, spec: VideoSpec, inputs: RenderInputs, render: RenderPlan
+) -> dict[str, Any]:
+    """The pipeline call for a request: size, frames, steps, guidance, seed and conditioning images
+    (scaled to cover the render size and centre-cropped, as the output is: never stretched)."""
+    options = model.options
+    seed = derive_seed(_SEED_DOMAIN, spec, inputs) % (1 << 63)
+    # A CPU generator: the same seed draws the same noise on any GPU (and on the CPU).
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    args: dict[str, Any] = {
+        "prompt": spec.prompt,
+        "negative_prompt": options.negative_prompt,
+        "width": render.width,
+        "height": render.height,
+        "num_frames": render.num_frames,
+        "num_inference_steps": options.num_steps,
+        "guidance_scale": options.guidance_scale,
+        "generator": generator,
+        "output_type": "pt",
+    }
+    if options.max_sequence_length is not None:
+        args["max_sequence_length"] = options.max_sequence_length
+    if options.family == "ltx":
+        args["frame_rate"] = render.fps
+    if options.guidance_2 is not None and getattr(pipe, "transformer_2", None) is not None:
+        args["guidance_scale_2"] = options.guidance_2
+    first = inputs.first_image and cover_fit(inputs.first_image, render.width, render.height)
+    last = inputs.last_image and cover_fit(inputs.last_image, render.width, render.height)
+    class_name = type(pipe).__name__
+    if first is not None and class_name == "LTXConditionPipeline":
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+        conditions = [LTXVideoCondition(image=first, frame_index=0)]
+        if last is not None:
+            conditions.append(LTXVideoCondition(image=last, frame_index=render.num_frames - 1))
+        args["conditions"] = conditions
+    elif first is not None:
+        args["image"] = first
+        if last is not None:
+            args["last_image"] = last
+    args.update(options.pipeline_args)
+    return args
+
+
+def _free_memory(model: LoadedModel) -> None:
+    """After an out-of-memory error: drop what the failed call left and give the cache back."""
+    gc.collect()
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(model.device)
