@@ -15,10 +15,7 @@ def _text_encoder(kind: str):  # type: ignore[no-untyped-def]
 
     # ByT5's vocabulary: 256 bytes + 3 specials + 125 sentinels.
     shape = {"vocab_size": 384, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4}
-    if kind == "umt5":
-        encoder = UMT5EncoderModel(UMT5Config(**shape))
-    else:
-        encoder = T5EncoderModel(T5Config(**shape))
+    encoder = UMT5EncoderModel(UMT5Config(**shape)) if kind == "umt5" else T5EncoderModel(T5Config(**shape))
     return ByT5Tokenizer(), encoder
 
 
@@ -51,7 +48,9 @@ def save_wan(path: Path, *, image_to_video: bool = False, seed: int = 0) -> Path
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
     tokenizer, text_encoder = _text_encoder("umt5")
     parts = {"transformer": transformer, "vae": vae, "scheduler": scheduler}
     parts |= {"text_encoder": text_encoder, "tokenizer": tokenizer}

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reelq.domain import MAX_DURATION, MIN_DURATION, ModelLimits
 
+# A GPU model takes minutes a clip (Wan 14B at 720p: tens of minutes on one H100), not seconds.
+ENGINE_DEADLINE_FACTOR = {"diffusers": 600.0}
+SHARED_KEYS = ("tokens_per_second", "max_duration", "render_deadline_factor")
 # SPEC §5: tokens_per_second defaults to 300 for *-pro models, 150 otherwise.
 PRO_RATE, DEFAULT_RATE = 300.0, 150.0
 MAX_MODEL_NAME = 100
@@ -36,6 +39,8 @@ class ModelEntry(BaseModel):
     tokens_per_second: float = Field(gt=0)
     # None: the engine's default for the model (synthetic: MAX_DURATION).
     max_duration: int | None = Field(None, ge=MIN_DURATION, le=MAX_DURATION)
+    # Seconds of render deadline per second of 720p video (REELQ_RENDER_DEADLINE_FACTOR when None).
+    render_deadline_factor: float | None = Field(None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
     limits: ModelLimits = Field(default_factory=ModelLimits)
 
@@ -75,8 +80,10 @@ def _entry(path: Path, name: str, table: object) -> ModelEntry:
     if engine not in ENGINES:
         available = ", ".join(sorted(ENGINES))
         raise CatalogError(f"{where}: engine = {engine!r} is not one of {available}")
-    shared = {k: table.pop(k) for k in ("tokens_per_second", "max_duration") if k in table}
+    shared = {k: table.pop(k) for k in SHARED_KEYS if k in table}
     shared.setdefault("tokens_per_second", default_rate(name))
+    if engine in ENGINE_DEADLINE_FACTOR:
+        shared.setdefault("render_deadline_factor", ENGINE_DEADLINE_FACTOR[engine])
     try:
         entry = ModelEntry(engine=engine, options=table, **shared)
         limits = check_model_options(engine, table, entry.max_duration)

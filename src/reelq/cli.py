@@ -82,7 +82,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[
-        int | None, typer.Option(help="Render worker processes (REELQ_WORKERS, default 2).")
+        int | None,
+        typer.Option(help="Render worker processes (REELQ_WORKERS; 2, or one per GPU with diffusers)."),
     ] = None,
     root_path: Annotated[str | None, typer.Option(help="Also serve every route under this prefix.")] = None,
     home: HomeOpt = None,
@@ -93,6 +94,7 @@ def serve(
     from reelq.api import create_asgi
     from reelq.api.app import build_services
     from reelq.api.server import server_options
+    from reelq.dispatch.gpus import default_worker_count, worker_gpus
     from reelq.dispatch.supervisor import Supervisor
 
     settings = _settings(workers=workers, root_path=root_path, home=home)
@@ -102,7 +104,8 @@ def serve(
     except Exception as exc:
         _error(f"cannot start: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from None
-    supervisor = Supervisor(settings, settings.workers)
+    gpus = worker_gpus(settings)
+    supervisor = Supervisor(settings, default_worker_count(settings, gpus), gpus)
     config = uvicorn.Config(
         create_asgi(settings, services),
         # uvicorn's httptools protocol bounded against slow clients and too many connections.
@@ -142,15 +145,20 @@ def serve(
 
 @app.command()
 def worker(
-    workers: Annotated[int, typer.Option("--workers", "-n", help="Render worker processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-n", help="Render worker processes (1, or one per GPU with diffusers)."),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run render workers without the API (they share the database with the API processes)."""
+    from reelq.dispatch.gpus import worker_gpus
     from reelq.dispatch.supervisor import Supervisor
 
     settings = _settings(home=home)
     _logging(settings)
-    supervisor = Supervisor(settings, workers)
+    gpus = worker_gpus(settings)
+    supervisor = Supervisor(settings, workers if workers is not None else max(1, len(gpus)), gpus)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
 
     synthetic_delay: float = Field(0.0, ge=0)
     workers: int = Field(2, ge=0, le=256)
+    # REELQ_GPUS: GPU ids the render workers are spread over ("0,1"; "none": no GPU). Unset: found
+    # when a diffusers model is served (dispatch/gpus.py).
+    gpus: Annotated[list[str], NoDecode] | None = None
     max_attempts: int = Field(3, ge=1, le=100)
     lease_seconds: float = Field(30.0, gt=0)
     sweep_interval: float = Field(1.0, gt=0)
@@ -108,6 +111,14 @@ class Settings(BaseSettings):
     def _split_terms(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_gpus(cls, value: object) -> object:
+        if isinstance(value, str):
+            ids = [g.strip() for g in value.split(",") if g.strip()]
+            value = [] if ids == ["none"] else ids
         return value
 
     @field_validator("log_level", mode="before")

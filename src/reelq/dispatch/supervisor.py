@@ -68,8 +68,9 @@ class _Child:
 class Supervisor:
     """Starts N worker processes, restarts the ones that die, and sweeps the store."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, gpus: list[str] | None = None) -> None:
         self.settings = settings
+        self.gpus = gpus or []  # worker i renders on gpus[i % len(gpus)]
         engine = make_engine(settings.sqlalchemy_url)
         migrate(engine)
         self.store = TaskStore(engine)
@@ -99,6 +100,9 @@ class Supervisor:
         # One BLAS thread: an idle OpenBLAS pool spins and steals the core x264 needs.
         env = dict(os.environ)
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        if self.gpus:
+            # One GPU per worker: in the worker the model loads on `cuda`, which is this GPU.
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[self.children.index(child) % len(self.gpus)]
         child.process = subprocess.Popen(
             [sys.executable, "-m", "reelq.worker.process", "--name", child.name],
             env=env,

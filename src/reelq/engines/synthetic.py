@@ -31,6 +31,7 @@ def request_seed(spec: VideoSpec, inputs: RenderInputs) -> int:
     """The synthetic engine's 128-bit seed for a request (see `derive_seed`)."""
     return derive_seed(_SEED_DOMAIN, spec, inputs)
 
+
 # A report goes out when 5 % more is done or 0.25 s has passed since the last one, whichever comes first:
 # lively enough for a progress bar, while a render makes a few dozen calls (each may cost the caller a
 # database write) rather than one per frame.

@@ -33,9 +33,11 @@ def render_deadline(settings: Settings, spec: VideoSpec, image_inputs: int = 0) 
     """Seconds an attempt may take, from the claim: base + factor x work + the synthetic delay, plus the
     longest each input image's fetch may take. Whole seconds, rounded up, as the error message says."""
     work = spec.duration * spec.width * spec.height / _PIXELS_720P
+    entry = settings.catalog.get(spec.model)
+    factor = entry and entry.render_deadline_factor
     seconds = (
         settings.render_deadline_base
-        + settings.render_deadline_factor * work
+        + (factor or settings.render_deadline_factor) * work
         + settings.synthetic_delay
         + image_inputs * settings.fetch_deadline
     )
