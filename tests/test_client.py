@@ -328,6 +328,7 @@ def test_all_is_pinned() -> None:
         "ReelqError",
         "ServiceUnavailableError",
         "Task",
+        "TaskList",
         "WaitTimeout",
     ]
     for name in reelq.client.__all__:

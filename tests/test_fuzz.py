@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port, reelq_env
+from tests.conftest import Server, create_key, free_port, reelq_env
 
 pytestmark = pytest.mark.e2e
 
@@ -90,8 +90,12 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def video_url(fuzz_server: Server) -> str:
-    """A completed task's signed link, rendered by a `reelq worker` that is stopped afterwards."""
-    with fuzz_server.client() as client:
+    """A completed task's signed link, rendered by a `reelq worker` that is stopped afterwards.
+
+    Its task belongs to a key the fuzzer does not hold: the fuzzer lists, cancels and deletes its
+    own tasks (links from the list to DELETE), and must not delete the one the download is fuzzed on.
+    """
+    with fuzz_server.client(create_key(fuzz_server.home, "fixture")) as client:
         body = {"model": "viduq3-turbo", "prompt": "fuzz fixture", "duration": 1, "resolution": "540p"}
         task = client.post("/v1/vidu/videos", json=body).json()
         worker = subprocess.Popen(

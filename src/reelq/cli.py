@@ -1,4 +1,4 @@
-"""The `reelq` command: serve, worker, keys, generate."""
+"""The `reelq` command: serve, worker, keys, generate, and list/cancel/delete of a server's tasks."""
 
 from __future__ import annotations
 
@@ -266,19 +266,27 @@ def generate(
 
 
 def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: Path) -> None:
+    """Create, follow the task's events on a progress bar (polling where the server has none), download.
+    Ctrl-C cancels the task on the server before exiting (130)."""
     from reelq.client import Client, ReelqError
 
+    task = None
     try:
         with Client(base_url=base_url, api_key=api_key) as client, _progress_bar() as bar:
-            task = client.create(**{k: v for k, v in body.items() if v is not None})
-            bar_id = bar.add_task(f"{task.id} {task.status}", total=100)
+            try:
+                task = client.create(**{k: v for k, v in body.items() if v is not None})
+                bar_id = bar.add_task(f"{task.id} {task.status}", total=100)
 
-            def update(current: Any) -> None:
-                bar.update(
-                    bar_id, completed=current.progress or 0, description=f"{current.id} {current.status}"
-                )
+                def update(current: Any) -> None:
+                    bar.update(
+                        bar_id, completed=current.progress or 0, description=f"{current.id} {current.status}"
+                    )
 
-            task = client.wait(task.id, timeout=3600, on_update=update)
+                task = _follow(client, task, update)
+            except KeyboardInterrupt:
+                if task is not None and not task.done:
+                    _cancel_on_interrupt(client, task.id)
+                raise typer.Exit(130) from None
             if task.status != "completed":
                 raise typer.Exit(_fail(task.error))
             bar.update(bar_id, completed=100)
@@ -287,6 +295,31 @@ def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: 
         _error(f"{exc}")
         raise typer.Exit(1) from None
     _report(output, task.actual_duration, task.total_tokens)
+
+
+def _follow(client: Any, task: Any, update: Any) -> Any:
+    """The task once terminal, reporting each state: server-sent events, else long-polls/polling."""
+    from reelq.client import APIConnectionError, NotFoundError
+
+    task_id = task.id
+    try:
+        for task in client.events(task_id):
+            update(task)
+        if task.done:
+            return task
+    except (NotFoundError, APIConnectionError):
+        pass  # a server without events (or a stream that kept failing): wait for it instead
+    return client.wait(task_id, timeout=3600, on_update=update)
+
+
+def _cancel_on_interrupt(client: Any, task_id: str) -> None:
+    from reelq.client import ReelqError
+
+    try:
+        cancelled = client.cancel(task_id)
+        _error(f"interrupted: task {task_id} {'cancelled' if cancelled.error else cancelled.status}")
+    except ReelqError as exc:
+        _error(f"interrupted: could not cancel task {task_id}: {exc}")
 
 
 def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -> None:
@@ -334,6 +367,70 @@ def _fail(error: str | None) -> int:
 
 def _report(output: Path, duration: float | None, tokens: int | None) -> None:
     typer.echo(f"wrote {output} ({duration} s, {tokens} tokens)", err=True)
+
+
+# --- task management against a server (REELQ_BASE_URL + REELQ_API_KEY) ---------------------------
+
+
+def _remote_client() -> Any:
+    from reelq.client import Client
+    from reelq.client._settings import ClientSettings
+
+    remote = ClientSettings()
+    if not (remote.base_url and remote.api_key):
+        _error("set REELQ_BASE_URL and REELQ_API_KEY to manage a server's tasks")
+        raise typer.Exit(2)
+    return Client(base_url=remote.base_url, api_key=remote.api_key)
+
+
+def _remote(action: Any) -> None:
+    from reelq.client import ReelqError
+
+    try:
+        with _remote_client() as client:
+            action(client)
+    except ReelqError as exc:
+        _error(f"{exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command("list")
+def list_tasks(
+    limit: Annotated[int, typer.Option(help="Tasks per page, 1..100.")] = 20,
+    status: Annotated[str | None, typer.Option(help="queued, processing, completed or failed.")] = None,
+    cursor: Annotated[str | None, typer.Option(help="The cursor printed after the previous page.")] = None,
+) -> None:
+    """List your tasks on the server, newest first (one line each; then the next page's cursor)."""
+
+    def show(client: Any) -> None:
+        page = client.list(limit=limit, status=status, cursor=cursor)
+        for task in page.data:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(task.created))
+            detail = (
+                task.error or task.video_url or (f"{task.progress}%" if task.progress is not None else "")
+            )
+            typer.echo(f"{task.id}\t{task.status}\t{task.model}\t{created} UTC\t{detail}")
+        if page.next_cursor:
+            typer.echo(f"next: --cursor {page.next_cursor}", err=True)
+
+    _remote(show)
+
+
+@app.command("cancel")
+def cancel_task(task_id: Annotated[str, typer.Argument(help="The task's id.")]) -> None:
+    """Cancel a queued or rendering task on the server (never charged)."""
+    _remote(lambda client: typer.echo(f"{task_id}\t{client.cancel(task_id).status}\tCancelled by user."))
+
+
+@app.command("delete")
+def delete_task(task_id: Annotated[str, typer.Argument(help="The task's id.")]) -> None:
+    """Delete a task and its video on the server (a running task is cancelled first)."""
+
+    def delete(client: Any) -> None:
+        client.delete(task_id)
+        typer.echo(f"deleted {task_id}")
+
+    _remote(delete)
 
 
 def main() -> None:

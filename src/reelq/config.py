@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # Long-polls (`?wait=N`, N <= 60) are held at most this long: lower it behind proxies with
     # shorter idle timeouts. Larger N are accepted and clamped.
     max_long_poll: float = Field(60.0, ge=0, le=60)
+    # Server-sent event streams (`/v1/result/{id}/events`) send a comment line after this many idle
+    # seconds, so proxies and load balancers do not close a stream waiting on a long render.
+    sse_heartbeat: float = Field(15.0, gt=0, le=300)
     # Slow clients (api/server.py): request headers must be complete this long after the
     # connection opens or the previous answer ends; a body gets body_timeout plus a second per
     # body_min_rate bytes received; connections beyond max_connections are answered 503.

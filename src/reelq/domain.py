@@ -34,6 +34,8 @@ MAX_PROMPT_CHARS = 5000
 MAX_SEED = 2**31 - 1
 CANCELLED_ERROR = "Cancelled by user."
 CONTENT_POLICY_PREFIX = "Content policy violation:"
+# The error of a task its owner cancelled (SPEC §1); the worker recognises its cancel by it.
+CANCELLED_ERROR = "Cancelled by user."
 
 
 class Status(StrEnum):

@@ -92,7 +92,7 @@ class FastRoutes:
             headers = _headers(scope)
             key_id = tasks.authenticate_now(headers.get(b"authorization"))
             view = tasks.read_now(key_id, task_id)
-            return 200, tasks.answer(view, self._link_base(scope, headers, root)), []
+            return 200, tasks.answer(view, self._link_base(scope, headers, root)), tasks.poll_after(view)
         except ApiError as exc:
             return _error_answer(exc)
         except Exception:
@@ -113,7 +113,7 @@ class FastRoutes:
             view = await tasks.create(
                 key_id, body, headers.get(b"content-type"), headers.get(b"idempotency-key")
             )
-            return 200, tasks.answer(view, self._link_base(scope, headers, root)), []
+            return 200, tasks.answer(view, self._link_base(scope, headers, root)), tasks.poll_after(view)
         except ApiError as exc:
             return _error_answer(exc)
         except _ClientGone:

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 
 from reelq.service.errors import ApiError, error_body
 
@@ -44,6 +45,16 @@ def _validation_message(error: dict[str, Any]) -> tuple[str | None, str]:
     return param, str(error.get("msg", "invalid value"))
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette's 405 names only the first route's, and
+    one path may have several routes (`GET` list and `POST` create of /v1/vidu/videos)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> Response:
@@ -61,9 +72,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404:
             message = "No such route."
-        elif exc.status_code == 405:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
             message = "Method not allowed on this route."
-        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+            headers = {**(headers or {}), "Allow": _allowed_methods(_request)} if _request else headers
+        return error_response(exc.status_code, code, message, None, headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _exc: ClientDisconnect) -> Response:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from starlette.responses import Response
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response, StreamingResponse
 
 from reelq.api.auth import KeyDep
 from reelq.api.services import ServicesDep
 from reelq.domain import Status
 from reelq.service import TaskService
+from reelq.service.listing import DEFAULT_LIMIT, MAX_LIMIT
+from reelq.service.pollhint import HEADER as POLL_AFTER_HEADER
 from reelq.service.schemas import CreateVideoRequest
 from reelq.service.tasks import MAX_IDEMPOTENCY_KEY
 
@@ -70,8 +72,11 @@ TASK_SCHEMA = {
 }
 
 
-def _json(content: bytes, status: int = 200) -> Response:
-    return Response(content, status, media_type="application/json")
+def _json(content: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    response = Response(content, status, media_type="application/json")
+    if headers:
+        response.raw_headers.extend(headers)
+    return response
 
 
 RETRY_AFTER_HEADER = {
@@ -103,7 +108,17 @@ def _err(status: int, description: str) -> dict[str, Any]:
     return error_response_doc(description)
 
 
-TASK_OK = {"description": "The task object", "content": {"application/json": {"schema": TASK_SCHEMA}}}
+POLL_AFTER_DOC = {
+    "description": "Only while the task is not finished: milliseconds to wait before asking again "
+    "(estimated from the queue position and the model's typical render time); clients may ignore it",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+TASK_OK = {
+    "description": "The task object",
+    "content": {"application/json": {"schema": TASK_SCHEMA}},
+    "headers": {POLL_AFTER_HEADER: POLL_AFTER_DOC},
+}
 # Lets a client (and a stateful fuzzer) follow a created task to its status.
 GET_RESULT_LINK = {
     "operationRef": "#/paths/~1v1~1result~1{task_id}/get",
@@ -164,7 +179,7 @@ async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) 
     view = await tasks.create(
         key_id, await request.body(), headers.get("content-type"), headers.get("idempotency-key")
     )
-    return _json(tasks.answer(view, link_base(tasks, request)))
+    return _json(tasks.answer(view, link_base(tasks, request)), headers=tasks.poll_after(view))
 
 
 @router.get("/v1/result/{task_id}", summary="Task status and result", responses=TASK_RESPONSES)
@@ -186,10 +201,132 @@ async def get_result(
             view = await tasks.wait(key_id, task_id, view, wait, gone)
         finally:
             gone.cancel()
-    return _json(tasks.answer(view, link_base(tasks, request)))
+    return _json(tasks.answer(view, link_base(tasks, request)), headers=tasks.poll_after(view))
 
 
 async def _client_gone(request: Request) -> None:
     """Returns when the client disconnects (a GET has no body: the next message is the hang-up)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+# --- the owner's task management and events (issue 13) ---------------------------------------------
+
+LIST_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {"type": "array", "items": TASK_SCHEMA},
+        "has_more": {"type": "boolean"},
+        "next_cursor": {"type": ["string", "null"]},
+    },
+    "required": ["object", "data", "has_more", "next_cursor"],
+}
+LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A page of the key's tasks, newest first",
+        "content": {"application/json": {"schema": LIST_SCHEMA}},
+    },
+    400: _err(400, "Invalid `limit`, `status` or `cursor`"),
+}
+CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The task, now (or already) `failed` with error `Cancelled by user.`",
+        "content": {"application/json": {"schema": TASK_SCHEMA}},
+    },
+    404: _err(404, "No such task for this key"),
+    409: _err(409, "The task had already completed or failed: nothing to cancel, left unchanged"),
+}
+DELETED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["video.deleted"]},
+        "deleted": {"type": "boolean", "enum": [True]},
+    },
+    "required": ["id", "object", "deleted"],
+}
+DELETE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The task and its video are gone",
+        "content": {"application/json": {"schema": DELETED_SCHEMA}},
+    },
+    404: _err(404, "No such task for this key"),
+}
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events: `status` and `progress`, each with `id:` and the task object "
+        "as `data`; `: keep-alive` comments while idle; the stream ends after the terminal event",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    204: {"description": "`Last-Event-ID` already is the terminal event: nothing more will come"},
+    404: _err(404, "No such task for this key"),
+}
+
+
+@router.get("/v1/vidu/videos", summary="List the key's tasks (newest first)", responses=LIST_RESPONSES)
+async def list_videos(
+    request: Request,
+    key_id: KeyDep,
+    services: ServicesDep,
+    limit: Annotated[
+        str | None, Query(description=f"Tasks per page, 1..{MAX_LIMIT} (default {DEFAULT_LIMIT})")
+    ] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page, as it was")] = None,
+    status: Annotated[
+        str | None, Query(description="Only tasks in this status: queued, processing, completed or failed")
+    ] = None,
+) -> Response:
+    tasks = services.tasks
+    page = await tasks.list_tasks(key_id, limit, cursor, status)
+    return _json(tasks.page_answer(page, link_base(tasks, request)))
+
+
+@router.post("/v1/vidu/videos/{task_id}/cancel", summary="Cancel a task", responses=CANCEL_RESPONSES)
+async def cancel_video(task_id: str, request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
+    tasks = services.tasks
+    view = await tasks.cancel(key_id, task_id)
+    return _json(tasks.answer(view, link_base(tasks, request)))
+
+
+@router.delete("/v1/vidu/videos/{task_id}", summary="Delete a task and its video", responses=DELETE_RESPONSES)
+async def delete_video(task_id: str, key_id: KeyDep, services: ServicesDep) -> Response:
+    return _json(await services.tasks.delete(key_id, task_id))
+
+
+@router.get(
+    "/v1/result/{task_id}/events",
+    summary="Server-sent events of a task's status and progress",
+    response_class=Response,
+    responses=EVENTS_RESPONSES,
+)
+async def task_events(
+    task_id: str,
+    request: Request,
+    key_id: KeyDep,
+    services: ServicesDep,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event (sent by EventSource)")
+    ] = None,
+) -> Response:
+    tasks = services.tasks
+    view = await tasks.open_events(key_id, task_id, last_event_id)
+    if view is None:
+        return Response(status_code=204)
+    gone = asyncio.ensure_future(_client_gone(request))
+
+    async def stream() -> Any:
+        try:
+            async for chunk in tasks.events(
+                key_id, task_id, view, last_event_id, link_base(tasks, request), gone
+            ):
+                yield chunk
+        finally:
+            gone.cancel()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        # no-transform and X-Accel-Buffering: proxies (nginx) must pass events on at once, not buffer them.
+        headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
+    )

@@ -33,7 +33,7 @@ from reelq.client._errors import (
     WaitTimeout,
 )
 from reelq.client._sync import Client
-from reelq.client._task import Task
+from reelq.client._task import Task, TaskList
 
 __all__ = [
     "APIConnectionError",
@@ -54,6 +54,7 @@ __all__ = [
     "ReelqError",
     "ServiceUnavailableError",
     "Task",
+    "TaskList",
     "WaitTimeout",
 ]
 

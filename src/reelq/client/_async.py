@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -12,13 +12,23 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from reelq.client._base import BaseClient
-from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file
-from reelq.client._task import Task
+from reelq.client._errors import APIConnectionError, ReelqError, connection_error, status_error
+from reelq.client._events import EventParser
+from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file, retry_delay
+from reelq.client._task import Task, TaskList
 
 T = TypeVar("T")
 
 
-class AsyncClient(BaseClient[Coroutine[Any, Any, Task], Coroutine[Any, Any, Path], httpx.AsyncClient]):
+class AsyncClient(
+    BaseClient[
+        Coroutine[Any, Any, Task],
+        Coroutine[Any, Any, Path],
+        Coroutine[Any, Any, TaskList],
+        Coroutine[Any, Any, None],
+        httpx.AsyncClient,
+    ]
+):
     """Asyncio reelq client: the same methods as Client, each returning a coroutine to await.
 
     Use it as an async context manager, or `await close()`, to release its connections.
@@ -38,6 +48,48 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Task], Coroutine[Any, Any, Path
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    async def events(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[Task]:
+        """Follow the task's server-sent events: yields the task at each status or progress change, the
+        last one terminal. A dropped stream is reopened with `Last-Event-ID`, so the terminal event is
+        never missed (up to `max_retries` failed reopenings in a row, with backoff). Raises the typed
+        APIError the server answers (NotFoundError also where a server has no events route: fall back
+        to `wait`)."""
+        parser = EventParser(last_event_id)
+        failures = 0
+        while True:
+            try:
+                response = await self._http.send(
+                    self._events_request(task_id, parser.last_event_id), stream=True
+                )
+            except httpx.HTTPError as exc:
+                error: ReelqError = connection_error(exc)
+            else:
+                try:
+                    if response.status_code == 204:
+                        return  # the terminal event was already seen
+                    if not response.is_success:
+                        await response.aread()
+                        error = status_error(response)
+                        if not error.retryable:
+                            raise error
+                    else:
+                        async for line in response.aiter_lines():
+                            task = parser.feed(line)
+                            if task is not None:
+                                failures = 0
+                                yield task
+                                if task.done:
+                                    return
+                        error = APIConnectionError("The event stream ended early.", retryable=True)
+                except httpx.HTTPError as exc:
+                    error = connection_error(exc)
+                finally:
+                    await response.aclose()
+            failures += 1
+            if failures > self.max_retries or not error.retryable:
+                raise error
+            await self._sleep(retry_delay(error, failures - 1))
 
     @staticmethod
     async def _sleep(seconds: float) -> None:

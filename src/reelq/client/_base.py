@@ -13,20 +13,38 @@ import httpx
 
 from reelq import __version__
 from reelq.client._errors import ReelqError
-from reelq.client._flows import Flow, download_flow, new_idempotency_key, task_flow, wait_flow
+from reelq.client._events import EVENTS_READ_TIMEOUT
+from reelq.client._flows import (
+    MIN_POLL_TIMEOUT,
+    Flow,
+    delete_flow,
+    download_flow,
+    list_flow,
+    new_idempotency_key,
+    task_flow,
+    wait_flow,
+)
 from reelq.client._task import Task
 
 # What the public methods return (plain values for Client, coroutines of them for AsyncClient), and
 # the httpx client class underneath.
 TaskResult = TypeVar("TaskResult")
 PathResult = TypeVar("PathResult")
+ListResult = TypeVar("ListResult")
+DeleteResult = TypeVar("DeleteResult")
 Http = TypeVar("Http", httpx.Client, httpx.AsyncClient)
 
 DEFAULT_MODEL = "viduq3-turbo"
 _USER_AGENT = f"reelq-python/{__version__}"
 
 
-class BaseClient(Generic[TaskResult, PathResult, Http]):
+# How long `wait` asks the server to hold each read (`?wait=`): below common proxy idle timeouts; with
+# an `on_update` callback, short, so that progress is reported every few seconds.
+LONG_POLL_SECONDS = 30.0
+LONG_POLL_WITH_UPDATES = 2.0
+
+
+class BaseClient(Generic[TaskResult, PathResult, ListResult, DeleteResult, Http]):
     """What Client and AsyncClient share; not used directly."""
 
     _http_class: ClassVar[type[httpx.Client] | type[httpx.AsyncClient]]
@@ -120,14 +138,18 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         poll_interval: float = 1.0,
         max_interval: float = 10.0,
         on_update: Callable[[Task], Any] | None = None,
+        long_poll: float | None = None,
     ) -> TaskResult:
-        """Poll until the task is `completed` or `failed` and return it. A failed task is a result, not
+        """Wait until the task is `completed` or `failed` and return it. A failed task is a result, not
         an exception: check `task.ok` and `task.error`.
 
-        Polls start `poll_interval` apart and spread out to `max_interval`; `on_update` gets every state
-        read (AsyncClient awaits it if it returns an awaitable). A 429 pauses for its Retry-After without
-        counting as a failure; more than `max_retries` consecutive other transient failures raise.
-        Raises WaitTimeout once `timeout` seconds have passed in all.
+        Each read is a long-poll (`?wait=`, `long_poll` seconds: 30, or 2 with `on_update`; 0 turns
+        it off): the server answers the moment the task ends. Where the server does not hold reads,
+        this falls back to polling, as often as the server's `x-poll-after-ms` hint says, else starting
+        `poll_interval` apart and spreading out to `max_interval` (never longer). `on_update` gets every
+        state read (AsyncClient awaits it if it returns an awaitable). A 429 pauses for its Retry-After
+        without counting as a failure; more than `max_retries` consecutive other transient failures
+        raise. Raises WaitTimeout once `timeout` seconds have passed in all.
         """
         return self._task(
             self._wait_flow(
@@ -136,8 +158,35 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
                 poll_interval=poll_interval,
                 max_interval=max_interval,
                 on_update=on_update,
+                long_poll=long_poll,
             )
         )
+
+    def list(
+        self, *, limit: int | None = None, cursor: str | None = None, status: str | None = None
+    ) -> ListResult:
+        """One page of this key's tasks, newest first (GET /v1/vidu/videos): a TaskList whose
+        `next_cursor`, passed back as `cursor`, gives the next page (None on the last)."""
+        params = {"limit": limit, "cursor": cursor, "status": status}
+        request = self._api_request(
+            "GET", "/v1/vidu/videos", params={k: v for k, v in params.items() if v is not None}
+        )
+        return cast(ListResult, self._run(list_flow(request, max_retries=self.max_retries)))
+
+    def cancel(self, task_id: str) -> TaskResult:
+        """Cancel a task (POST /v1/vidu/videos/{id}/cancel); returns it, `failed` "Cancelled by user.".
+
+        A queued task is cancelled at once, a rendering one stops within seconds; it is never charged.
+        Cancelling a cancelled task again returns it; one that had already completed or failed raises
+        ConflictError (left unchanged)."""
+        request = self._api_request("POST", f"/v1/vidu/videos/{_quoted_id(task_id)}/cancel")
+        return self._task(task_flow(request, max_retries=self.max_retries))
+
+    def delete(self, task_id: str) -> DeleteResult:
+        """Delete a task and its video (DELETE /v1/vidu/videos/{id}), cancelling it first if it runs.
+        Its id then raises NotFoundError and its video link stops working."""
+        request = self._api_request("DELETE", f"/v1/vidu/videos/{_quoted_id(task_id)}")
+        return cast(DeleteResult, self._run(delete_flow(request, max_retries=self.max_retries)))
 
     def create_and_wait(
         self,
@@ -210,11 +259,16 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         poll_interval: float,
         max_interval: float,
         on_update: Callable[[Task], Any] | None,
+        long_poll: float | None = None,
     ) -> Flow[Task]:
         self._result_request(task_id)  # a bad id fails here, not on the first poll
+        if long_poll is None:
+            long_poll = LONG_POLL_SECONDS if on_update is None else LONG_POLL_WITH_UPDATES
 
-        def poll(request_timeout: float) -> httpx.Request:
-            return self._result_request(task_id, timeout=min(self.timeout, request_timeout))
+        def poll(wait: int, request_timeout: float) -> httpx.Request:
+            # A held read gets its holding time on top of the usual timeout.
+            timeout = min(self.timeout, max(request_timeout - wait, MIN_POLL_TIMEOUT)) + wait
+            return self._result_request(task_id, timeout=timeout, wait=wait)
 
         return wait_flow(
             task_id,
@@ -224,6 +278,7 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
             max_interval=max_interval,
             max_retries=self.max_retries,
             on_update=on_update,
+            long_poll=long_poll,
         )
 
     def _create_and_wait_flow(
@@ -233,11 +288,19 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         done = yield from self._wait_flow(created.id, **wait)
         return done
 
-    def _result_request(self, task_id: str, timeout: float | None = None) -> httpx.Request:
-        if not isinstance(task_id, str) or not task_id.strip(". "):
-            raise ValueError(f"invalid task id {task_id!r}")
-        # Quoted, so no id can climb out of /v1/result/.
-        return self._api_request("GET", f"/v1/result/{quote(task_id, safe='')}", timeout=timeout)
+    def _result_request(self, task_id: str, timeout: float | None = None, wait: int = 0) -> httpx.Request:
+        params = {"wait": str(wait)} if wait >= 1 else None
+        return self._api_request("GET", f"/v1/result/{_quoted_id(task_id)}", timeout=timeout, params=params)
+
+    def _events_request(self, task_id: str, last_event_id: str | None) -> httpx.Request:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        request = self._api_request("GET", f"/v1/result/{_quoted_id(task_id)}/events", headers=headers)
+        request.extensions["timeout"] = httpx.Timeout(
+            self.timeout, read=max(self.timeout, EVENTS_READ_TIMEOUT)
+        ).as_dict()
+        return request
 
     def _api_request(
         self,
@@ -247,11 +310,13 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         json: Any = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        params: dict[str, Any] | None = None,
     ) -> httpx.Request:
         return self._http.build_request(
             method,
             self.base_url + path,
             json=json,
+            params=params,
             headers={
                 "Authorization": f"Bearer {self.api_key}",
                 "Accept": "application/json",
@@ -260,6 +325,13 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
             },
             timeout=self.timeout if timeout is None else timeout,
         )
+
+
+def _quoted_id(task_id: str) -> str:
+    """A task id as a path segment: quoted, so no id can climb out of its route."""
+    if not isinstance(task_id, str) or not task_id.strip(". "):
+        raise ValueError(f"invalid task id {task_id!r}")
+    return quote(task_id, safe="")
 
 
 def _base_url(value: str | None) -> str:

@@ -30,7 +30,7 @@ from reelq.client._errors import (
     status_error,
 )
 from reelq.client._retry import backoff_delay
-from reelq.client._task import Task
+from reelq.client._task import Task, TaskList
 
 T = TypeVar("T")
 
@@ -75,6 +75,10 @@ Flow = Generator[Action, Any, T]
 POLL_GROWTH = 1.5
 # A poll near the deadline still gets this long to answer, so the last look is not a certain timeout.
 MIN_POLL_TIMEOUT = 1.0
+# The polling hint of non-terminal answers (SPEC §3; service/pollhint.py on the server).
+POLL_AFTER_HEADER = "x-poll-after-ms"
+# A long-poll answered this close to the time asked for was held by the server (it long-polls).
+LONG_POLL_SLACK = 0.5
 
 
 def new_idempotency_key() -> str:
@@ -133,21 +137,29 @@ def parse_task(response: httpx.Response) -> Task:
 
 def wait_flow(
     task_id: str,
-    poll: Callable[[float], httpx.Request],
+    poll: Callable[[int, float], httpx.Request],
     *,
     timeout: float,
     poll_interval: float,
     max_interval: float,
     max_retries: int,
     on_update: Callable[[Task], Any] | None,
+    long_poll: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     rng: Callable[[], float] = random.random,
 ) -> Flow[Task]:
-    """Poll until the task is terminal and return it (failed is a result, not an error).
+    """Wait until the task is terminal and return it (failed is a result, not an error).
 
-    `poll(request_timeout)` builds one status request. The deadline covers everything, retries and
-    Retry-After pauses included. A 429 is the server pacing us: its pause is honoured and never counts
-    against `max_retries`, which bounds only consecutive other transient failures (connection, 5xx).
+    `poll(wait, request_timeout)` builds one status request, a long-poll (`?wait=N`) when `wait` >= 1.
+    With `long_poll` > 0 each read asks the server to hold it up to that many seconds (less near the
+    deadline): a server that long-polls answers the moment the task ends, and the next read goes out
+    at once. An answer that came back sooner, not finished (a server without long-polls ignores
+    `?wait=`), is followed by a pause: the server's polling hint (`x-poll-after-ms`) when it sent one,
+    else `poll_interval` growing to `max_interval`; never more than `max_interval`.
+
+    The deadline covers everything, retries and Retry-After pauses included. A 429 is the server pacing
+    us: its pause is honoured and never counts against `max_retries`, which bounds only consecutive
+    other transient failures (connection, 5xx).
     """
     if timeout < 0 or poll_interval <= 0:
         raise ValueError("wait needs timeout >= 0 and poll_interval > 0")
@@ -158,9 +170,13 @@ def wait_flow(
     last: Task | None = None
     while True:
         error: ReelqError | None = None
-        request_timeout = max(deadline - clock(), MIN_POLL_TIMEOUT)
+        remaining = deadline - clock()
+        hold = int(min(long_poll, remaining)) if long_poll > 0 else 0
+        request_timeout = max(remaining, MIN_POLL_TIMEOUT)
+        sent = clock()
         try:
-            task = yield from task_flow(poll(request_timeout), max_retries=0)
+            response = yield from request_flow(poll(hold, request_timeout), max_retries=0)
+            task = parse_task(response)
         except (APIError, APIConnectionError) as exc:
             if not exc.retryable:
                 raise
@@ -175,12 +191,47 @@ def wait_flow(
                 yield Notify(on_update, task)
             if task.done:
                 return task
-            delay = interval
-            interval = min(interval * POLL_GROWTH, max_interval)
+            hint = poll_hint(response)
+            if hold >= 1 and clock() - sent >= hold - LONG_POLL_SLACK:
+                delay = 0.0  # the server held the read for the time asked: ask again at once
+            elif hint is not None:
+                delay = min(hint, max_interval)
+            else:
+                delay = interval
+                interval = min(interval * POLL_GROWTH, max_interval)
         remaining = deadline - clock()
         if remaining <= 0:
             raise WaitTimeout(task_id, timeout, last) from error
-        yield Sleep(min(delay, remaining))
+        if delay > 0:
+            yield Sleep(min(delay, remaining))
+
+
+def poll_hint(response: httpx.Response) -> float | None:
+    """The server's polling hint (`x-poll-after-ms`) in seconds, or None when absent or unreadable."""
+    value = response.headers.get(POLL_AFTER_HEADER)
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value) / 1000
+
+
+def list_flow(request: httpx.Request, *, max_retries: int) -> Flow[TaskList]:
+    """Send a list request; the page as a TaskList."""
+    response = yield from request_flow(request, max_retries=max_retries)
+    try:
+        return TaskList.from_dict(response.json())
+    except ValueError as exc:
+        raise APIResponseValidationError(
+            f"The response is not a task list: {exc}.",
+            status_code=response.status_code,
+            code="invalid_response",
+            headers=response.headers,
+        ) from exc
+
+
+def delete_flow(request: httpx.Request, *, max_retries: int) -> Flow[None]:
+    """Send a delete request (retried like any: a repeat after a lost answer is a 404, raised)."""
+    yield from request_flow(request, max_retries=max_retries)
+    return None
 
 
 def download_flow(request: httpx.Request, path: Path, *, max_retries: int) -> Flow[Path]:

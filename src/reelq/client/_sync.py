@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -10,13 +11,15 @@ from typing import Self, TypeVar
 import httpx
 
 from reelq.client._base import BaseClient
-from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file
-from reelq.client._task import Task
+from reelq.client._errors import APIConnectionError, ReelqError, connection_error, status_error
+from reelq.client._events import EventParser
+from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file, retry_delay
+from reelq.client._task import Task, TaskList
 
 T = TypeVar("T")
 
 
-class Client(BaseClient[Task, Path, httpx.Client]):
+class Client(BaseClient[Task, Path, TaskList, None, httpx.Client]):
     """Blocking reelq client: `create`, `get`, `wait`, `download`, `create_and_wait`.
 
     Use it as a context manager, or call `close()`, to release its connections.
@@ -36,6 +39,46 @@ class Client(BaseClient[Task, Path, httpx.Client]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[Task]:
+        """Follow the task's server-sent events: yields the task at each status or progress change, the
+        last one terminal. A dropped stream is reopened with `Last-Event-ID`, so the terminal event is
+        never missed (up to `max_retries` failed reopenings in a row, with backoff). Raises the typed
+        APIError the server answers (NotFoundError also where a server has no events route: fall back
+        to `wait`)."""
+        parser = EventParser(last_event_id)
+        failures = 0
+        while True:
+            try:
+                response = self._http.send(self._events_request(task_id, parser.last_event_id), stream=True)
+            except httpx.HTTPError as exc:
+                error: ReelqError = connection_error(exc)
+            else:
+                try:
+                    if response.status_code == 204:
+                        return  # the terminal event was already seen
+                    if not response.is_success:
+                        response.read()
+                        error = status_error(response)
+                        if not error.retryable:
+                            raise error
+                    else:
+                        for line in response.iter_lines():
+                            task = parser.feed(line)
+                            if task is not None:
+                                failures = 0
+                                yield task
+                                if task.done:
+                                    return
+                        error = APIConnectionError("The event stream ended early.", retryable=True)
+                except httpx.HTTPError as exc:
+                    error = connection_error(exc)
+                finally:
+                    response.close()
+            failures += 1
+            if failures > self.max_retries or not error.retryable:
+                raise error
+            self._sleep(retry_delay(error, failures - 1))
 
     @staticmethod
     def _sleep(seconds: float) -> None:

@@ -62,6 +62,23 @@ class Task:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TaskList:
+    """One page of a key's tasks, newest first; `next_cursor` fetches the next (None on the last)."""
+
+    data: list[Task]
+    has_more: bool
+    next_cursor: str | None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TaskList:
+        """Build a TaskList from the wire object; ValueError if it is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise ValueError("expected a list object with 'data'")
+        cursor = _string(data, "next_cursor")
+        return cls([Task.from_dict(item) for item in data["data"]], bool(data.get("has_more")), cursor)
+
+
 def _string(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None or isinstance(value, str):

@@ -3,6 +3,7 @@
     queued ──claim──▶ processing ──complete──▶ completed (usage charged in the same commit)
       ▲                  │    │
       └──release/sweep───┘    └──fail, or sweep after max_attempts──▶ failed
+    cancel (the owner): queued or processing ──▶ failed "Cancelled by user." (never charged)
     renew: still processing, with a longer lease and more progress
 
 The row is the single source of truth (docs/ARCHITECTURE.md). Every transition is one
@@ -23,7 +24,7 @@ from sqlalchemy import Connection, and_, func, select, update
 from reelq.database import usage
 from reelq.database.tables import tasks
 from reelq.database.tasks import TaskRow
-from reelq.domain import Status
+from reelq.domain import CANCELLED_ERROR, Status
 
 QUEUED, PROCESSING = Status.QUEUED.value, Status.PROCESSING.value
 
@@ -150,3 +151,44 @@ def sweep(conn: Connection, max_attempts: int, queued_stale_seconds: float) -> S
         .limit(1000)
     ).scalars()
     return SweepResult(requeued=requeued, failed=failed, stale_queued=list(stale))
+
+
+# ---- cancel (owner's request; issue 13) ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What a cancel found: `row` is the task after it (None: no such task for this key);
+    `cancelled` is True when this call moved it from a live state to failed."""
+
+    row: TaskRow | None
+    cancelled: bool
+
+
+def cancel(conn: Connection, task_id: str, key_id: str) -> CancelResult:
+    """Fail a live (queued or processing) task of `key_id` as cancelled by its owner.
+
+    One conditional UPDATE like every transition: a worker's `complete` matches only while the row
+    is `processing`, so once this commits no racing finish can win and the task is never charged.
+    The worker is left in the row, so its next lease renewal (worker/heartbeat.py) sees the task is
+    no longer its own and the render stops.
+    """
+    live = and_(tasks.c.id == task_id, tasks.c.key_id == key_id, tasks.c.status.in_([QUEUED, PROCESSING]))
+    row = (
+        conn.execute(
+            update(tasks)
+            .where(live)
+            .values(
+                status=Status.FAILED.value,
+                finished_at=time.time(),
+                error=CANCELLED_ERROR,
+                lease_until=None,
+            )
+            .returning(*tasks.c)
+        )
+        .mappings()
+        .first()
+    )
+    if row is not None:
+        return CancelResult(TaskRow.from_mapping(row), True)
+    found = conn.execute(select(tasks).where(tasks.c.id == task_id, tasks.c.key_id == key_id)).mappings()
+    current = found.first()
+    return CancelResult(TaskRow.from_mapping(current) if current else None, False)

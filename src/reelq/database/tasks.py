@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
 from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
 from reelq.database.tables import task_inputs, tasks
@@ -239,3 +239,77 @@ def purge_finished(conn: Connection, cutoff: float, limit: int) -> list[tuple[st
 
 def mark_video_deleted(conn: Connection, task_id: str) -> None:
     conn.execute(update(tasks).where(tasks.c.id == task_id).values(video_deleted=True))
+
+
+# ---- list and delete (the owner's task management; issue 13) ------------------------------------
+def list_for_key(
+    conn: Connection,
+    key_id: str,
+    limit: int,
+    before: tuple[float, str] | None = None,
+    status: str | None = None,
+) -> list[TaskRow]:
+    """The key's tasks newest first (created_at, then id, both descending), after the `before`
+    position (a page's last row) and of one wire `status` when given; walks ix_tasks_key_created.
+
+    The wire status is derived (domain.wire_status): `queued` is a queued row never started,
+    `processing` a processing row or a queued one that was started before (requeued).
+    """
+    query = select(tasks).where(tasks.c.key_id == key_id)
+    if before is not None:
+        created, task_id = before
+        query = query.where(
+            or_(tasks.c.created_at < created, and_(tasks.c.created_at == created, tasks.c.id < task_id))
+        )
+    if status == Status.QUEUED.value:
+        query = query.where(tasks.c.status == Status.QUEUED.value, tasks.c.started_at.is_(None))
+    elif status == Status.PROCESSING.value:
+        query = query.where(
+            or_(
+                tasks.c.status == Status.PROCESSING.value,
+                and_(tasks.c.status == Status.QUEUED.value, tasks.c.started_at.is_not(None)),
+            )
+        )
+    elif status is not None:
+        query = query.where(tasks.c.status == status)
+    query = query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
+    return [TaskRow.from_mapping(row) for row in conn.execute(query).mappings()]
+
+
+def delete_owned(conn: Connection, task_id: str, key_id: str) -> TaskRow | None:
+    """Delete the key's task (and its inputs); the deleted row, whose video file the caller removes."""
+    row = get(conn, task_id, key_id)
+    if row is not None:
+        conn.execute(delete(task_inputs).where(task_inputs.c.task_id == task_id))
+        conn.execute(delete(tasks).where(tasks.c.id == task_id, tasks.c.key_id == key_id))
+    return row
+
+
+def queue_stats(
+    conn: Connection, max_queued: int, recent: int
+) -> tuple[list[float], int, list[tuple[str, float]]]:
+    """What the polling hint is computed from (service/pollhint.py): the creation times of queued rows
+    (oldest first, at most `max_queued`), the number of processing rows, and (model, seconds from first
+    claim to finish) of the `recent` newest completed tasks. Three index walks (ix_tasks_status_created)."""
+    queued = list(
+        conn.execute(
+            select(tasks.c.created_at)
+            .where(tasks.c.status == Status.QUEUED.value)
+            .order_by(tasks.c.created_at)
+            .limit(max_queued)
+        ).scalars()
+    )
+    running = conn.execute(
+        select(func.count()).select_from(tasks).where(tasks.c.status == Status.PROCESSING.value)
+    ).scalar_one()
+    renders = conn.execute(
+        select(tasks.c.model, tasks.c.finished_at - tasks.c.started_at)
+        .where(tasks.c.status == Status.COMPLETED.value, tasks.c.started_at.is_not(None))
+        .order_by(tasks.c.created_at.desc())
+        .limit(recent)
+    ).all()
+    return (
+        queued,
+        int(running),
+        [(model, float(seconds)) for model, seconds in renders if seconds is not None],
+    )

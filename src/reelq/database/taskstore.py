@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from reelq.database import keys, lifecycle, tasks, usage
 from reelq.database.changes import ChangeCounter
 from reelq.database.keys import ApiKey
-from reelq.database.lifecycle import SweepResult
+from reelq.database.lifecycle import CancelResult, SweepResult
 from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
 from reelq.database.tasks import IDEMPOTENCY_WINDOW_SECONDS, NewTask, TaskRow
 from reelq.database.usage import UsageRow
@@ -186,6 +186,31 @@ class TaskStore:
         """Recover lapsed leases (requeue, or fail after max_attempts) and find queued rows left waiting."""
         with self._write() as conn:
             return lifecycle.sweep(conn, max_attempts, queued_stale_seconds)
+
+    # ---- the owner's task management: list, cancel, delete (issue 13) ---------------------------
+    def list_tasks(
+        self, key_id: str, limit: int, before: tuple[float, str] | None = None, status: str | None = None
+    ) -> list[TaskRow]:
+        """The key's tasks newest first, after the `before` position, optionally of one wire status."""
+        with self._read() as conn:
+            return tasks.list_for_key(conn, key_id, limit, before, status)
+
+    def cancel(self, task_id: str, key_id: str) -> CancelResult:
+        """Fail the key's live task as cancelled (lifecycle.cancel); the commit tells readers and workers."""
+        with self._write() as conn:
+            return lifecycle.cancel(conn, task_id, key_id)
+
+    def delete_task(self, task_id: str, key_id: str) -> TaskRow | None:
+        """Delete the key's task row and inputs, cancelling it first in the same transaction if it is live
+        (its worker's next renewal finds no row and stops); the deleted row, or None."""
+        with self._write() as conn:
+            lifecycle.cancel(conn, task_id, key_id)
+            return tasks.delete_owned(conn, task_id, key_id)
+
+    def queue_stats(self, max_queued: int, recent: int) -> tuple[list[float], int, list[tuple[str, float]]]:
+        """The inputs of the polling hint (database/tasks.queue_stats)."""
+        with self._read() as conn:
+            return tasks.queue_stats(conn, max_queued, recent)
 
     # ---- usage (database/usage.py) -----------------------------------------------------------
     def usage(self, key_id: str, since: str | None = None, until: str | None = None) -> list[UsageRow]:

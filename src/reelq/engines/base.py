@@ -20,6 +20,15 @@ class RenderAborted(Exception):
     """Raised through the progress callback when the render must stop (lease lost, drain)."""
 
 
+class RenderCancelled(RenderAborted):
+    """Raised through the progress callback when the task's owner cancelled it (or deleted it).
+
+    Engines need nothing special for it: calling the progress callback between frames or denoising
+    steps is the hook. An engine that holds resources across steps may catch `RenderAborted` (this
+    is one) to release them, and must re-raise it.
+    """
+
+
 class RenderError(Exception):
     """A render failed for a reason worth showing to the client (it becomes the task's `error`)."""
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio.to_thread
@@ -33,7 +33,7 @@ from reelq.database import QuotaExceeded, Quotas, TaskStore
 from reelq.database.batcher import CreateBatcher
 from reelq.database.errors import StorageFull
 from reelq.database.fastread import SqliteReader, TaskView
-from reelq.domain import TERMINAL, Status, is_task_id
+from reelq.domain import CANCELLED_ERROR, TERMINAL, Status, is_task_id
 from reelq.ratelimit import Limit, RateLimiter, retry_after_header
 from reelq.service.errors import (
     Conflict,
@@ -44,7 +44,18 @@ from reelq.service.errors import (
     RateLimited,
     Unauthorized,
 )
+from reelq.service.events import (
+    HEARTBEAT,
+    RETRY,
+    TERMINAL_EVENT_ID,
+    event_id,
+    format_event,
+    parse_last_event_id,
+    stage,
+)
+from reelq.service.listing import encode_cursor, parse_list_query
 from reelq.service.longpoll import LongPollHub
+from reelq.service.pollhint import DEFAULT_RENDER_SECONDS, MAX_QUEUED, RECENT_RENDERS, PollHints
 from reelq.service.schemas import (
     parse_json_object,
     request_fingerprint,
@@ -103,6 +114,12 @@ class TaskService:
         self.creates = CreateBatcher(store, self.quotas, on_stored=on_stored)
         self.long_polls = LongPollHub(reader.version if reader else None, draining)
         self._finished: dict[tuple[str, TaskView], bytes] = {}
+        # The `x-poll-after-ms` hint of non-terminal answers, from a queue snapshot (service/pollhint.py).
+        self.poll_hints = PollHints(
+            lambda: store.queue_stats(MAX_QUEUED, RECENT_RENDERS),
+            settings.poll_rate,
+            DEFAULT_RENDER_SECONDS + settings.synthetic_delay,
+        )
 
     # --- authentication ---------------------------------------------------------------------
 
@@ -297,9 +314,132 @@ class TaskService:
             self._finished[cache_key] = body
         return body
 
+    def poll_after(self, view: TaskView) -> list[tuple[bytes, bytes]]:
+        """The polling-hint header of an answer about `view` (none once it is terminal); no query."""
+        return self.poll_hints.header(view)
+
+    # --- the owner's task management: list, cancel, delete (issue 13) --------------------------
+
+    async def list_tasks(
+        self, key_id: str, limit: str | None, cursor: str | None, status: str | None
+    ) -> TaskPage:
+        """A page of the key's tasks, newest first; the raw query values (InvalidRequest naming one)."""
+        query = parse_list_query(limit, cursor, status)
+        rows = await anyio.to_thread.run_sync(
+            self.store.list_tasks, key_id, query.limit + 1, query.before, query.status
+        )
+        has_more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else None
+        return TaskPage([TaskView.of(row) for row in rows], has_more, next_cursor)
+
+    def page_answer(self, page: TaskPage, base_url: str) -> bytes:
+        """The list as the JSON body: `{"object": "list", "data": [...], "has_more", "next_cursor"}`."""
+        return orjson.dumps(
+            {
+                "object": "list",
+                "data": [self.render(view, base_url) for view in page.tasks],
+                "has_more": page.has_more,
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+    async def cancel(self, key_id: str, task_id: str) -> TaskView:
+        """Cancel the key's task: a queued or processing task is failed "Cancelled by user." at once
+        (a rendering worker notices within a second and stops; nothing is charged). Cancelling it
+        again answers the same; a task that finished otherwise is Conflict; another key's, NotFound."""
+        if not is_task_id(task_id):
+            raise _no_such_task(task_id)
+        result = await anyio.to_thread.run_sync(self.store.cancel, task_id, key_id)
+        row = result.row
+        if row is None:
+            raise _no_such_task(task_id)
+        if not result.cancelled and not (row.status == Status.FAILED and row.error == CANCELLED_ERROR):
+            raise Conflict(
+                f"Task '{task_id}' already finished ({row.status}); there is nothing to cancel.",
+                param="id",
+                code="task_already_finished",
+            )
+        return TaskView.of(row)
+
+    async def delete(self, key_id: str, task_id: str) -> bytes:
+        """Delete the key's task and its video (a live task is cancelled in the same transaction, so its
+        worker stops); its id then answers 404 and its video link no longer serves. The JSON answer."""
+        if not is_task_id(task_id):
+            raise _no_such_task(task_id)
+
+        def remove() -> bool:
+            row = self.store.delete_task(task_id, key_id)
+            if row is not None and row.video_key:
+                self.storage.delete(row.video_key)
+            return row is not None
+
+        if not await anyio.to_thread.run_sync(remove):
+            raise _no_such_task(task_id)
+        return orjson.dumps({"id": task_id, "object": "video.deleted", "deleted": True})
+
+    # --- server-sent events (service/events.py) -------------------------------------------------
+
+    async def open_events(self, key_id: str, task_id: str, last_event_id: str | None) -> TaskView | None:
+        """Check an events request before the stream starts (a read: rate limit, NotFound); None when
+        the client's `Last-Event-ID` already is the terminal event (answer 204: nothing more to send)."""
+        view = await self.read(key_id, task_id)
+        if view.status in TERMINAL_VALUES and parse_last_event_id(last_event_id) == TERMINAL_EVENT_ID:
+            return None
+        return view
+
+    async def events(
+        self,
+        key_id: str,
+        task_id: str,
+        view: TaskView,
+        last_event_id: str | None,
+        base_url: str,
+        gone: asyncio.Future[None] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The SSE stream of a task opened by `open_events` (`view`, as it read it): one event per new
+        state, woken through the long-poll hub like `wait` (an idle stream costs nothing between
+        changes), heartbeat comments when idle, the end after the terminal event. A shutdown or the
+        client hanging up (`gone`) ends it; a reconnect with Last-Event-ID resumes where it was."""
+        hub = self.long_polls
+        heartbeat = self.settings.sse_heartbeat
+        last = parse_last_event_id(last_event_id)
+        if last is not None and last > event_id(view):
+            last = None  # not an id this task could have sent yet: start afresh
+        seen = hub.version()
+        latest: TaskView | None = view
+        yield RETRY
+        wrote = time.monotonic()
+        while latest is not None:
+            current = event_id(latest)
+            if last is None or current > last:
+                kind = "status" if last is None or stage(current) != stage(last) else "progress"
+                yield format_event(kind, current, self.answer(latest, base_url))
+                wrote = time.monotonic()
+                last = current
+            if current >= TERMINAL_EVENT_ID or self.draining.is_set() or (gone is not None and gone.done()):
+                return
+            idle = time.monotonic() - wrote
+            if idle >= heartbeat:
+                yield HEARTBEAT
+                wrote = time.monotonic()
+                continue
+            await hub.wait(heartbeat - idle, seen, gone)
+            seen = hub.version()
+            latest = await self._lookup(task_id, key_id)
+
     def close(self) -> None:
         """Store the creates still queued."""
         self.creates.close()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of a key's tasks (`TaskService.list_tasks`)."""
+
+    tasks: list[TaskView]
+    has_more: bool
+    next_cursor: str | None
 
 
 def _no_such_task(task_id: str) -> NotFound:

@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     RELEASED = "released"  # handed back (shutdown, or no disk space), it will run again
     LOST = "lost"  # the lease lapsed and someone else owns the task now
+    CANCELLED = "cancelled"  # the owner cancelled (or deleted) the task while it rendered
 
 
 def make_worker_id(name: str = "") -> str:

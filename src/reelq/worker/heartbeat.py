@@ -1,5 +1,9 @@
 """The heartbeat beside every render: it renews the lease with the latest progress and watches the deadline.
 
+Renewal is also how a render learns that its owner cancelled it: the cancel fails the row
+(database/lifecycle.py `cancel`), the next renewal matches nothing, and `cancelled` is set for the
+progress callback to raise `RenderCancelled` (within one renewal interval, at most a second).
+
 A render's deadline is proportional to its work (`render_deadline`). The render stops at the deadline
 when it next reports progress (`RenderDeadlineExceeded` through the progress callback); one that never
 reports again would keep its lease alive for ever, so the heartbeat itself fails the task after a grace
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reelq.config import Settings
-from reelq.domain import VideoSpec
+from reelq.domain import CANCELLED_ERROR, Status, VideoSpec
 from reelq.engines.base import RenderAborted
 
 if TYPE_CHECKING:
@@ -66,6 +70,8 @@ class Heartbeat(threading.Thread):
         self.task_id = task_id
         self.progress = 0
         self.lost = threading.Event()
+        # Set with `lost` when the reason the row is no longer ours is its owner's cancel (or delete).
+        self.cancelled = threading.Event()
         self.deadline_s = deadline_s
         self.deadline_at = time.monotonic() + deadline_s
         self.temp: Path | None = None  # the render's temporary file, removed by a hard stop
@@ -88,9 +94,17 @@ class Heartbeat(threading.Thread):
                 if not self.ctx.store.renew(
                     self.task_id, self.ctx.worker_id, self.ctx.settings.lease_seconds, self.progress
                 ):
+                    if self._was_cancelled():
+                        self.cancelled.set()
                     self.lost.set()
             except Exception:  # a busy database must not kill the heartbeat; the lease has slack
                 log.warning("lease renewal failed for %s", self.task_id, exc_info=True)
+
+    def _was_cancelled(self) -> bool:
+        """Why the renewal matched nothing: the owner's cancel (the row failed as cancelled, or deleted)
+        rather than a lapsed lease taken over by another worker. One read, only once per render."""
+        row = self.ctx.store.get_task(self.task_id)
+        return row is None or (row.status == Status.FAILED and row.error == CANCELLED_ERROR)
 
     def _hard_stop(self) -> None:
         ctx = self.ctx

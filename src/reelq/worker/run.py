@@ -17,7 +17,7 @@ from pathlib import Path
 from reelq.database import TaskRow
 from reelq.database.errors import is_storage_full
 from reelq.domain import CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
-from reelq.engines.base import RenderAborted, RenderError, RenderInputs
+from reelq.engines.base import RenderAborted, RenderCancelled, RenderError, RenderInputs
 from reelq.fetch import FetchError, fetch_bytes
 from reelq.images import ImageError, decode_image, is_data_uri, parse_data_uri
 from reelq.media import probe
@@ -94,6 +94,8 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
         if hang_drill and fraction >= 0.1:
             log.warning("task %s: fault drill, this render hangs without reporting progress", task.id)
             threading.Event().wait()
+        if heartbeat.cancelled.is_set():
+            raise RenderCancelled("cancelled by its owner")
         if heartbeat.lost.is_set():
             raise RenderAborted("lease lost")
         if heartbeat.overdue():
@@ -115,6 +117,10 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
         key = ctx.storage.commit(temp, task.id, task.attempts)
     except RenderAborted:
         discard_temp(temp)
+        if heartbeat.cancelled.is_set():
+            # The row is already failed "Cancelled by user." (never charged); the worker moves on.
+            log.info("task %s: cancelled by its owner, render stopped", task.id)
+            return Outcome.CANCELLED
         if heartbeat.lost.is_set():
             log.warning("task %s: lease lost, abandoning this attempt", task.id)
             return Outcome.LOST
