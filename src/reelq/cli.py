@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import gc
 import logging
-import shutil
 import signal
 import sys
 import threading
@@ -287,7 +286,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
     from reelq.engines import build_engines
     from reelq.service.errors import ApiError
     from reelq.service.schemas import validate_create
-    from reelq.storage import LocalStorage
+    from reelq.storage import build_storage
     from reelq.worker import WorkerContext, make_worker_id, run_task
 
     store = _store(settings)
@@ -296,7 +295,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
     except ApiError as exc:
         _error(f"{exc.message}")
         raise typer.Exit(2) from None
-    storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+    storage = build_storage(settings)
     task, _ = store.create_task(store.ensure_local_key(), new)
     ctx = WorkerContext(settings, store, storage, build_engines(settings), make_worker_id("cli"))
     with _progress_bar() as bar:
@@ -315,7 +314,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
             raise typer.Exit(_fail(row.error if row else "task vanished"))
         bar.update(bar_id, completed=100)
     output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(storage.path(row.video_key), output)
+    storage.download(row.video_key, output)
     _report(output, row.actual_duration, row.total_tokens)
 
 

@@ -31,7 +31,7 @@ from reelq.api.vidu import (
 from reelq.config import Settings, load_settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.database.fastread import SqliteReader
-from reelq.storage import LocalStorage
+from reelq.storage import build_storage
 from reelq.storage.local import room_problem
 
 log = logging.getLogger("reelq.api")
@@ -123,7 +123,7 @@ def build_services(settings: Settings) -> Services:
     return Services(
         settings=settings,
         store=TaskStore(engine),
-        storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
+        storage=build_storage(settings),
         reader=SqliteReader(sqlite_path) if sqlite_path is not None else None,
     )
 
@@ -167,11 +167,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                     conn.execute(text("SELECT 1"))
             except Exception as exc:
                 return f"database unavailable: {type(exc).__name__}"
-            if not services.storage.tmp_dir.is_dir():
-                return "storage unavailable"
-            # A full disk fails every render and every create: not ready, so a balancer sends traffic
-            # elsewhere and an operator sees why.
-            problem = room_problem(services.storage.tmp_dir, "videos")
+            # A full disk (or an unreachable bucket) fails every render and every create: not ready,
+            # so a balancer sends traffic elsewhere and an operator sees why.
+            problem = services.storage.problem()
             sqlite_path = services.settings.sqlite_path
             if problem is None and sqlite_path is not None:
                 problem = room_problem(sqlite_path.parent, "the database")

@@ -15,14 +15,14 @@ from reelq.dispatch.doorbell import ring
 from reelq.images import close_decoder_processes
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
-from reelq.storage import LocalStorage
+from reelq.storage import Storage
 
 
 @dataclass
 class Services:
     settings: Settings
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
     reader: SqliteReader | None  # the inline SQLite read path; None on other databases
     limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Set when the server starts shutting down (cli.serve): held long-polls answer at once.

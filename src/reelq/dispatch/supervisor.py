@@ -24,7 +24,7 @@ from pathlib import Path
 from reelq.config import Settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.dispatch.doorbell import ring
-from reelq.storage import LocalStorage
+from reelq.storage import build_storage
 from reelq.worker import worker_marker
 
 log = logging.getLogger("reelq.dispatch")
@@ -73,7 +73,7 @@ class Supervisor:
         engine = make_engine(settings.sqlalchemy_url)
         migrate(engine)
         self.store = TaskStore(engine)
-        self.storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+        self.storage = build_storage(settings)
         self.children = [_Child(name=f"w{i}") for i in range(workers)]
         self._settings_json = settings.to_json().encode()
         self._stopping = threading.Event()

@@ -51,7 +51,7 @@ from reelq.service.schemas import (
     task_object,
     validate_create_off_loop,
 )
-from reelq.storage import LocalStorage
+from reelq.storage import Storage
 
 MAX_IDEMPOTENCY_KEY = 200
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -82,7 +82,7 @@ class TaskService:
         self,
         settings: Settings,
         store: TaskStore,
-        storage: LocalStorage,
+        storage: Storage,
         reader: SqliteReader | None,
         limiter: RateLimiter,
         draining: threading.Event,
@@ -268,7 +268,7 @@ class TaskService:
         url = None
         if view.status == Status.COMPLETED:
             expires = int(view.finished_at + self.settings.video_url_ttl)
-            url = self.storage.signed_url(base_url, view.id, expires)
+            url = self.storage.video_url(base_url, view.id, view.video_key, expires)
         return task_object(
             task_id=view.id,
             model=view.model,

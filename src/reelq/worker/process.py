@@ -18,7 +18,7 @@ from reelq.config import Settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener
 from reelq.engines import build_engines
-from reelq.storage import LocalStorage
+from reelq.storage import build_storage
 from reelq.worker.context import WorkerContext, make_worker_id
 from reelq.worker.run import run_task
 
@@ -41,7 +41,7 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
     ctx = WorkerContext(
         settings=settings,
         store=TaskStore(engine),
-        storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
+        storage=build_storage(settings),
         engines=build_engines(settings),
         worker_id=make_worker_id(name),
         # A render stuck past its deadline ends this process (the supervisor starts a fresh one); not
