@@ -65,6 +65,9 @@ class S3Storage(TempFiles):
         self.bucket, self.prefix = parse_s3_url(url)
         # Only what an upload needs; some S3-compatible stores refuse the newer default checksums.
         config = Config(
+            # SigV4 everywhere: botocore still presigns with SigV2 in some regions, which newer
+            # regions and many S3-compatible stores refuse, and whose expiry is not capped at 7 days.
+            signature_version="s3v4",
             connect_timeout=5,
             read_timeout=60,
             retries={"max_attempts": 5, "mode": "standard"},
