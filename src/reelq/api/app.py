@@ -31,6 +31,8 @@ from reelq.api.vidu import (
 from reelq.config import Settings, load_settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.database.fastread import SqliteReader
+from reelq.database.quotas import QuotaCounts
+from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.storage import build_storage
 from reelq.storage.local import room_problem
 
@@ -120,11 +122,19 @@ def build_services(settings: Settings) -> Services:
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     sqlite_path = settings.sqlite_path
+    limiter: RateLimiter = MemoryRateLimiter()
+    counts: QuotaCounts | None = None
+    if settings.redis_url:
+        from reelq.sharedlimits import RedisLink, RedisRateLimiter, SharedQuotaCounts
+
+        link = RedisLink(settings.redis_url, settings.redis_prefix)
+        limiter, counts = RedisRateLimiter(link), SharedQuotaCounts(link)
     return Services(
         settings=settings,
-        store=TaskStore(engine),
+        store=TaskStore(engine, counts),
         storage=build_storage(settings),
         reader=SqliteReader(sqlite_path) if sqlite_path is not None else None,
+        limiter=limiter,
     )
 
 
