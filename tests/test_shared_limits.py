@@ -104,7 +104,10 @@ def two_stores(tmp_path: Path, prefix: str) -> Iterator[tuple[TaskStore, TaskSto
     engine = make_engine(f"sqlite:///{tmp_path / 'reelq.db'}")
     migrate(engine)
     other = make_engine(f"sqlite:///{tmp_path / 'reelq.db'}")
-    yield TaskStore(engine, SharedQuotaCounts(link(prefix))), TaskStore(other, SharedQuotaCounts(link(prefix)))
+    yield (
+        TaskStore(engine, SharedQuotaCounts(link(prefix))),
+        TaskStore(other, SharedQuotaCounts(link(prefix))),
+    )
     engine.dispose()
     other.dispose()
 

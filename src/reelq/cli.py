@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import gc
 import logging
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -42,8 +44,9 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from reelq.logs import setup_logging
+
+    setup_logging(settings)
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
@@ -89,12 +92,16 @@ def serve(
     """Run the API and N supervised render workers on the embedded store."""
     import uvicorn
 
+    from reelq.metrics import prepare_multiprocess_dir
+
+    settings = _settings(workers=workers, root_path=root_path, home=home)
+    # Before anything imports prometheus-client, here and in the render workers (they inherit it).
+    metrics_dir = prepare_multiprocess_dir(settings)
     from reelq.api import create_asgi
     from reelq.api.app import build_services
     from reelq.api.server import server_options
     from reelq.dispatch.supervisor import Supervisor
 
-    settings = _settings(workers=workers, root_path=root_path, home=home)
     _logging(settings)
     try:
         services = build_services(settings)
@@ -109,6 +116,8 @@ def serve(
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        # JSON logs: uvicorn's lines go through our handler (logs.py) rather than its text ones.
+        **({"log_config": None} if settings.log_format == "json" else {}),
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=5,
@@ -135,6 +144,8 @@ def serve(
     finally:
         logging.getLogger("reelq").info("draining render workers")
         supervisor.stop()
+        if metrics_dir.name == f"metrics-{os.getpid()}":  # ours, not one the operator named
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     if not server.started:
         raise typer.Exit(1)
 

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from reelq import __version__
-from reelq.api import files, usage, vidu
+from reelq.api import files, metrics, usage, vidu
 from reelq.api.fastpath import FastRoutes
 from reelq.api.handlers import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(vidu.router, tags=["vidu"])
     app.include_router(files.router, tags=["files"])
     app.include_router(usage.router, tags=["usage"])
+    app.include_router(metrics.router, tags=["ops"])
 
     @app.get("/healthz", tags=["ops"], summary="Liveness", responses=HEALTHZ_RESPONSES)
     async def healthz() -> dict[str, str]:
@@ -192,6 +193,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return Response('{"status":"ready"}', media_type="application/json")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(metrics.RoutedMetrics, stats=services.http_stats)  # innermost: sees the route
     app.add_middleware(BodyLimitMiddleware)
     if settings.root_path:
         app.add_middleware(RootPathMiddleware, root_path=settings.root_path)

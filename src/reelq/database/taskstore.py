@@ -146,6 +146,11 @@ class TaskStore:
         with self._read() as conn:
             return tasks.has_queued(conn)
 
+    def count_live(self) -> dict[str, int]:
+        """Queued and processing tasks (the metrics' gauges)."""
+        with self._read() as conn:
+            return tasks.count_live(conn)
+
     def count_by_status(self) -> dict[str, int]:
         with self._read() as conn:
             return tasks.count_by_status(conn)

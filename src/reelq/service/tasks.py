@@ -34,6 +34,7 @@ from reelq.database.batcher import CreateBatcher
 from reelq.database.errors import StorageFull
 from reelq.database.fastread import SqliteReader, TaskView
 from reelq.domain import TERMINAL, Status, is_task_id
+from reelq.metrics import CreateStats
 from reelq.ratelimit import Limit, RateLimiter, retry_after_header
 from reelq.service.errors import (
     Conflict,
@@ -102,6 +103,7 @@ class TaskService:
         self.creates = CreateBatcher(store, self.quotas, on_stored=on_stored)
         self.long_polls = LongPollHub(reader.version if reader else None, draining)
         self._finished: dict[tuple[str, TaskView], bytes] = {}
+        self.create_stats = CreateStats(settings.engine_for)  # reelq_tasks_created (metrics.py)
 
     # --- authentication ---------------------------------------------------------------------
 
@@ -230,7 +232,9 @@ class TaskService:
                 retry_after_header(ACTIVE_LIMIT_RETRY),
                 code="too_many_active_tasks",
             ) from None
-        if not created and row.request_hash != new.request_hash:
+        if created:
+            self.create_stats.created_one(new.model)
+        elif row.request_hash != new.request_hash:
             raise Conflict(
                 "This Idempotency-Key was already used with a different request body.",
                 param="Idempotency-Key",

@@ -161,4 +161,3 @@ class S3Storage(TempFiles):
             reason = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__
             return f"storage unavailable: S3 bucket {self.bucket!r}: {reason}"
         return None
-

@@ -18,6 +18,7 @@ from reelq.config import Settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener
 from reelq.engines import build_engines
+from reelq.logs import setup_logging
 from reelq.storage import build_storage
 from reelq.worker.context import WorkerContext, make_worker_id
 from reelq.worker.run import run_task
@@ -91,8 +92,7 @@ def _worker_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="w")
     args = parser.parse_args(argv)
     settings = Settings.from_json(sys.stdin.buffer.read())
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    setup_logging(settings)
     worker_loop(settings, args.name)
 
 
