@@ -5,7 +5,6 @@ and expiry by the sweeper. boto3 reads the standard AWS_* variables; reelq never
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,11 +51,11 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def s3(bucket: str):  # noqa: ANN201 - a boto3 client
+def s3(bucket: str):
     return boto3.client("s3")
 
 
-def s3_server(make_server: Callable, endpoint: str, url: str, **env: str):  # noqa: ANN201
+def s3_server(make_server: Callable, endpoint: str, url: str, **env: str):
     return make_server(REELQ_STORAGE_URL=url, **aws_env(endpoint), **env)
 
 

@@ -45,7 +45,7 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
-def link(prefix: str, url: str = REDIS_URL):  # noqa: ANN201
+def link(prefix: str, url: str = REDIS_URL):
     from reelq.sharedlimits import RedisLink
 
     return RedisLink(url, prefix)

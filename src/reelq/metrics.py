@@ -125,27 +125,42 @@ def task_claimed(model: str, engine: str, queued_seconds: float) -> None:
 # ---- the API process's hot counters (plain ints) ----------------------------------------------------------
 
 
+class RouteStats:
+    """One route's answers by status and its latency histogram, in plain numbers."""
+
+    __slots__ = ("by_status", "cells")
+
+    def __init__(self) -> None:
+        self.by_status: dict[int, int] = {}
+        self.cells: list[float] = [0] * (len(HTTP_BUCKETS) + 2)  # per bucket (last: +Inf), then the sum
+
+    def observe(self, status: int, seconds: float) -> None:
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        cells = self.cells
+        cells[bisect_left(HTTP_BUCKETS, seconds)] += 1
+        cells[-1] += seconds
+
+
 class HttpStats:
-    """Requests by (method, route template, status) and a latency histogram by (method, route).
+    """Requests by (method, route template): status counts and a latency histogram.
 
     Touched by the event loop only, so no lock; a scrape reads a consistent-enough snapshot (a
-    counter may be one request ahead of its histogram, which Prometheus tolerates).
+    counter may be one request ahead of its histogram, which Prometheus tolerates). The fast path
+    holds its two routes' `RouteStats` and pays one method call per answer (~0.4 µs).
     """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        # (method, route) -> [count per bucket (last: +Inf)..., sum in seconds]
-        self.latency: dict[tuple[str, str], list[float]] = {}
+        self.routes: dict[tuple[str, str], RouteStats] = {}
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        cells = self.latency.get((method, route))
-        if cells is None:
-            cells = self.latency[(method, route)] = [0] * (len(HTTP_BUCKETS) + 2)
-        cells[bisect_left(HTTP_BUCKETS, seconds)] += 1
-        cells[-1] += seconds
+    def route(self, method: str, template: str) -> RouteStats:
+        stats = self.routes.get((method, template))
+        if stats is None:
+            stats = self.routes[(method, template)] = RouteStats()
+        return stats
+
+    def observe(self, method: str, template: str, status: int, seconds: float) -> None:
+        self.route(method, template).observe(status, seconds)
 
 
 class CreateStats:
@@ -182,8 +197,10 @@ class ApiCollector:
         requests = CounterMetricFamily(
             "reelq_http_requests", "HTTP requests answered", labels=["method", "route", "status"]
         )
-        for (method, route, status), n in list(self.http.requests.items()):
-            requests.add_metric([method, route, str(status)], n)
+        routes = list(self.http.routes.items())
+        for (method, route), stats in routes:
+            for status, n in list(stats.by_status.items()):
+                requests.add_metric([method, route, str(status)], n)
         yield requests
         latency = HistogramMetricFamily(
             "reelq_http_request_duration_seconds",
@@ -191,7 +208,8 @@ class ApiCollector:
             labels=["method", "route"],
         )
         bounds = [*(repr(b) for b in HTTP_BUCKETS), "+Inf"]
-        for (method, route), cells in list(self.http.latency.items()):
+        for (method, route), stats in routes:
+            cells = list(stats.cells)
             running, buckets = 0, []
             for bound, n in zip(bounds, cells[:-1], strict=True):
                 running += int(n)
