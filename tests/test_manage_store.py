@@ -131,7 +131,19 @@ def test_cursors_round_trip_and_garbage_is_a_400_naming_cursor() -> None:
 def _view(status: str, progress: int = 0, created: float = 100.0, started: float | None = None) -> TaskView:
     finished = 200.0 if status in ("completed", "failed") else None
     return TaskView(
-        "video_x", "k", "viduq3-turbo", status, started, progress, created, finished, False, None, None, None
+        "video_x",
+        "k",
+        "viduq3-turbo",
+        status,
+        started,
+        progress,
+        created,
+        finished,
+        False,
+        None,
+        None,
+        None,
+        None,
     )
 
 

@@ -12,6 +12,7 @@ to differ, and only where each app created its own task.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -616,7 +617,12 @@ async def test_the_task_service_answers_without_any_http(tmp_path: Path) -> None
             tasks.authenticate_now("Bearer nope")
         view = await tasks.create(key_id, orjson.dumps(GOOD), "application/json", "once")
         assert isinstance(view, TaskView) and (view.status, view.key_id) == ("queued", key_id)
-        assert rung  # the workers were woken for the stored create
+        # The workers were woken for the stored create (by the writer thread, just after it answered).
+        for _ in range(200):
+            if rung:
+                break
+            await asyncio.sleep(0.005)
+        assert rung
         assert await tasks.create(key_id, orjson.dumps(GOOD), None, "once") == view  # replayed
         with pytest.raises(Conflict):
             await tasks.create(key_id, orjson.dumps({**GOOD, "seed": 1}), None, "once")

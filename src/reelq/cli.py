@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gc
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -43,8 +44,9 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from reelq.logs import setup_logging
+
+    setup_logging(settings)
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
@@ -91,13 +93,17 @@ def serve(
     """Run the API and N supervised render workers on the embedded store."""
     import uvicorn
 
+    from reelq.metrics import prepare_multiprocess_dir
+
+    settings = _settings(workers=workers, root_path=root_path, home=home)
+    # Before anything imports prometheus-client, here and in the render workers (they inherit it).
+    metrics_dir = prepare_multiprocess_dir(settings)
     from reelq.api import create_asgi
     from reelq.api.app import build_services
     from reelq.api.server import server_options
     from reelq.dispatch.gpus import default_worker_count, worker_gpus
     from reelq.dispatch.supervisor import Supervisor
 
-    settings = _settings(workers=workers, root_path=root_path, home=home)
     _logging(settings)
     try:
         services = build_services(settings)
@@ -113,6 +119,8 @@ def serve(
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        # JSON logs: uvicorn's lines go through our handler (logs.py) rather than its text ones.
+        **({"log_config": None} if settings.log_format == "json" else {}),
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=5,
@@ -139,6 +147,8 @@ def serve(
     finally:
         logging.getLogger("reelq").info("draining render workers")
         supervisor.stop()
+        if metrics_dir.name == f"metrics-{os.getpid()}":  # ours, not one the operator named
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     if not server.started:
         raise typer.Exit(1)
 
@@ -328,7 +338,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
     from reelq.engines import build_engines
     from reelq.service.errors import ApiError
     from reelq.service.schemas import validate_create
-    from reelq.storage import LocalStorage
+    from reelq.storage import build_storage
     from reelq.worker import WorkerContext, make_worker_id, run_task
 
     store = _store(settings)
@@ -337,7 +347,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
     except ApiError as exc:
         _error(f"{exc.message}")
         raise typer.Exit(2) from None
-    storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+    storage = build_storage(settings)
     task, _ = store.create_task(store.ensure_local_key(), new)
     ctx = WorkerContext(settings, store, storage, build_engines(settings), make_worker_id("cli"))
     with _progress_bar() as bar:
@@ -356,7 +366,7 @@ def _generate_embedded(settings: Settings, body: dict[str, Any], output: Path) -
             raise typer.Exit(_fail(row.error if row else "task vanished"))
         bar.update(bar_id, completed=100)
     output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(storage.path(row.video_key), output)
+    storage.download(row.video_key, output)
     _report(output, row.actual_duration, row.total_tokens)
 
 

@@ -25,7 +25,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from reelq.catalog import ModelEntry, implicit_catalog, load_catalog
+from reelq.catalog import CatalogError, ModelEntry, implicit_catalog, load_catalog
 from reelq.domain import DEFAULT_MODEL_RATES, DEFAULT_RESOLUTION_FACTORS, RESOLUTIONS, ModelLimits
 from reelq.engines import DEFAULT_ENGINE, ENGINES
 
@@ -42,8 +42,13 @@ class Settings(BaseSettings):
 
     home: Path = Path(".reelq")
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     database_url: str | None = None
     storage_url: str | None = None
+    # Shared rate limits and quota counts (ratelimit_redis.py); None: in this process's memory.
+    redis_url: str | None = None
+    # Every Redis key reelq writes starts with this, so deployments (and tests) can share a Redis.
+    redis_prefix: str = "reelq:"
 
     public_base_url: str | None = None
     root_path: str = ""
@@ -124,6 +129,41 @@ class Settings(BaseSettings):
             value = [] if ids == ["none"] else ids
         return value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from reelq.storage.s3 import parse_s3_url  # no boto3 import: only the URL's shape
+
+        parse_s3_url(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _presign_limit(self) -> Settings:
+        from reelq.storage.s3 import MAX_PRESIGN_SECONDS
+
+        if self.storage_url and self.video_url_ttl > MAX_PRESIGN_SECONDS:
+            # SigV4 presigned URLs cannot live longer; a link that dies early would break the contract.
+            raise ValueError(
+                f"REELQ_VIDEO_URL_TTL is at most {MAX_PRESIGN_SECONDS} seconds (7 days) with S3 storage"
+            )
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -174,7 +214,10 @@ class Settings(BaseSettings):
             if both:
                 drop = "REELQ_" + sorted(both)[0].upper()
                 raise ValueError(f"REELQ_MODELS is set: drop {drop} (the file says it)")
-            catalog = load_catalog(self.models_file)
+            try:
+                catalog = load_catalog(self.models_file)
+            except CatalogError as exc:
+                raise ValueError(f"REELQ_MODELS: {exc}") from None
         # Frozen settings: the catalog is derived once, here, and never changes after.
         object.__setattr__(self, "catalog", catalog)
         return self
@@ -286,8 +329,11 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**clean)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "REELQ_" + str(first["loc"][0]).upper() if first["loc"] else "REELQ_MODELS"
-        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across fields: its message names them
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"invalid configuration: {message}") from None
+        name = "REELQ_" + str(first["loc"][0]).upper()
+        message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"invalid configuration: {name}: {message}") from None
     except SettingsError as exc:  # a JSON-valued variable that is not JSON
         field = str(exc).split('"')[1] if '"' in str(exc) else "configuration"

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from reelq import __version__
-from reelq.api import files, usage, vidu
+from reelq.api import files, metrics, usage, vidu
 from reelq.api.fastpath import FastRoutes
 from reelq.api.handlers import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
@@ -31,7 +31,9 @@ from reelq.api.vidu import (
 from reelq.config import Settings, load_settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.database.fastread import SqliteReader
-from reelq.storage import LocalStorage
+from reelq.database.quotas import QuotaCounts
+from reelq.ratelimit import MemoryRateLimiter, RateLimiter
+from reelq.storage import build_storage
 from reelq.storage.local import room_problem
 
 log = logging.getLogger("reelq.api")
@@ -120,11 +122,19 @@ def build_services(settings: Settings) -> Services:
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     sqlite_path = settings.sqlite_path
+    limiter: RateLimiter = MemoryRateLimiter()
+    counts: QuotaCounts | None = None
+    if settings.redis_url:
+        from reelq.sharedlimits import RedisLink, RedisRateLimiter, SharedQuotaCounts
+
+        link = RedisLink(settings.redis_url, settings.redis_prefix)
+        limiter, counts = RedisRateLimiter(link), SharedQuotaCounts(link)
     return Services(
         settings=settings,
-        store=TaskStore(engine),
-        storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
+        store=TaskStore(engine, counts),
+        storage=build_storage(settings),
         reader=SqliteReader(sqlite_path) if sqlite_path is not None else None,
+        limiter=limiter,
     )
 
 
@@ -148,6 +158,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(vidu.router, tags=["vidu"])
     app.include_router(files.router, tags=["files"])
     app.include_router(usage.router, tags=["usage"])
+    app.include_router(metrics.router, tags=["ops"])
 
     @app.get("/healthz", tags=["ops"], summary="Liveness", responses=HEALTHZ_RESPONSES)
     async def healthz() -> dict[str, str]:
@@ -167,11 +178,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                     conn.execute(text("SELECT 1"))
             except Exception as exc:
                 return f"database unavailable: {type(exc).__name__}"
-            if not services.storage.tmp_dir.is_dir():
-                return "storage unavailable"
-            # A full disk fails every render and every create: not ready, so a balancer sends traffic
-            # elsewhere and an operator sees why.
-            problem = room_problem(services.storage.tmp_dir, "videos")
+            # A full disk (or an unreachable bucket) fails every render and every create: not ready,
+            # so a balancer sends traffic elsewhere and an operator sees why.
+            problem = services.storage.problem()
             sqlite_path = services.settings.sqlite_path
             if problem is None and sqlite_path is not None:
                 problem = room_problem(sqlite_path.parent, "the database")
@@ -184,6 +193,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return Response('{"status":"ready"}', media_type="application/json")
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(metrics.RoutedMetrics, stats=services.http_stats)  # innermost: sees the route
     app.add_middleware(BodyLimitMiddleware)
     if settings.root_path:
         app.add_middleware(RootPathMiddleware, root_path=settings.root_path)

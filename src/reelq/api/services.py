@@ -13,20 +13,23 @@ from reelq.database import TaskStore
 from reelq.database.fastread import SqliteReader
 from reelq.dispatch.doorbell import ring
 from reelq.images import close_decoder_processes
+from reelq.metrics import ApiCollector, HttpStats
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
-from reelq.storage import LocalStorage
+from reelq.storage import Storage
 
 
 @dataclass
 class Services:
     settings: Settings
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
     reader: SqliteReader | None  # the inline SQLite read path; None on other databases
     limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Set when the server starts shutting down (cli.serve): held long-polls answer at once.
     draining: threading.Event = field(default_factory=threading.Event)
+    # Request counts and latency of both transports, plain ints (metrics.py).
+    http_stats: HttpStats = field(default_factory=HttpStats)
 
     def __post_init__(self) -> None:
         # The task rules both transports call (api/vidu.py, api/fastpath.py).
@@ -39,6 +42,7 @@ class Services:
             self.draining,
             on_stored=self.notify_workers,
         )
+        self.metrics = ApiCollector(self.http_stats, self.tasks.create_stats, self.store)
 
     def notify_workers(self) -> None:
         """Wake idle workers now (embedded dispatch)."""

@@ -42,6 +42,7 @@ class TaskView(NamedTuple):
     created_at: float
     finished_at: float | None
     video_deleted: bool
+    video_key: str | None  # where the video is stored (an S3 link is presigned for the object)
     actual_duration: float | None
     total_tokens: int | None
     error: str | None

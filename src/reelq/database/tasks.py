@@ -204,6 +204,15 @@ def has_queued(conn: Connection) -> bool:
     )
 
 
+def count_live(conn: Connection) -> dict[str, int]:
+    """Queued and processing tasks (on the status index: finished rows are not read)."""
+    live = [Status.QUEUED.value, Status.PROCESSING.value]
+    rows = conn.execute(
+        select(tasks.c.status, func.count()).where(tasks.c.status.in_(live)).group_by(tasks.c.status)
+    )
+    return {status: count for status, count in rows}
+
+
 def count_by_status(conn: Connection) -> dict[str, int]:
     rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
     return {status: count for status, count in rows}

@@ -37,10 +37,11 @@ def change_counter_for(engine: Engine) -> ChangeCounter | None:
 class TaskStore:
     """All reads and writes of keys and tasks through SQLAlchemy Core (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, counts: QuotaCounts | None = None) -> None:
         self.engine = engine
         self.changes = change_counter_for(engine)
-        self._counts = QuotaCounts()
+        # The quota counts reused within a burst: this process's (default) or shared (sharedlimits.py).
+        self._counts = counts if counts is not None else QuotaCounts()
         # SQLite has one writer at a time. Threads of one process queue on this lock instead of
         # in SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and let 32
         # concurrent creates collapse to ~230/s; other processes still meet the busy handler.
@@ -144,6 +145,11 @@ class TaskStore:
     def has_queued(self) -> bool:
         with self._read() as conn:
             return tasks.has_queued(conn)
+
+    def count_live(self) -> dict[str, int]:
+        """Queued and processing tasks (the metrics' gauges)."""
+        with self._read() as conn:
+            return tasks.count_live(conn)
 
     def count_by_status(self) -> dict[str, int]:
         with self._read() as conn:

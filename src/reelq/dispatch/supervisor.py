@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reelq import metrics
 from reelq.config import Settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.dispatch.doorbell import ring
-from reelq.storage import LocalStorage
+from reelq.storage import build_storage
 from reelq.worker import worker_marker
 
 log = logging.getLogger("reelq.dispatch")
@@ -74,7 +75,7 @@ class Supervisor:
         engine = make_engine(settings.sqlalchemy_url)
         migrate(engine)
         self.store = TaskStore(engine)
-        self.storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+        self.storage = build_storage(settings)
         self.children = [_Child(name=f"w{i}") for i in range(workers)]
         self._settings_json = settings.to_json().encode()
         self._stopping = threading.Event()
@@ -155,6 +156,9 @@ class Supervisor:
         result = self.store.sweep(self.settings.max_attempts, self.settings.queued_redispatch_seconds)
         for task_id in result.failed:
             log.warning("task %s failed after %d attempts", task_id, self.settings.max_attempts)
+            row = self.store.get_task(task_id)
+            if row is not None:
+                metrics.task_finished(row.model, self.settings.engine_for(row.model), False)
         if result.requeued or result.stale_queued:
             ring(self.settings.run_dir)
         for task_id, key in self.store.expired_videos(self.settings.video_url_ttl):

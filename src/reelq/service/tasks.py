@@ -34,6 +34,7 @@ from reelq.database.batcher import CreateBatcher
 from reelq.database.errors import StorageFull
 from reelq.database.fastread import SqliteReader, TaskView
 from reelq.domain import CANCELLED_ERROR, TERMINAL, Status, is_task_id
+from reelq.metrics import CreateStats
 from reelq.ratelimit import Limit, RateLimiter, retry_after_header
 from reelq.service.errors import (
     Conflict,
@@ -62,7 +63,7 @@ from reelq.service.schemas import (
     task_object,
     validate_create_off_loop,
 )
-from reelq.storage import LocalStorage
+from reelq.storage import Storage
 
 MAX_IDEMPOTENCY_KEY = 200
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -93,7 +94,7 @@ class TaskService:
         self,
         settings: Settings,
         store: TaskStore,
-        storage: LocalStorage,
+        storage: Storage,
         reader: SqliteReader | None,
         limiter: RateLimiter,
         draining: threading.Event,
@@ -120,6 +121,7 @@ class TaskService:
             settings.poll_rate,
             DEFAULT_RENDER_SECONDS + settings.synthetic_delay,
         )
+        self.create_stats = CreateStats(settings.engine_for)  # reelq_tasks_created (metrics.py)
 
     # --- authentication ---------------------------------------------------------------------
 
@@ -247,7 +249,9 @@ class TaskService:
                 retry_after_header(ACTIVE_LIMIT_RETRY),
                 code="too_many_active_tasks",
             ) from None
-        if not created and row.request_hash != new.request_hash:
+        if created:
+            self.create_stats.created_one(new.model)
+        elif row.request_hash != new.request_hash:
             raise Conflict(
                 "This Idempotency-Key was already used with a different request body.",
                 param="Idempotency-Key",
@@ -285,7 +289,7 @@ class TaskService:
         url = None
         if view.status == Status.COMPLETED:
             expires = int(view.finished_at + self.settings.video_url_ttl)
-            url = self.storage.signed_url(base_url, view.id, expires)
+            url = self.storage.video_url(base_url, view.id, view.video_key, expires)
         return task_object(
             task_id=view.id,
             model=view.model,

@@ -8,13 +8,13 @@ import functools
 import hashlib
 import hmac
 import os
+import shutil
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from reelq.storage.base import TempFiles
+
 FILES_ROUTE = "/v1/files/{task_id}.mp4"
-TEMP_SUFFIX = ".part"
 # Free space below which a filesystem counts as full for readiness: a render or a few thousand task rows
 # need more than this, and an operator needs the warning before the last byte goes.
 READY_RESERVE_BYTES = 8 * 1024 * 1024
@@ -50,33 +50,18 @@ def room_problem(directory: Path, what: str, reserve: int = READY_RESERVE_BYTES)
     return None
 
 
-def _safe_name(worker: str) -> str:
-    return worker.replace("/", "_").replace(":", "_")
-
-
 def file_path_for(task_id: str) -> str:
     return FILES_ROUTE.format(task_id=task_id)
 
 
-class LocalStorage:
+class LocalStorage(TempFiles):
     """Videos are written under a temporary name and renamed into place, so a half file is never served."""
 
     def __init__(self, root: Path, secret: bytes) -> None:
-        self.root = root
-        self.tmp_dir = root / ".tmp"
+        super().__init__(root)
         self._secret = secret
 
     # ---- files ------------------------------------------------------------------------------
-    def temp_path(self, task_id: str, worker: str) -> Path:
-        """Where a worker renders; the worker id in the name lets a supervisor clean up after a dead child.
-
-        The name is `<task id>.<host>_<pid>_<worker name>.part` (task ids have no dots).
-        """
-        # Made per render, not once at start: a volume that comes back must not need a restart,
-        # and one that is broken must fail the task, not crash-loop the worker.
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        return self.tmp_dir / f"{task_id}.{_safe_name(worker)}{TEMP_SUFFIX}"
-
     def commit(self, temp: Path, task_id: str, attempt: int) -> str:
         """Move a finished render into place; returns its storage key.
 
@@ -96,47 +81,22 @@ class LocalStorage:
         with contextlib.suppress(FileNotFoundError):
             (self.root / key).unlink()
 
-    def remove_temp_files(self, worker_marker: str | None = None, older_than: float | None = None) -> int:
-        """Delete temporary renders of one (dead) worker, or those older than `older_than` seconds."""
-        removed = 0
-        now = time.time()
-        for entry in self.tmp_dir.glob(f"*{TEMP_SUFFIX}"):
-            if worker_marker is not None and worker_marker not in entry.name:
-                continue
-            try:
-                if older_than is not None and now - entry.stat().st_mtime < older_than:
-                    continue
-                entry.unlink()
-                removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+    def download(self, key: str, dest: Path) -> None:
+        shutil.copyfile(self.path(key), dest)
 
-    def remove_dead_workers_temp_files(self, host: str, is_alive: Callable[[int], bool]) -> int:
-        """Delete the temporary renders of this host's workers whose process is gone.
-
-        For start-up, after a kill of everything: the supervisor that would have cleaned up after them
-        died too. Files of other hosts (a shared volume) are left to the age-based sweep, as are names
-        this code did not write.
-        """
-        prefix = _safe_name(host) + "_"
-        removed = 0
-        for entry in self.tmp_dir.glob(f"*{TEMP_SUFFIX}"):
-            _task, _, owner = entry.name.removesuffix(TEMP_SUFFIX).partition(".")
-            pid = owner.removeprefix(prefix).partition("_")[0] if owner.startswith(prefix) else ""
-            if not pid.isdigit() or is_alive(int(pid)):
-                continue
-            try:
-                entry.unlink()
-                removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+    def problem(self) -> str | None:
+        """A missing or full videos volume (a full disk fails every render: not ready)."""
+        if not self.tmp_dir.is_dir():
+            return "storage unavailable"
+        return room_problem(self.tmp_dir, "videos")
 
     # ---- signed URLs ------------------------------------------------------------------------
     def signature(self, task_id: str, expires: int) -> str:
         message = f"{file_path_for(task_id)}\n{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def video_url(self, base_url: str, task_id: str, key: str | None, expires: int) -> str:
+        return self.signed_url(base_url, task_id, expires)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one storage object per process; the HMAC is per poll
     def signed_url(self, base_url: str, task_id: str, expires: int) -> str:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from reelq.config import Settings
 from reelq.database import TaskStore
 from reelq.engines.base import Engine
-from reelq.storage import LocalStorage
+from reelq.storage import Storage
 
 
 class Outcome(StrEnum):
@@ -38,7 +38,7 @@ def worker_marker(pid: int, host: str | None = None) -> str:
 class WorkerContext:
     settings: Settings
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
     engines: dict[str, Engine]
     worker_id: str
     # Called by the watchdog after it has failed a task whose render ignored the deadline past the grace

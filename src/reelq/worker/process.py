@@ -18,7 +18,8 @@ from reelq.config import Settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener
 from reelq.engines import build_engines
-from reelq.storage import LocalStorage
+from reelq.logs import setup_logging
+from reelq.storage import build_storage
 from reelq.worker.context import WorkerContext, make_worker_id
 from reelq.worker.run import run_task
 
@@ -41,7 +42,7 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
     ctx = WorkerContext(
         settings=settings,
         store=TaskStore(engine),
-        storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
+        storage=build_storage(settings),
         engines=build_engines(settings),
         worker_id=make_worker_id(name),
         # A render stuck past its deadline ends this process (the supervisor starts a fresh one); not
@@ -91,8 +92,7 @@ def _worker_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="w")
     args = parser.parse_args(argv)
     settings = Settings.from_json(sys.stdin.buffer.read())
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    setup_logging(settings)
     worker_loop(settings, args.name)
 
 

@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from reelq import metrics
 from reelq.database import TaskRow
 from reelq.database.errors import is_storage_full
 from reelq.domain import CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
 from reelq.engines.base import RenderAborted, RenderCancelled, RenderError, RenderInputs
 from reelq.fetch import FetchError, fetch_bytes
 from reelq.images import ImageError, decode_image, is_data_uri, parse_data_uri
+from reelq.logs import task_context
 from reelq.media import probe
 from reelq.storage.local import NO_SPACE_ERRNOS
 from reelq.worker.context import Outcome, WorkerContext
@@ -69,7 +71,24 @@ def load_inputs(ctx: WorkerContext, task: TaskRow) -> RenderInputs:
 
 
 def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], None] | None = None) -> Outcome:
-    """Run a task this worker has claimed, and leave the row terminal or handed back."""
+    """Run a task this worker has claimed, and leave the row terminal or handed back.
+
+    Counted in the metrics (metrics.py) and logged with the task's id on every line (logs.py).
+    """
+    engine = ctx.settings.engine_for(task.model)
+    if task.attempts == 1:  # the wait of a retry would count the failed attempt's render too
+        metrics.task_claimed(task.model, engine, time.time() - task.created_at)
+    started = time.monotonic()
+    with task_context(task.id):
+        outcome = _run_task(ctx, task, on_progress)
+    if outcome is Outcome.COMPLETED:
+        metrics.task_finished(task.model, engine, True, time.monotonic() - started)
+    elif outcome is Outcome.FAILED:
+        metrics.task_finished(task.model, engine, False)
+    return outcome
+
+
+def _run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], None] | None) -> Outcome:
     settings = ctx.settings
     term = find_blocked_term(task.prompt, settings.blocked_terms)
     if term is not None:

@@ -1,0 +1,260 @@
+"""Prometheus metrics (`GET /metrics`), safe across the processes of one `reelq serve`.
+
+Two kinds of numbers, kept apart on purpose:
+
+- **Events of the render workers** (child processes): tasks completed and failed, render seconds,
+  queue-wait seconds. These are prometheus-client metrics in multiprocess mode: each process writes
+  its own memory-mapped files under `PROMETHEUS_MULTIPROC_DIR`, which `reelq serve` points at a
+  fresh directory (`prepare_multiprocess_dir`) before any process imports prometheus-client, and
+  the scrape adds them up (dead workers' counts included, as counters must).
+- **The API process's own hot counters**: HTTP requests and their latency by route, tasks created.
+  The status-read fast path answers in microseconds, and a labelled `Histogram.observe` (a lock,
+  a label lookup, an mmap write) would cost a noticeable share of that. So these are plain Python
+  ints in `HttpStats`/`CreateStats`, touched only by the event loop, and a custom collector turns
+  them into Prometheus families at scrape time.
+
+Gauges are computed at scrape from the task rows, the truth for every process on every host:
+`reelq_queue_depth` (queued tasks) and `reelq_renders_running` (processing tasks).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reelq.config import Settings
+    from reelq.database import TaskStore
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Latency buckets (seconds) for HTTP: a status read is ~50 µs, a create ~1 ms, a long-poll up to 60 s.
+HTTP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0, 30.0, 60.0)  # fmt: skip
+RENDER_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                3600.0)  # fmt: skip
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# ---- the multiprocess directory -------------------------------------------------------------------------
+
+
+def prepare_multiprocess_dir(settings: Settings) -> Path:
+    """Point PROMETHEUS_MULTIPROC_DIR at a fresh directory for this `reelq serve` (and its workers, which
+    inherit the environment), unless the operator set one. Call before anything imports prometheus-client.
+
+    One directory per serving process (`run/metrics-<pid>`), so two servers sharing a home never mix
+    or wipe each other's files; the directories of processes that are gone are removed.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        return Path(given)
+    base = settings.run_dir
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.glob("metrics-*"):
+        pid = old.name.removeprefix("metrics-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = base / f"metrics-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)  # a reused pid's leftovers would add stale counts
+    path.mkdir()
+    os.environ[MULTIPROC_ENV] = str(path)  # read by prometheus-client when it is first imported
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- render worker events (prometheus-client, multiprocess) --------------------------------------------
+
+
+class _WorkerMetrics:
+    """Created on first use, so that a process that never renders never imports prometheus-client."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        labels = ("model", "engine")
+        self.completed = Counter("reelq_tasks_completed", "Tasks completed", labels)
+        self.failed = Counter("reelq_tasks_failed", "Tasks failed", labels)
+        self.render_seconds = Histogram(
+            "reelq_render_seconds", "Seconds from claim to stored video", labels, buckets=RENDER_BUCKETS
+        )
+        self.queue_wait = Histogram(
+            "reelq_queue_wait_seconds", "Seconds from create to first claim", labels, buckets=WAIT_BUCKETS
+        )
+
+
+_worker: _WorkerMetrics | None = None
+
+
+def worker_metrics() -> _WorkerMetrics:
+    global _worker
+    if _worker is None:
+        _worker = _WorkerMetrics()
+    return _worker
+
+
+def task_finished(model: str, engine: str, completed: bool, render_seconds: float | None = None) -> None:
+    """One task reached completed or failed (a render worker, or the sweeper giving up on it)."""
+    m = worker_metrics()
+    if completed:
+        m.completed.labels(model, engine).inc()
+        if render_seconds is not None:
+            m.render_seconds.labels(model, engine).observe(render_seconds)
+    else:
+        m.failed.labels(model, engine).inc()
+
+
+def task_claimed(model: str, engine: str, queued_seconds: float) -> None:
+    worker_metrics().queue_wait.labels(model, engine).observe(max(0.0, queued_seconds))
+
+
+# ---- the API process's hot counters (plain ints) ----------------------------------------------------------
+
+
+class RouteStats:
+    """One route's answers by status and its latency histogram, in plain numbers."""
+
+    __slots__ = ("by_status", "cells")
+
+    def __init__(self) -> None:
+        self.by_status: dict[int, int] = {}
+        self.cells: list[float] = [0] * (len(HTTP_BUCKETS) + 2)  # per bucket (last: +Inf), then the sum
+
+    def observe(self, status: int, seconds: float) -> None:
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        cells = self.cells
+        cells[bisect_left(HTTP_BUCKETS, seconds)] += 1
+        cells[-1] += seconds
+
+
+class HttpStats:
+    """Requests by (method, route template): status counts and a latency histogram.
+
+    Touched by the event loop only, so no lock; a scrape reads a consistent-enough snapshot (a
+    counter may be one request ahead of its histogram, which Prometheus tolerates). The fast path
+    holds its two routes' `RouteStats` and pays one method call per answer (~0.4 µs).
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], RouteStats] = {}
+
+    def route(self, method: str, template: str) -> RouteStats:
+        stats = self.routes.get((method, template))
+        if stats is None:
+            stats = self.routes[(method, template)] = RouteStats()
+        return stats
+
+    def observe(self, method: str, template: str, status: int, seconds: float) -> None:
+        self.route(method, template).observe(status, seconds)
+
+
+class CreateStats:
+    """Tasks created by (model, engine): one dict update per create."""
+
+    def __init__(self, engine_for: Callable[[str], str]) -> None:
+        self.created: dict[str, int] = {}
+        self._engine_for = engine_for
+
+    def created_one(self, model: str) -> None:
+        self.created[model] = self.created.get(model, 0) + 1
+
+    def by_engine(self) -> Iterator[tuple[str, str, int]]:
+        for model, n in list(self.created.items()):
+            yield model, self._engine_for(model), n
+
+
+class ApiCollector:
+    """The API process's plain-int counters and the gauges read from the task rows, as Prometheus families."""
+
+    def __init__(self, http: HttpStats, creates: CreateStats, store: TaskStore) -> None:
+        self.http = http
+        self.creates = creates
+        self.store = store
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        created = CounterMetricFamily("reelq_tasks_created", "Tasks created", labels=["model", "engine"])
+        for model, engine, n in self.creates.by_engine():
+            created.add_metric([model, engine], n)
+        yield created
+
+        requests = CounterMetricFamily(
+            "reelq_http_requests", "HTTP requests answered", labels=["method", "route", "status"]
+        )
+        routes = list(self.http.routes.items())
+        for (method, route), stats in routes:
+            for status, n in list(stats.by_status.items()):
+                requests.add_metric([method, route, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "reelq_http_request_duration_seconds",
+            "Seconds from request to the last byte of the answer, by route template",
+            labels=["method", "route"],
+        )
+        bounds = [*(repr(b) for b in HTTP_BUCKETS), "+Inf"]
+        for (method, route), stats in routes:
+            cells = list(stats.cells)
+            running, buckets = 0, []
+            for bound, n in zip(bounds, cells[:-1], strict=True):
+                running += int(n)
+                buckets.append((bound, running))
+            latency.add_metric([method, route], buckets, sum_value=cells[-1])
+        yield latency
+
+        counts = self._live_counts()
+        queue = GaugeMetricFamily("reelq_queue_depth", "Tasks waiting for a render worker")
+        running = GaugeMetricFamily("reelq_renders_running", "Tasks being rendered now")
+        if counts is not None:
+            queue.add_metric([], counts.get("queued", 0))
+            running.add_metric([], counts.get("processing", 0))
+        yield queue
+        yield running
+        up = GaugeMetricFamily("reelq_database_up", "1 when the task database answered this scrape")
+        up.add_metric([], 0 if counts is None else 1)
+        yield up
+
+    def _live_counts(self) -> dict[str, int] | None:
+        try:
+            return self.store.count_live()
+        except Exception:
+            return None
+
+
+def render_metrics(collector: ApiCollector) -> bytes:
+    """The text exposition of every process's metrics plus this process's own (runs in a thread)."""
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:  # one process (an embedded app in tests, `reelq generate`): its own registry
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    registry.register(collector)
+    return generate_latest(registry)
+
+
+class _Forward:
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.registry.collect()
