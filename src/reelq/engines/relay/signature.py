@@ -56,7 +56,8 @@ def signed_callback_headers(secret: str, path: str, query: str, date: str, nonce
 def verify(
     secret: str, method: str, path: str, query: str, headers: Mapping[str, str], now: float
 ) -> str | None:
-    """Why a callback is refused, or None when its signature verifies. `headers` is case-insensitive."""
+    """Why a callback is refused, or None when its signature verifies (header names in any case)."""
+    headers = {name.lower(): value for name, value in headers.items()}
     if headers.get("x-hmac-algorithm", ALGORITHM).lower() != ALGORITHM:
         return "unsupported signature algorithm"
     if headers.get("x-hmac-access-key", ACCESS_KEY) != ACCESS_KEY:
@@ -74,7 +75,7 @@ def verify(
         return "the signed headers must include Date and x-request-nonce"
     signed: list[tuple[str, str]] = []
     for name in names:
-        value = headers.get(name)
+        value = headers.get(name.lower())
         if value is None:
             return f"signed header {name} is missing"
         signed.append((name, value))
