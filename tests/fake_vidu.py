@@ -237,7 +237,7 @@ class FakeVidu:
                     elif age >= 0.2:
                         task.state = "queueing"
                     url = task.body.get("callback_url")
-                    # `created` never reaches here: a task is at least queueing after its first tick.
+                    # Each state change is called back once (queueing aside, as the platform lists it).
                     fresh = task.state != "queueing" and task.state not in task.sent_states
                     if url and fresh:
                         task.sent_states.add(task.state)

@@ -343,3 +343,38 @@ def test_reelq_upstream_full_chain_and_kill_9(make_server: Callable[..., Server]
     assert tasks == [(upstream_id, task_id, 1, 1)]
     assert row(front.home, task_id)["upstream_credits"] == round(300 * 2 * 0.75)
     assert upstream.keys[0] not in front.log()
+
+
+# ---- the row's rules for relayed tasks -----------------------------------------------------------
+
+
+def test_resumes_spend_no_attempt_and_are_never_failed_for_attempts(tmp_path: Path) -> None:
+    from reelq.database import NewTask, TaskStore, make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    migrate(engine)
+    store = TaskStore(engine)
+    key = store.ensure_local_key()
+    relayed, rendered = (
+        store.create_task(
+            key, NewTask(model=m, prompt="p", duration=1, aspect_ratio="16:9", resolution="720p")
+        )[0]
+        for m in ("viduq3-pro", "viduq3-turbo")
+    )
+    # A render worker never takes a relayed model; the relay worker takes only relayed ones.
+    assert store.claim_next("render", 30, exclude_models=["viduq3-pro"]).id == rendered.id
+    assert store.claim_next("render", 30, exclude_models=["viduq3-pro"]) is None
+    claimed = store.claim_relayed("relay-1", 30, ["viduq3-pro"], 10)
+    assert [t.id for t in claimed] == [relayed.id] and claimed[0].attempts == 1
+    assert store.record_upstream(relayed.id, "up-1", 7)
+    assert not store.record_upstream(relayed.id, "up-2")  # a known id is never replaced
+    assert store.renew_all("relay-1", 30) == {relayed.id}
+    for attempt in range(5):  # the worker dies again and again: more than REELQ_MAX_ATTEMPTS times
+        store.expire_leases_of("relay-")
+        result = store.sweep(max_attempts=3, queued_stale_seconds=60)
+        assert result.failed == [] and result.requeued == [relayed.id]
+        again = store.claim_relayed(f"relay-{attempt + 2}", 30, ["viduq3-pro"], 10)
+        assert [t.upstream_id for t in again] == ["up-1"] and again[0].attempts == 1
+    assert store.release(relayed.id, "relay-6", refund=False)
+    assert store.get_task(relayed.id).attempts == 1
+    assert store.get_task(relayed.id).upstream_credits == 7

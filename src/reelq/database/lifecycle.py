@@ -143,6 +143,14 @@ def record_upstream(conn: Connection, task_id: str, upstream_id: str | None, cre
     return written
 
 
+def renew(conn: Connection, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
+    """Extend the lease and record progress; False means the lease was lost (stop working)."""
+    larger = func.greatest if conn.dialect.name == "postgresql" else func.max  # SQLite's 2-arg max()
+    stmt = update(tasks).where(_owned(task_id, worker))
+    stmt = stmt.values(lease_until=time.time() + lease_seconds, progress=larger(tasks.c.progress, progress))
+    return conn.execute(stmt).rowcount == 1
+
+
 def complete(
     conn: Connection, task_id: str, worker: str, video_key: str, actual_duration: float, total_tokens: int
 ) -> bool:

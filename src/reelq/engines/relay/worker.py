@@ -387,10 +387,12 @@ class RelayWorker:
                 return status
             if status.progress is not None and min(99, status.progress) > progress:
                 progress = min(99, status.progress)
-                with contextlib.suppress(Exception):
+                try:
                     await asyncio.to_thread(
                         self.store.renew, row.id, self.worker_id, self.settings.lease_seconds, progress
                     )
+                except Exception:  # progress is a nicety: a busy database must not end the wait
+                    log.warning("task %s: could not record progress", row.id, exc_info=True)
             if now >= deadline:
                 raise TaskFailed(_too_long(options))
             delay = min(options.poll_max, delay * options.poll_backoff)
