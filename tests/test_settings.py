@@ -43,14 +43,14 @@ def test_the_home_a_child_gets_is_resolved(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_engines_come_from_one_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match=r"unknown engine .nope. \(available: diffusers, synthetic\)"):
+    with pytest.raises(ConfigError, match=r"unknown engine .nope. \(available: diffusers, relay, synthetic"):
         load_settings(engines={"viduq3-pro": "nope"})
 
     class Echo(SyntheticEngine):
         pass
 
     monkeypatch.setitem(ENGINES, "echo", lambda settings: Echo())
-    with pytest.raises(ConfigError, match=r"\(available: diffusers, echo, synthetic\)"):
+    with pytest.raises(ConfigError, match=r"\(available: diffusers, echo, relay, synthetic\)"):
         load_settings(engines={"viduq3-pro": "nope"})
     settings = load_settings(
         engines={"viduq3-pro": "echo"}, model_rates={"viduq3-pro": 1, "viduq3-turbo": 1, "other": 1}

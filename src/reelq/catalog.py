@@ -98,8 +98,14 @@ def _entry(path: Path, name: str, table: object) -> ModelEntry:
 
 def implicit_catalog(rates: dict[str, float], engines: dict[str, str]) -> dict[str, ModelEntry]:
     """The catalog without a models file: every rated model, on its mapped engine (synthetic by default)."""
-    from reelq.engines import DEFAULT_ENGINE
+    from reelq.engines import DEFAULT_ENGINE, RELAY_ENGINE
 
+    for name, engine in engines.items():
+        if engine == RELAY_ENGINE:
+            # A relayed model needs its upstream (base_url, api_key_env): only a models file says it.
+            raise CatalogError(
+                f"model {name!r}: the relay engine is configured in the models file (REELQ_MODELS)"
+            )
     return {
         name: ModelEntry(engine=engines.get(name, DEFAULT_ENGINE), tokens_per_second=rate)
         for name, rate in rates.items()

@@ -16,10 +16,11 @@ Functions take the open write transaction (`TaskStore` opens it and tells reader
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, case, func, select, update
 
 from reelq.database import usage
 from reelq.database.tables import tasks
@@ -40,12 +41,24 @@ def _owned(task_id: str, worker: str) -> Any:
     return and_(tasks.c.id == task_id, tasks.c.worker == worker, tasks.c.status == PROCESSING)
 
 
-def claim(conn: Connection, worker: str, lease_seconds: float, task_id: str | None = None) -> TaskRow | None:
-    """Move the oldest queued task (or `task_id`) to processing for `worker`; one attempt spent."""
+def claim(
+    conn: Connection,
+    worker: str,
+    lease_seconds: float,
+    task_id: str | None = None,
+    exclude_models: Collection[str] = (),
+) -> TaskRow | None:
+    """Move the oldest queued task (or `task_id`) to processing for `worker`; one attempt spent.
+
+    `exclude_models`: models this worker does not serve (a render worker leaves relayed models to the
+    relay worker, which waits on them without holding a render slot).
+    """
     now = time.time()
     pick = select(tasks.c.id).where(tasks.c.status == QUEUED)
     if task_id is not None:
         pick = pick.where(tasks.c.id == task_id)
+    if exclude_models:
+        pick = pick.where(tasks.c.model.not_in(list(exclude_models)))
     pick = pick.order_by(tasks.c.created_at).limit(1)
     if conn.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
@@ -66,6 +79,69 @@ def claim(conn: Connection, worker: str, lease_seconds: float, task_id: str | No
         .first()
     )
     return TaskRow.from_mapping(row) if row else None
+
+
+def claim_relayed(
+    conn: Connection, worker: str, lease_seconds: float, models: Collection[str], limit: int
+) -> list[TaskRow]:
+    """Claim up to `limit` queued tasks of the relayed `models` at once, oldest first.
+
+    A task whose upstream id is already known is a resume, not a new generation: its attempt is not
+    spent (the relay worker bounds such a task by its maximum wait instead).
+    """
+    if not models or limit <= 0:
+        return []
+    now = time.time()
+    pick = (
+        select(tasks.c.id)
+        .where(tasks.c.status == QUEUED, tasks.c.model.in_(list(models)))
+        .order_by(tasks.c.created_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    spent = case((tasks.c.upstream_id.is_(None), 1), else_=0)
+    rows = (
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(pick.scalar_subquery()), tasks.c.status == QUEUED)
+            .values(
+                status=PROCESSING,
+                worker=worker,
+                lease_until=now + lease_seconds,
+                attempts=tasks.c.attempts + spent,
+                started_at=func.coalesce(tasks.c.started_at, now),
+            )
+            .returning(*tasks.c)
+        )
+        .mappings()
+        .all()
+    )
+    return sorted((TaskRow.from_mapping(row) for row in rows), key=lambda r: r.created_at)
+
+
+def renew_all(conn: Connection, worker: str, lease_seconds: float) -> set[str]:
+    """Extend the lease of every task `worker` holds, in one statement; returns their ids (a task
+    missing from the answer was lost: the sweeper gave it to someone else)."""
+    stmt = update(tasks).where(tasks.c.worker == worker, tasks.c.status == PROCESSING)
+    stmt = stmt.values(lease_until=time.time() + lease_seconds).returning(tasks.c.id)
+    return set(conn.execute(stmt).scalars())
+
+
+def record_upstream(conn: Connection, task_id: str, upstream_id: str | None, credits: int | None) -> bool:
+    """Store the upstream's task id (once: a known id is never replaced) and credits on a live task.
+
+    Not conditional on the lease: the id is a fact about the task whoever holds it now, and the
+    sooner it is on the row the smaller the window in which a resumed attempt could create again.
+    """
+    live = and_(tasks.c.id == task_id, tasks.c.status.in_([QUEUED, PROCESSING]))
+    written = True
+    if upstream_id is not None:
+        stmt = update(tasks).where(live, tasks.c.upstream_id.is_(None)).values(upstream_id=upstream_id)
+        written = conn.execute(stmt).rowcount == 1
+    if credits is not None:
+        written = conn.execute(update(tasks).where(live).values(upstream_credits=credits)).rowcount == 1
+    return written
 
 
 def renew(conn: Connection, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
@@ -111,10 +187,14 @@ def fail(conn: Connection, task_id: str, error: str, worker: str | None = None) 
     return conn.execute(stmt).rowcount == 1
 
 
-def release(conn: Connection, task_id: str, worker: str) -> bool:
-    """Hand a task back without spending an attempt (graceful shutdown while rendering)."""
+def release(conn: Connection, task_id: str, worker: str, refund: bool = True) -> bool:
+    """Hand a task back without spending an attempt (graceful shutdown while rendering).
+
+    `refund=False` when the claim spent none (a relayed task resumed on its known upstream id).
+    """
     stmt = update(tasks).where(_owned(task_id, worker))
-    stmt = stmt.values(status=QUEUED, worker=None, lease_until=None, attempts=tasks.c.attempts - 1)
+    attempts = tasks.c.attempts - 1 if refund else tasks.c.attempts
+    stmt = stmt.values(status=QUEUED, worker=None, lease_until=None, attempts=attempts)
     return conn.execute(stmt).rowcount == 1
 
 
@@ -129,10 +209,13 @@ def sweep(conn: Connection, max_attempts: int, queued_stale_seconds: float) -> S
     now = time.time()
     lapsed = and_(tasks.c.status == PROCESSING, tasks.c.lease_until < now)
     error = f"Render failed after {max_attempts} attempts: the worker stopped responding or crashed."
+    # A relayed task whose upstream id is known is resumed, never failed here: another attempt only
+    # waits on the generation already paid for (its relay worker bounds it by the maximum wait).
+    exhausted = and_(tasks.c.attempts >= max_attempts, tasks.c.upstream_id.is_(None))
     failed = list(
         conn.execute(
             update(tasks)
-            .where(lapsed, tasks.c.attempts >= max_attempts)
+            .where(lapsed, exhausted)
             .values(status=Status.FAILED.value, finished_at=now, lease_until=None, error=error)
             .returning(tasks.c.id)
         ).scalars()
@@ -140,7 +223,7 @@ def sweep(conn: Connection, max_attempts: int, queued_stale_seconds: float) -> S
     requeued = list(
         conn.execute(
             update(tasks)
-            .where(lapsed, tasks.c.attempts < max_attempts)
+            .where(lapsed, ~exhausted)
             .values(status=QUEUED, worker=None, lease_until=None)
             .returning(tasks.c.id)
         ).scalars()

@@ -61,6 +61,10 @@ tasks = Table(
     Column("error", Text, nullable=True),
     Column("idempotency_key", String(200), nullable=True),
     Column("request_hash", String(64), nullable=True),
+    # Relay engine (engines/relay): the upstream's task id, stored as soon as the upstream accepted the
+    # create, so a resumed attempt waits on it instead of creating again; and what the upstream charged.
+    Column("upstream_id", String(200), nullable=True),
+    Column("upstream_credits", Integer, nullable=True),
     UniqueConstraint("key_id", "idempotency_key", name="uq_tasks_key_idempotency"),
 )
 # The claim looks for the oldest queued row; the sweeper for lapsed leases: both walk this index.

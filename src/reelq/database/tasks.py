@@ -47,6 +47,8 @@ class TaskRow:
     error: str | None
     idempotency_key: str | None
     request_hash: str | None
+    upstream_id: str | None = None
+    upstream_credits: int | None = None
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> TaskRow:
@@ -93,6 +95,8 @@ _NEW_TASK_DEFAULTS: dict[str, Any] = {
     "actual_duration": None,
     "total_tokens": None,
     "error": None,
+    "upstream_id": None,
+    "upstream_credits": None,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
@@ -156,10 +156,33 @@ class TaskStore:
             return tasks.count_by_status(conn)
 
     # ---- the state machine (database/lifecycle.py) -------------------------------------------
-    def claim_next(self, worker: str, lease_seconds: float, task_id: str | None = None) -> TaskRow | None:
+    def claim_next(
+        self,
+        worker: str,
+        lease_seconds: float,
+        task_id: str | None = None,
+        exclude_models: Collection[str] = (),
+    ) -> TaskRow | None:
         """Atomically move the oldest queued task (or `task_id`) to processing for `worker`."""
         with self._write() as conn:
-            return lifecycle.claim(conn, worker, lease_seconds, task_id)
+            return lifecycle.claim(conn, worker, lease_seconds, task_id, exclude_models)
+
+    def claim_relayed(
+        self, worker: str, lease_seconds: float, models: Collection[str], limit: int
+    ) -> list[TaskRow]:
+        """Claim up to `limit` queued tasks of relayed models (a resume spends no attempt)."""
+        with self._write() as conn:
+            return lifecycle.claim_relayed(conn, worker, lease_seconds, models, limit)
+
+    def renew_all(self, worker: str, lease_seconds: float) -> set[str]:
+        """Extend every lease `worker` holds in one statement; returns the ids it still holds."""
+        with self._write() as conn:
+            return lifecycle.renew_all(conn, worker, lease_seconds)
+
+    def record_upstream(self, task_id: str, upstream_id: str | None, credits: int | None = None) -> bool:
+        """Store the upstream task id (never replacing a known one) and credits on a live task."""
+        with self._write() as conn:
+            return lifecycle.record_upstream(conn, task_id, upstream_id, credits)
 
     def renew(self, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
         """Extend the lease and record progress; False means the lease was lost (stop working)."""
@@ -178,10 +201,10 @@ class TaskStore:
         with self._write() as conn:
             return lifecycle.fail(conn, task_id, error, worker)
 
-    def release(self, task_id: str, worker: str) -> bool:
+    def release(self, task_id: str, worker: str, refund: bool = True) -> bool:
         """Hand a task back without spending an attempt (graceful shutdown while rendering)."""
         with self._write() as conn:
-            return lifecycle.release(conn, task_id, worker)
+            return lifecycle.release(conn, task_id, worker, refund)
 
     def expire_leases_of(self, worker_prefix: str) -> int:
         """Mark the leases of a worker known to be dead as lapsed, so the sweeper recovers them now."""

@@ -25,6 +25,7 @@ from reelq import metrics
 from reelq.config import Settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.dispatch.doorbell import ring
+from reelq.engines import relayed_models
 from reelq.storage import build_storage
 from reelq.worker import worker_marker
 
@@ -57,13 +58,22 @@ def _is_zombie(pid: int) -> bool:
     return stat[state_at : state_at + 1] == "Z"
 
 
+RENDER_WORKER_MODULE = "reelq.worker.process"
+RELAY_WORKER_MODULE = "reelq.engines.relay.worker"
+
+
 @dataclass
 class _Child:
     name: str
+    module: str = RENDER_WORKER_MODULE
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0
     next_start: float = 0.0
+
+
+def _kind(child: _Child) -> str:
+    return "relay" if child.module == RELAY_WORKER_MODULE else "render"
 
 
 class Supervisor:
@@ -77,6 +87,10 @@ class Supervisor:
         self.store = TaskStore(engine)
         self.storage = build_storage(settings)
         self.children = [_Child(name=f"w{i}") for i in range(workers)]
+        # Relayed models wait on an upstream: one asynchronous relay worker holds them all, beside
+        # (never instead of) the render workers, whatever --workers says.
+        if relayed_models(settings):
+            self.children.append(_Child(name="relay", module=RELAY_WORKER_MODULE))
         self._settings_json = settings.to_json().encode()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -101,11 +115,11 @@ class Supervisor:
         # One BLAS thread: an idle OpenBLAS pool spins and steals the core x264 needs.
         env = dict(os.environ)
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        if self.gpus:
+        if self.gpus and child.module == RENDER_WORKER_MODULE:
             # One GPU per worker: in the worker the model loads on `cuda`, which is this GPU.
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[self.children.index(child) % len(self.gpus)]
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "reelq.worker.process", "--name", child.name],
+            [sys.executable, "-m", child.module, "--name", child.name],
             env=env,
             stdin=subprocess.PIPE,
         )
@@ -114,7 +128,7 @@ class Supervisor:
         with contextlib.suppress(BrokenPipeError), child.process.stdin:
             child.process.stdin.write(self._settings_json)
         child.started = time.monotonic()
-        log.info("started render worker %s (pid %d)", child.name, child.process.pid)
+        log.info("started %s worker %s (pid %d)", _kind(child), child.name, child.process.pid)
 
     def _monitor(self) -> None:
         while not self._stopping.wait(MONITOR_INTERVAL):
@@ -122,7 +136,11 @@ class Supervisor:
                 proc = child.process
                 if proc is not None and proc.poll() is not None and not self._stopping.is_set():
                     log.warning(
-                        "render worker %s (pid %d) exited with %s", child.name, proc.pid, proc.returncode
+                        "%s worker %s (pid %d) exited with %s",
+                        _kind(child),
+                        child.name,
+                        proc.pid,
+                        proc.returncode,
                     )
                     self._recover(proc.pid)
                     # Quick deaths in a row back off, so a broken install does not spin.

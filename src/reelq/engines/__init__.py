@@ -35,6 +35,18 @@ def _diffusers(settings: Settings) -> Engine:
     return DiffusersEngine(settings)
 
 
+def _relay(settings: Settings) -> Engine:
+    from reelq.engines.relay import RelayPlaceholder
+
+    return RelayPlaceholder()
+
+
+def _relay_options(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
+    from reelq.engines.relay.options import limits_of
+
+    return limits_of(options, max_duration)
+
+
 def _no_options(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
     if options:
         raise ValueError(f"unknown key {sorted(options)[0]!r} for this engine")
@@ -47,15 +59,22 @@ def _diffusers_options(options: dict[str, Any], max_duration: int | None) -> Mod
     return limits_of(options, max_duration)
 
 
-# name -> factory, and name -> options checker; `relay` joins here.
-ENGINES: dict[str, EngineFactory] = {"synthetic": _synthetic, "diffusers": _diffusers}
-OPTION_CHECKERS: dict[str, OptionsChecker] = {"diffusers": _diffusers_options}
+# name -> factory, and name -> options checker. A relayed model is served by the relay worker
+# (engines/relay/worker.py), never by a render worker: its factory only says so.
+ENGINES: dict[str, EngineFactory] = {"synthetic": _synthetic, "diffusers": _diffusers, "relay": _relay}
+OPTION_CHECKERS: dict[str, OptionsChecker] = {"diffusers": _diffusers_options, "relay": _relay_options}
+RELAY_ENGINE = "relay"
 DEFAULT_ENGINE = "synthetic"
 
 
 def check_model_options(engine: str, options: dict[str, Any], max_duration: int | None) -> ModelLimits:
     """Validate a model's engine-specific keys (no engine is loaded) and return what it can do."""
     return OPTION_CHECKERS.get(engine, _no_options)(options, max_duration)
+
+
+def relayed_models(settings: Settings) -> list[str]:
+    """The models the relay worker serves (render workers leave them alone)."""
+    return [name for name, entry in settings.catalog.items() if entry.engine == RELAY_ENGINE]
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
@@ -74,6 +93,7 @@ __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
     "OPTION_CHECKERS",
+    "RELAY_ENGINE",
     "Engine",
     "EngineFactory",
     "OptionsChecker",
@@ -83,4 +103,5 @@ __all__ = [
     "RenderInputs",
     "build_engines",
     "check_model_options",
+    "relayed_models",
 ]

@@ -17,7 +17,7 @@ import threading
 from reelq.config import Settings
 from reelq.database import TaskStore, make_engine, migrate
 from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener
-from reelq.engines import build_engines
+from reelq.engines import build_engines, relayed_models
 from reelq.logs import setup_logging
 from reelq.storage import build_storage
 from reelq.worker.context import WorkerContext, make_worker_id
@@ -59,12 +59,14 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
     else:
         threading.Thread(target=lambda: (stop.wait(), ctx.start_drain()), daemon=True).start()
 
+    # Relayed models only wait on an upstream: the relay worker holds them, never a render slot.
+    relayed = relayed_models(settings)
     listener = DoorbellListener(settings.run_dir, f"{os.getpid()}")
     log.info("worker %s ready", ctx.worker_id)
     try:
         while not ctx.draining.is_set():
             try:
-                task = ctx.store.claim_next(ctx.worker_id, settings.lease_seconds)
+                task = ctx.store.claim_next(ctx.worker_id, settings.lease_seconds, exclude_models=relayed)
             except Exception as exc:
                 # A database that cannot be written (disk full, locked past its timeout) is a
                 # condition to wait out, not a reason to die: a restarted worker would meet it too.

@@ -39,6 +39,10 @@ class DiffusersEngine:
 
     def __init__(self, settings: Settings, models: dict[str, LoadedModel] | None = None) -> None:
         """Load every diffusers model of the catalog (or take `models`, already loaded)."""
+        # A model that cannot load (missing files, too little GPU memory) fails its tasks with the
+        # reason instead of taking the worker down: the other models keep rendering, and no task of
+        # it waits forever for a worker that can never start.
+        self.unavailable: dict[str, str] = {}
         if models is None:
             models = {}
             for name, entry in settings.catalog.items():
@@ -46,7 +50,13 @@ class DiffusersEngine:
                     continue
                 options = parse_options(entry.options)
                 started = time.monotonic()
-                models[name] = load_model(options, pick_device(options.device))
+                try:
+                    models[name] = load_model(options, pick_device(options.device))
+                except Exception as exc:
+                    log.exception("model %s: cannot load %s from %s", name, options.pipeline, options.weights)
+                    self.unavailable[name] = f"{type(exc).__name__}: {exc}"[:300]
+                    _free_memory_of(pick_device(options.device))
+                    continue
                 log.info(
                     "model %s: %s loaded on %s in %.1f s",
                     name,
@@ -59,6 +69,8 @@ class DiffusersEngine:
     def render(
         self, spec: VideoSpec, inputs: RenderInputs, out_path: Path, progress: ProgressCallback
     ) -> None:
+        if spec.model in self.unavailable:
+            raise RenderError(f"model {spec.model} could not be loaded ({self.unavailable[spec.model]})")
         model = self.models[spec.model]
         pipe = model.image if inputs.first_image is not None else model.text
         if pipe is None:  # refused at create (ModelLimits); kept for calls that bypass the API
@@ -157,7 +169,11 @@ def call_arguments(
 
 def _free_memory(model: LoadedModel) -> None:
     """After an out-of-memory error: drop what the failed call left and give the cache back."""
+    _free_memory_of(model.device)
+
+
+def _free_memory_of(device: torch.device) -> None:
     gc.collect()
-    if model.device.type == "cuda":
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(model.device)
+        torch.cuda.reset_peak_memory_stats(device)
