@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from reelq import __version__
-from reelq.api import files, usage, vidu
+from reelq.api import deliveries, files, usage, vidu
 from reelq.api.fastpath import FastRoutes
 from reelq.api.handlers import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(vidu.router, tags=["vidu"])
     app.include_router(files.router, tags=["files"])
     app.include_router(usage.router, tags=["usage"])
+    app.include_router(deliveries.router, tags=["webhooks"])
 
     @app.get("/healthz", tags=["ops"], summary="Liveness", responses=HEALTHZ_RESPONSES)
     async def healthz() -> dict[str, str]:

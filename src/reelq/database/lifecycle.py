@@ -10,6 +10,10 @@ conditional UPDATE, so a lost message, a duplicated message or a worker that los
 lease can never move a task backwards or overwrite the work of the one that took over:
 a worker's writes match only while the row is `processing` under its own name.
 Functions take the open write transaction (`TaskStore` opens it and tells readers after).
+
+Each change a client can see (first claim: `processing`; `completed`; `failed`, whoever fails it)
+also queues its webhook event in the same transaction (database/webhooks.py `record`, a no-op for a
+task without a callback_url), so a committed change always has its event and an event its change.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, update
 
-from reelq.database import usage
+from reelq.database import usage, webhooks
 from reelq.database.tables import tasks
 from reelq.database.tasks import TaskRow
 from reelq.domain import Status
@@ -64,7 +68,12 @@ def claim(conn: Connection, worker: str, lease_seconds: float, task_id: str | No
         .mappings()
         .first()
     )
-    return TaskRow.from_mapping(row) if row else None
+    if row is None:
+        return None
+    task = TaskRow.from_mapping(row)
+    if task.callback_url is not None and task.started_at == now:  # the first claim: now `processing`
+        webhooks.record(conn, PROCESSING, [task.id])
+    return task
 
 
 def renew(conn: Connection, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
@@ -93,11 +102,13 @@ def complete(
             lease_until=None,
             error=None,
         )
-        .returning(tasks.c.key_id, tasks.c.model)
+        .returning(tasks.c.key_id, tasks.c.model, tasks.c.callback_url)
     ).first()
     if done is None:
         return False
     usage.charge(conn, done.key_id, done.model, now, actual_duration, total_tokens)
+    if done.callback_url is not None:
+        webhooks.record(conn, Status.COMPLETED.value, [task_id])
     return True
 
 
@@ -107,7 +118,12 @@ def fail(conn: Connection, task_id: str, error: str, worker: str | None = None) 
     cond = _owned(task_id, worker) if worker is not None else live
     stmt = update(tasks).where(cond)
     stmt = stmt.values(status=Status.FAILED.value, finished_at=time.time(), error=error, lease_until=None)
-    return conn.execute(stmt).rowcount == 1
+    failed = conn.execute(stmt.returning(tasks.c.callback_url)).first()
+    if failed is None:
+        return False
+    if failed.callback_url is not None:
+        webhooks.record(conn, Status.FAILED.value, [task_id])
+    return True
 
 
 def release(conn: Connection, task_id: str, worker: str) -> bool:
@@ -136,6 +152,7 @@ def sweep(conn: Connection, max_attempts: int, queued_stale_seconds: float) -> S
             .returning(tasks.c.id)
         ).scalars()
     )
+    webhooks.record(conn, Status.FAILED.value, failed)
     requeued = list(
         conn.execute(
             update(tasks)
