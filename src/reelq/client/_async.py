@@ -14,6 +14,7 @@ import httpx
 from reelq.client._base import BaseClient
 from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file
 from reelq.client._task import Task
+from reelq.client._webhooks import Delivery
 
 T = TypeVar("T")
 
@@ -38,6 +39,11 @@ class AsyncClient(BaseClient[Coroutine[Any, Any, Task], Coroutine[Any, Any, Path
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    async def deliveries(self, task_id: str) -> list[Delivery]:
+        """Every webhook delivery attempt of the task, oldest first (GET /v1/vidu/videos/{id}/deliveries)."""
+        result: list[Delivery] = await self._run(self._deliveries_flow(task_id))
+        return result
 
     @staticmethod
     async def _sleep(seconds: float) -> None:

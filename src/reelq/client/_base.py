@@ -13,7 +13,14 @@ import httpx
 
 from reelq import __version__
 from reelq.client._errors import ReelqError
-from reelq.client._flows import Flow, download_flow, new_idempotency_key, task_flow, wait_flow
+from reelq.client._flows import (
+    Flow,
+    deliveries_flow,
+    download_flow,
+    new_idempotency_key,
+    task_flow,
+    wait_flow,
+)
 from reelq.client._task import Task
 
 # What the public methods return (plain values for Client, coroutines of them for AsyncClient), and
@@ -186,6 +193,12 @@ class BaseClient(Generic[TaskResult, PathResult, Http]):
         # Default headers of a caller's httpx client must not hand the key to a file host either.
         request.headers.pop("Authorization", None)
         return self._path(download_flow(request, Path(path), max_retries=self.max_retries))
+
+    def _deliveries_flow(self, task_id: str) -> Flow[Any]:
+        """The flow behind `deliveries` (Client and AsyncClient type the method)."""
+        self._result_request(task_id)  # the same check of the id
+        path = f"/v1/vidu/videos/{quote(task_id, safe='')}/deliveries"
+        return deliveries_flow(self._api_request("GET", path), max_retries=self.max_retries)
 
     def _run(self, flow: Flow[Any]) -> Any:
         """Perform the flow's actions and return its result (AsyncClient: a coroutine of it)."""

@@ -31,6 +31,7 @@ from reelq.client._errors import (
 )
 from reelq.client._retry import backoff_delay
 from reelq.client._task import Task
+from reelq.client._webhooks import Delivery, parse_deliveries
 
 T = TypeVar("T")
 
@@ -181,6 +182,12 @@ def wait_flow(
         if remaining <= 0:
             raise WaitTimeout(task_id, timeout, last) from error
         yield Sleep(min(delay, remaining))
+
+
+def deliveries_flow(request: httpx.Request, *, max_retries: int) -> Flow[list[Delivery]]:
+    """Read a task's webhook delivery attempts."""
+    response = yield from request_flow(request, max_retries=max_retries)
+    return parse_deliveries(response)
 
 
 def download_flow(request: httpx.Request, path: Path, *, max_retries: int) -> Flow[Path]:

@@ -12,12 +12,13 @@ import httpx
 from reelq.client._base import BaseClient
 from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file
 from reelq.client._task import Task
+from reelq.client._webhooks import Delivery
 
 T = TypeVar("T")
 
 
 class Client(BaseClient[Task, Path, httpx.Client]):
-    """Blocking reelq client: `create`, `get`, `wait`, `download`, `create_and_wait`.
+    """Blocking reelq client: `create`, `get`, `wait`, `download`, `create_and_wait`, `deliveries`.
 
     Use it as a context manager, or call `close()`, to release its connections.
     """
@@ -36,6 +37,11 @@ class Client(BaseClient[Task, Path, httpx.Client]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def deliveries(self, task_id: str) -> list[Delivery]:
+        """Every webhook delivery attempt of the task, oldest first (GET /v1/vidu/videos/{id}/deliveries)."""
+        result: list[Delivery] = self._run(self._deliveries_flow(task_id))
+        return result
 
     @staticmethod
     def _sleep(seconds: float) -> None:

@@ -46,7 +46,7 @@ log = logging.getLogger("reelq.webhooks")
 COUNTER_TICK = 0.01  # how often the change counter is looked at (a load from shared memory)
 POLL_WITHOUT_COUNTER = 0.1
 MAX_IDLE = 1.0  # look at the outbox at least this often (events held by another process's lease)
-LEASE_MARGIN = 10.0  # an attempt holds its event for the attempt's timeout plus this
+LEASE_MARGIN = 5.0  # an attempt holds its event for the attempt's timeout plus this (to record it)
 STOP_GRACE = 3.0  # attempts still running this long after a stop are abandoned (their leases handed back)
 PURGE_INTERVAL = 60.0
 MAX_CLIENTS = 64  # connection pools kept, one per (scheme, host, port) of a receiver
@@ -89,7 +89,7 @@ class WebhookDeliverer:
         self.base_url = base_url  # where video links in payloads point
         self.owner = f"{socket.gethostname()}:{os.getpid()}:webhooks"
         self.concurrency = settings.webhook_concurrency
-        self.lease_seconds = 2 * settings.webhook_timeout + LEASE_MARGIN
+        self.lease_seconds = settings.webhook_timeout + LEASE_MARGIN
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
