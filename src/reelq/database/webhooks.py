@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, and_, case, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import aliased
 
 from reelq.database.tables import tasks, webhook_attempts, webhook_events
@@ -131,16 +131,22 @@ def record(conn: Connection, status: str, task_ids: Iterable[str]) -> None:
 
 
 # ---- the delivery loop ----------------------------------------------------------------------------------
-def _claimable(now: float) -> Any:
-    """Pending, due, not held by a live lease, and the oldest pending event of its task."""
+def _first_of_its_task() -> Any:
+    """No earlier event of the same task is still pending (order per task)."""
     earlier = aliased(webhook_events)
-    blocked = exists().where(
+    return ~exists().where(
         earlier.c.task_id == webhook_events.c.task_id,
         earlier.c.state == PENDING,
         earlier.c.id < webhook_events.c.id,
     )
+
+
+def _claimable(now: float) -> Any:
+    """Pending, due, not held by a live lease, and the oldest pending event of its task."""
     free = or_(webhook_events.c.lease_until.is_(None), webhook_events.c.lease_until < now)
-    return and_(webhook_events.c.state == PENDING, webhook_events.c.next_attempt_at <= now, free, ~blocked)
+    return and_(
+        webhook_events.c.state == PENDING, webhook_events.c.next_attempt_at <= now, free, _first_of_its_task()
+    )
 
 
 def has_due(conn: Connection, now: float) -> bool:
@@ -149,9 +155,15 @@ def has_due(conn: Connection, now: float) -> bool:
 
 
 def next_due(conn: Connection) -> float | None:
-    """When the earliest pending event is due (possibly past: it may be held or waiting its turn)."""
+    """When the next event becomes claimable with no other change: the first of its task, once due and
+    once its lease (if any) lapses. Events waiting behind an earlier one become claimable only when that
+    one is settled, a write the sender hears of anyway. None: nothing pending."""
+    held_until = case(
+        (webhook_events.c.lease_until > webhook_events.c.next_attempt_at, webhook_events.c.lease_until),
+        else_=webhook_events.c.next_attempt_at,
+    )
     return conn.execute(
-        select(func.min(webhook_events.c.next_attempt_at)).where(webhook_events.c.state == PENDING)
+        select(func.min(held_until)).where(webhook_events.c.state == PENDING, _first_of_its_task())
     ).scalar()
 
 
