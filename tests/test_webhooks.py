@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import signal
 import socket
@@ -14,7 +15,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from reelq.client import Client, verify_webhook
+from reelq.client import AsyncClient, Client, Delivery, verify_webhook
 from reelq.client import WebhookVerificationError as SdkVerificationError
 from reelq.fetch import address_problem
 from tests.conftest import Server, run_cli, wait_terminal
@@ -104,6 +105,16 @@ def test_processing_then_completed_signed_with_the_keys_secret(
     # The SDK reads the same record; another key's task is 404, like any unknown id.
     with Client(server.base_url, key) as client:
         assert [d.webhook_id for d in client.deliveries(task["id"])] == [a["webhook_id"] for a in attempts]
+
+    async def read_async() -> list[Delivery]:
+        async with AsyncClient(server.base_url, key) as client:
+            return await client.deliveries(task["id"])
+
+    read = asyncio.run(read_async())
+    assert [(d.event, d.attempt, d.status_code, d.ok) for d in read] == [
+        ("video.processing", 1, 204, True),
+        ("video.completed", 1, 204, True),
+    ]
     other = server.new_key("other")
     with server.client(other) as client:
         answer = client.get(f"/v1/vidu/videos/{task['id']}/deliveries")
