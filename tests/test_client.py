@@ -319,6 +319,7 @@ def test_all_is_pinned() -> None:
         "BadRequestError",
         "Client",
         "ConflictError",
+        "Delivery",
         "GoneError",
         "InternalServerError",
         "NotFoundError",
@@ -330,6 +331,8 @@ def test_all_is_pinned() -> None:
         "Task",
         "TaskList",
         "WaitTimeout",
+        "WebhookVerificationError",
+        "verify_webhook",
     ]
     for name in reelq.client.__all__:
         assert getattr(reelq.client, name).__module__ == "reelq.client"

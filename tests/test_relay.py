@@ -378,3 +378,28 @@ def test_resumes_spend_no_attempt_and_are_never_failed_for_attempts(tmp_path: Pa
     assert store.release(relayed.id, "relay-6", refund=False)
     assert store.get_task(relayed.id).attempts == 1
     assert store.get_task(relayed.id).upstream_credits == 7
+
+
+def test_an_owners_cancel_stops_the_upstream_generation_too(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    upstream = make_server(workers=1, REELQ_SYNTHETIC_DELAY="30")
+    path = models_file(tmp_path / "relay.toml", "reelq", upstream.base_url)
+    front = make_server(
+        start=False, REELQ_MODELS=str(path), REELQ_LEASE_SECONDS="3", **{RELAY_KEY_ENV: upstream.keys[0]}
+    )
+    front.start(workers=1)
+    with front.client() as client:
+        task_id = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "never mind"}).json()[
+            "id"
+        ]
+        deadline = time.monotonic() + 20
+        while row(front.home, task_id)["upstream_id"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        upstream_id = row(front.home, task_id)["upstream_id"]
+        assert upstream_id is not None
+        cancelled = client.post(f"/v1/vidu/videos/{task_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["error"] == "Cancelled by user."
+    with upstream.client() as client:
+        body = wait_terminal(client, upstream_id, timeout=20)  # well before its 30 s render ends
+    assert (body["status"], body["error"]) == ("failed", "Cancelled by user.")

@@ -426,6 +426,14 @@ INVALID_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({**GOOD, "callback_url": "ftp://example.com/hook"}, "callback_url"),
     ({**GOOD, "callback_url": "http://a b.example/hook"}, "callback_url"),
     ({**GOOD, "callback_url": "https://example.com/" + "a" * 2100}, "callback_url"),
+    # Private receivers written as addresses (any spelling) or localhost names: refused at create.
+    ({**GOOD, "callback_url": "http://127.0.0.1:8080/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "http://2130706433/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "http://169.254.169.254/latest/meta-data"}, "callback_url"),
+    ({**GOOD, "callback_url": "http://[::1]/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "https://10.1.2.3/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "http://LOCALHOST./hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "http://api.localhost/hook"}, "callback_url"),
 ]
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -103,6 +104,7 @@ def serve(
     from reelq.api.server import server_options
     from reelq.dispatch.gpus import default_worker_count, worker_gpus
     from reelq.dispatch.supervisor import Supervisor
+    from reelq.webhooks.delivery import WebhookDeliverer
 
     _logging(settings)
     try:
@@ -112,6 +114,9 @@ def serve(
         raise typer.Exit(2) from None
     gpus = worker_gpus(settings)
     supervisor = Supervisor(settings, default_worker_count(settings, gpus), gpus)
+    deliverer = WebhookDeliverer(
+        settings, services.store, services.tasks.render, _webhook_link_base(settings, host, port)
+    )
     config = uvicorn.Config(
         create_asgi(settings, services),
         # uvicorn's httptools protocol bounded against slow clients and too many connections.
@@ -142,15 +147,29 @@ def serve(
     gc.collect()
     gc.freeze()
     supervisor.start()
+    deliverer.start()
     try:
         server.run()
     finally:
         logging.getLogger("reelq").info("draining render workers")
+        deliverer.stop()
         supervisor.stop()
         if metrics_dir.name == f"metrics-{os.getpid()}":  # ours, not one the operator named
             shutil.rmtree(metrics_dir, ignore_errors=True)
     if not server.started:
         raise typer.Exit(1)
+
+
+def _webhook_link_base(settings: Settings, host: str, port: int) -> str:
+    """Where video links in webhook payloads point: REELQ_PUBLIC_BASE_URL, else this server's address (a
+    webhook has no request whose Host header could say better)."""
+    if settings.public_base_url:
+        return settings.public_base_url
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{settings.root_path}"
 
 
 @app.command()
@@ -182,10 +201,14 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     home: HomeOpt = None,
 ) -> None:
-    """Create an API key. Prints its id, then the key alone on the last line (shown only once)."""
+    """Create an API key. Prints its id and webhook signing secret, then the key alone on the last line
+    (the key is shown only once; the secret again with `reelq keys secret`)."""
     store = _store(_settings(home=home))
     record, plain = store.create_key(name)
+    found = store.webhook_secret(record.id)
+    assert found is not None
     typer.echo(f"id: {record.id}")
+    typer.echo(f"webhook secret: {found[1]}")
     typer.echo(plain)
 
 
@@ -216,6 +239,30 @@ def keys_revoke(
         _error("no such key")
         raise typer.Exit(1)
     typer.echo(f"revoked {record.id}")
+
+
+@keys_app.command("secret")
+def keys_secret(
+    id_or_key: Annotated[str, typer.Argument(help="The key's id or the key itself.")], home: HomeOpt = None
+) -> None:
+    """Print the key's webhook signing secret (whsec_…), alone on one line."""
+    found = _store(_settings(home=home)).webhook_secret(id_or_key)
+    if found is None:
+        _error("no such key")
+        raise typer.Exit(1)
+    typer.echo(found[1])
+
+
+@keys_app.command("rotate-secret")
+def keys_rotate_secret(
+    id_or_key: Annotated[str, typer.Argument(help="The key's id or the key itself.")], home: HomeOpt = None
+) -> None:
+    """Replace the key's webhook signing secret and print the new one; the old one stops signing at once."""
+    found = _store(_settings(home=home)).rotate_webhook_secret(id_or_key)
+    if found is None:
+        _error("no such key")
+        raise typer.Exit(1)
+    typer.echo(found[1])
 
 
 def _image_argument(value: str | None) -> str | None:

@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     body_timeout: float = Field(30.0, gt=0)
     body_min_rate: float = Field(32768.0, gt=0)
     max_connections: int = Field(4096, ge=1)
+    # Webhooks (reelq/webhooks/delivery.py): each attempt may take `timeout` seconds; a failed one is
+    # retried after backoff_base x 2^(attempt-1) seconds (capped at backoff_max, jittered down to half)
+    # for `retry_for` seconds after the event, then given up. At most `concurrency` attempts at once per
+    # `reelq serve` process (0: this process sends none, another must).
+    webhook_timeout: float = Field(10.0, gt=0, le=300)
+    webhook_retry_for: float = Field(86400.0, ge=0)
+    webhook_backoff_base: float = Field(2.0, gt=0)
+    webhook_backoff_max: float = Field(1800.0, gt=0)
+    webhook_concurrency: int = Field(16, ge=0, le=1024)
 
     model_rates: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_RATES))
     resolution_factors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTION_FACTORS))

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from reelq import __version__
-from reelq.api import files, metrics, relay, usage, vidu
+from reelq.api import deliveries, files, metrics, relay, usage, vidu
 from reelq.api.fastpath import FastRoutes
 from reelq.api.handlers import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(usage.router, tags=["usage"])
     app.include_router(metrics.router, tags=["ops"])
     app.include_router(relay.router, tags=["relay"])
+    app.include_router(deliveries.router, tags=["webhooks"])
 
     @app.get("/healthz", tags=["ops"], summary="Liveness", responses=HEALTHZ_RESPONSES)
     async def healthz() -> dict[str, str]:

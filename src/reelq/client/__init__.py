@@ -9,6 +9,10 @@
 
 `AsyncClient` has the same methods as coroutines. Transient failures are retried (the server's
 Retry-After first, else exponential backoff with jitter); errors are typed by meaning.
+
+Webhooks: `verify_webhook(body, headers, secret)` checks a request the server POSTed to a task's
+callback_url (Standard Webhooks, through the `standardwebhooks` library) and returns its task object;
+`client.deliveries(task_id)` lists the server's delivery attempts.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from reelq.client._errors import (
 )
 from reelq.client._sync import Client
 from reelq.client._task import Task, TaskList
+from reelq.client._webhooks import Delivery, WebhookVerificationError, verify_webhook
 
 __all__ = [
     "APIConnectionError",
@@ -45,6 +50,7 @@ __all__ = [
     "BadRequestError",
     "Client",
     "ConflictError",
+    "Delivery",
     "GoneError",
     "InternalServerError",
     "NotFoundError",
@@ -56,6 +62,8 @@ __all__ = [
     "Task",
     "TaskList",
     "WaitTimeout",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]
 
 # Shown as reelq.client.X in tracebacks and docs rather than the private module they live in.

@@ -16,6 +16,7 @@ from reelq.client._errors import APIConnectionError, ReelqError, connection_erro
 from reelq.client._events import EventParser
 from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file, retry_delay
 from reelq.client._task import Task, TaskList
+from reelq.client._webhooks import Delivery
 
 T = TypeVar("T")
 
@@ -90,6 +91,11 @@ class AsyncClient(
             if failures > self.max_retries or not error.retryable:
                 raise error
             await self._sleep(retry_delay(error, failures - 1))
+
+    async def deliveries(self, task_id: str) -> list[Delivery]:
+        """Every webhook delivery attempt of the task, oldest first (GET /v1/vidu/videos/{id}/deliveries)."""
+        result: list[Delivery] = await self._run(self._deliveries_flow(task_id))
+        return result
 
     @staticmethod
     async def _sleep(seconds: float) -> None:

@@ -18,6 +18,7 @@ from reelq.client._flows import (
     MIN_POLL_TIMEOUT,
     Flow,
     delete_flow,
+    deliveries_flow,
     download_flow,
     list_flow,
     new_idempotency_key,
@@ -235,6 +236,12 @@ class BaseClient(Generic[TaskResult, PathResult, ListResult, DeleteResult, Http]
         # Default headers of a caller's httpx client must not hand the key to a file host either.
         request.headers.pop("Authorization", None)
         return self._path(download_flow(request, Path(path), max_retries=self.max_retries))
+
+    def _deliveries_flow(self, task_id: str) -> Flow[Any]:
+        """The flow behind `deliveries` (Client and AsyncClient type the method)."""
+        self._result_request(task_id)  # the same check of the id
+        path = f"/v1/vidu/videos/{quote(task_id, safe='')}/deliveries"
+        return deliveries_flow(self._api_request("GET", path), max_retries=self.max_retries)
 
     def _run(self, flow: Flow[Any]) -> Any:
         """Perform the flow's actions and return its result (AsyncClient: a coroutine of it)."""

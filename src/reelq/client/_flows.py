@@ -31,6 +31,7 @@ from reelq.client._errors import (
 )
 from reelq.client._retry import backoff_delay
 from reelq.client._task import Task, TaskList
+from reelq.client._webhooks import Delivery, parse_deliveries
 
 T = TypeVar("T")
 
@@ -232,6 +233,12 @@ def delete_flow(request: httpx.Request, *, max_retries: int) -> Flow[None]:
     """Send a delete request (retried like any: a repeat after a lost answer is a 404, raised)."""
     yield from request_flow(request, max_retries=max_retries)
     return None
+
+
+def deliveries_flow(request: httpx.Request, *, max_retries: int) -> Flow[list[Delivery]]:
+    """Read a task's webhook delivery attempts."""
+    response = yield from request_flow(request, max_retries=max_retries)
+    return parse_deliveries(response)
 
 
 def download_flow(request: httpx.Request, path: Path, *, max_retries: int) -> Flow[Path]:

@@ -15,12 +15,13 @@ from reelq.client._errors import APIConnectionError, ReelqError, connection_erro
 from reelq.client._events import EventParser
 from reelq.client._flows import Flow, Notify, Save, Send, Sleep, atomic_file, retry_delay
 from reelq.client._task import Task, TaskList
+from reelq.client._webhooks import Delivery
 
 T = TypeVar("T")
 
 
 class Client(BaseClient[Task, Path, TaskList, None, httpx.Client]):
-    """Blocking reelq client: `create`, `get`, `wait`, `download`, `create_and_wait`.
+    """Blocking reelq client: `create`, `get`, `wait`, `download`, `create_and_wait`, `deliveries`.
 
     Use it as a context manager, or call `close()`, to release its connections.
     """
@@ -79,6 +80,11 @@ class Client(BaseClient[Task, Path, TaskList, None, httpx.Client]):
             if failures > self.max_retries or not error.retryable:
                 raise error
             self._sleep(retry_delay(error, failures - 1))
+
+    def deliveries(self, task_id: str) -> list[Delivery]:
+        """Every webhook delivery attempt of the task, oldest first (GET /v1/vidu/videos/{id}/deliveries)."""
+        result: list[Delivery] = self._run(self._deliveries_flow(task_id))
+        return result
 
     @staticmethod
     def _sleep(seconds: float) -> None:

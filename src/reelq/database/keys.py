@@ -8,16 +8,19 @@ look again, so a revoked key stops working at the next request.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select, update
 
 from reelq.database.tables import api_keys
 
 KEY_PREFIX = "rq_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 LOCAL_KEY_ID = "key_local"
 # What may leave the store about a key: never its hash.
 KEY_COLUMNS = (
@@ -31,6 +34,11 @@ KEY_COLUMNS = (
 
 def hash_key(plain: str) -> str:
     return hashlib.sha256(plain.encode()).hexdigest()
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 32 random bytes (the spec asks for 24..64)."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,7 @@ def create(conn: Connection, name: str = "") -> tuple[ApiKey, str]:
             key_hash=hash_key(plain),
             key_prefix=record.key_prefix,
             created_at=record.created_at,
+            webhook_secret=new_webhook_secret(),
         )
     )
     return record, plain
@@ -71,10 +80,46 @@ def list_all(conn: Connection) -> list[ApiKey]:
 
 def revoke(conn: Connection, id_or_key: str) -> ApiKey | None:
     """Revoke by id or by the plain key; returns the key, or None when there is no such key."""
-    cond = or_(api_keys.c.id == id_or_key, api_keys.c.key_hash == hash_key(id_or_key))
+    cond = _by_id_or_key(id_or_key)
     conn.execute(update(api_keys).where(cond, api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time()))
     row = conn.execute(select(*KEY_COLUMNS).where(cond)).mappings().first()
     return ApiKey(**row) if row else None
+
+
+def _by_id_or_key(id_or_key: str) -> Any:
+    return or_(api_keys.c.id == id_or_key, api_keys.c.key_hash == hash_key(id_or_key))
+
+
+def webhook_secret(conn: Connection, id_or_key: str, *, make: bool = True) -> tuple[str, str | None] | None:
+    """(key id, webhook signing secret) of a key given by id or by the key itself; None: no such key.
+
+    A key made before webhooks existed has none yet: with `make` it gets one now (a write: call within a
+    write transaction), else the secret reads None.
+    """
+    cond = _by_id_or_key(id_or_key)
+    row = conn.execute(select(api_keys.c.id, api_keys.c.webhook_secret).where(cond)).first()
+    if row is None:
+        return None
+    if row.webhook_secret is not None or not make:
+        return row.id, row.webhook_secret
+    secret = new_webhook_secret()
+    conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == row.id, api_keys.c.webhook_secret.is_(None))
+        .values(webhook_secret=secret)
+    )
+    stored = conn.execute(select(api_keys.c.webhook_secret).where(api_keys.c.id == row.id)).scalar()
+    return row.id, stored
+
+
+def rotate_webhook_secret(conn: Connection, id_or_key: str) -> tuple[str, str] | None:
+    """Replace a key's signing secret; the old one stops signing at once. None: no such key."""
+    key_id = conn.execute(select(api_keys.c.id).where(_by_id_or_key(id_or_key))).scalar()
+    if key_id is None:
+        return None
+    secret = new_webhook_secret()
+    conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(webhook_secret=secret))
+    return key_id, secret
 
 
 def active_id(conn: Connection, plain: str) -> str | None:

@@ -11,6 +11,10 @@ conditional UPDATE, so a lost message, a duplicated message or a worker that los
 lease can never move a task backwards or overwrite the work of the one that took over:
 a worker's writes match only while the row is `processing` under its own name.
 Functions take the open write transaction (`TaskStore` opens it and tells readers after).
+
+Each change a client can see (first claim: `processing`; `completed`; `failed`, whoever fails it)
+also queues its webhook event in the same transaction (database/webhooks.py `record`, a no-op for a
+task without a callback_url), so a committed change always has its event and an event its change.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, select, update
 
-from reelq.database import usage
+from reelq.database import usage, webhooks
 from reelq.database.tables import tasks
 from reelq.database.tasks import TaskRow
 from reelq.domain import CANCELLED_ERROR, Status
@@ -78,7 +82,12 @@ def claim(
         .mappings()
         .first()
     )
-    return TaskRow.from_mapping(row) if row else None
+    if row is None:
+        return None
+    task = TaskRow.from_mapping(row)
+    if task.callback_url is not None and task.started_at == now:  # the first claim: now `processing`
+        webhooks.record(conn, PROCESSING, [task.id])
+    return task
 
 
 def claim_relayed(
@@ -117,7 +126,11 @@ def claim_relayed(
         .mappings()
         .all()
     )
-    return sorted((TaskRow.from_mapping(row) for row in rows), key=lambda r: r.created_at)
+    claimed = sorted((TaskRow.from_mapping(row) for row in rows), key=lambda r: r.created_at)
+    first = [t.id for t in claimed if t.callback_url is not None and t.started_at == now]
+    if first:  # the first claim of these: now `processing` (webhooks.py)
+        webhooks.record(conn, PROCESSING, first)
+    return claimed
 
 
 def renew_all(conn: Connection, worker: str, lease_seconds: float) -> set[str]:
@@ -170,11 +183,13 @@ def complete(
             lease_until=None,
             error=None,
         )
-        .returning(tasks.c.key_id, tasks.c.model)
+        .returning(tasks.c.key_id, tasks.c.model, tasks.c.callback_url)
     ).first()
     if done is None:
         return False
     usage.charge(conn, done.key_id, done.model, now, actual_duration, total_tokens)
+    if done.callback_url is not None:
+        webhooks.record(conn, Status.COMPLETED.value, [task_id])
     return True
 
 
@@ -184,7 +199,12 @@ def fail(conn: Connection, task_id: str, error: str, worker: str | None = None) 
     cond = _owned(task_id, worker) if worker is not None else live
     stmt = update(tasks).where(cond)
     stmt = stmt.values(status=Status.FAILED.value, finished_at=time.time(), error=error, lease_until=None)
-    return conn.execute(stmt).rowcount == 1
+    failed = conn.execute(stmt.returning(tasks.c.callback_url)).first()
+    if failed is None:
+        return False
+    if failed.callback_url is not None:
+        webhooks.record(conn, Status.FAILED.value, [task_id])
+    return True
 
 
 def release(conn: Connection, task_id: str, worker: str, refund: bool = True) -> bool:
@@ -220,6 +240,7 @@ def sweep(conn: Connection, max_attempts: int, queued_stale_seconds: float) -> S
             .returning(tasks.c.id)
         ).scalars()
     )
+    webhooks.record(conn, Status.FAILED.value, failed)
     requeued = list(
         conn.execute(
             update(tasks)
@@ -271,7 +292,10 @@ def cancel(conn: Connection, task_id: str, key_id: str) -> CancelResult:
         .first()
     )
     if row is not None:
-        return CancelResult(TaskRow.from_mapping(row), True)
+        task = TaskRow.from_mapping(row)
+        if task.callback_url is not None:  # the owner gets the terminal event like any other failure
+            webhooks.record(conn, Status.FAILED.value, [task.id])
+        return CancelResult(task, True)
     found = conn.execute(select(tasks).where(tasks.c.id == task_id, tasks.c.key_id == key_id)).mappings()
     current = found.first()
     return CancelResult(TaskRow.from_mapping(current) if current else None, False)

@@ -30,6 +30,9 @@ api_keys = Table(
     Column("key_prefix", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    # The Standard Webhooks signing secret (`whsec_` + base64 of 32 random bytes). Stored as it is: a
+    # signing secret must be usable to sign, unlike the key, which only has to be recognised.
+    Column("webhook_secret", String(100), nullable=True),
 )
 
 tasks = Table(
@@ -93,3 +96,54 @@ task_inputs = Table(
     Column("field", String(20), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# The webhook outbox (database/webhooks.py): one row per event of a task with a callback_url, written
+# in the transaction that changes the task's status, so no event is lost to a crash. The row carries
+# what the task looked like then (the payload must not change between retries) and where it goes.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # ascending: the order within a task
+    Column("webhook_id", String(40), nullable=False, unique=True),  # `webhook-id`, the same on every retry
+    Column("task_id", String(48), nullable=False),
+    Column("key_id", String(40), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    # The task as it was (the columns of the same names in `tasks`).
+    Column("model", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("task_created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("progress", Integer, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("actual_duration", Float, nullable=True),
+    Column("total_tokens", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    # Delivery: pending until delivered or given up; a sender holds it by a lease, like a task.
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("owner", String(100), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("finished", Float, nullable=True),
+)
+Index("ix_webhook_events_state_due", webhook_events.c.state, webhook_events.c.next_attempt_at)
+Index("ix_webhook_events_task", webhook_events.c.task_id, webhook_events.c.id)
+
+# Every delivery attempt, for `GET /v1/vidu/videos/{id}/deliveries`.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", Integer, ForeignKey("webhook_events.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", String(48), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("duration_ms", Float, nullable=True),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("outcome", String(16), nullable=False),  # delivered, retrying, given_up
+)
+Index("ix_webhook_attempts_task", webhook_attempts.c.task_id, webhook_attempts.c.id)
+Index("ix_webhook_attempts_event", webhook_attempts.c.event_id)

@@ -17,13 +17,14 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from reelq.database import keys, lifecycle, tasks, usage
+from reelq.database import keys, lifecycle, tasks, usage, webhooks
 from reelq.database.changes import ChangeCounter
 from reelq.database.keys import ApiKey
 from reelq.database.lifecycle import CancelResult, SweepResult
 from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
 from reelq.database.tasks import IDEMPOTENCY_WINDOW_SECONDS, NewTask, TaskRow
 from reelq.database.usage import UsageRow
+from reelq.database.webhooks import DeliveryAttempt, WebhookEvent
 
 
 def change_counter_for(engine: Engine) -> ChangeCounter | None:
@@ -83,6 +84,23 @@ class TaskStore:
         """The id of an active key, or None (unknown or revoked)."""
         with self._read() as conn:
             return keys.active_id(conn, plain)
+
+    def webhook_secret(self, id_or_key: str) -> tuple[str, str] | None:
+        """(key id, webhook signing secret) of a key (by id or plain key), made on first use; None: none."""
+        with self._read() as conn:
+            found = keys.webhook_secret(conn, id_or_key, make=False)
+        if found is None:
+            return None
+        if found[1] is None:  # a key older than webhooks
+            with self._write() as conn:
+                found = keys.webhook_secret(conn, id_or_key)
+            assert found is not None and found[1] is not None
+        return found[0], found[1]
+
+    def rotate_webhook_secret(self, id_or_key: str) -> tuple[str, str] | None:
+        """A new signing secret for the key (by id or plain key); None: no such key."""
+        with self._write() as conn:
+            return keys.rotate_webhook_secret(conn, id_or_key)
 
     def ensure_local_key(self) -> str:
         with self._write() as conn:
@@ -261,3 +279,59 @@ class TaskStore:
     def mark_video_deleted(self, task_id: str) -> None:
         with self._write() as conn:
             tasks.mark_video_deleted(conn, task_id)
+
+    # ---- the webhook outbox (database/webhooks.py) -------------------------------------------
+    def claim_webhooks(self, owner: str, limit: int, lease_seconds: float) -> list[WebhookEvent]:
+        """Hold up to `limit` due webhook events for `owner`; an idle outbox costs one read, no write."""
+        now = time.time()
+        with self._read() as conn:
+            if not webhooks.has_due(conn, now):
+                return []
+        with self._write() as conn:
+            return webhooks.claim(conn, owner, limit, lease_seconds)
+
+    def next_webhook_due(self) -> float | None:
+        """When the earliest pending webhook event is due (None: none pending)."""
+        with self._read() as conn:
+            return webhooks.next_due(conn)
+
+    def settle_webhook(
+        self,
+        event: WebhookEvent,
+        owner: str,
+        *,
+        at: float,
+        duration_ms: float,
+        status_code: int | None,
+        error: str | None,
+        next_attempt_at: float | None,
+    ) -> str:
+        """Record an attempt and its consequence (delivered, retry at `next_attempt_at`, or given up)."""
+        with self._write() as conn:
+            return webhooks.settle(
+                conn,
+                event,
+                owner,
+                at=at,
+                duration_ms=duration_ms,
+                status_code=status_code,
+                error=error,
+                next_attempt_at=next_attempt_at,
+            )
+
+    def release_webhooks(self, event_ids: Sequence[int], owner: str) -> None:
+        with self._write() as conn:
+            webhooks.release(conn, event_ids, owner)
+
+    def webhook_attempts(self, task_id: str) -> list[DeliveryAttempt]:
+        with self._read() as conn:
+            return webhooks.attempts_of(conn, task_id)
+
+    def purge_webhooks(self, retention_seconds: float) -> int:
+        """Delete settled webhook events (and their attempts) older than `retention_seconds`."""
+        cutoff = time.time() - retention_seconds
+        with self._read() as conn:
+            if not conn.execute(webhooks.purgeable(cutoff)).first():
+                return 0
+        with self._write() as conn:
+            return webhooks.purge(conn, cutoff)

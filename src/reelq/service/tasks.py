@@ -64,6 +64,7 @@ from reelq.service.schemas import (
     validate_create_off_loop,
 )
 from reelq.storage import Storage
+from reelq.webhooks.targets import literal_problem
 
 MAX_IDEMPOTENCY_KEY = 200
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -230,6 +231,11 @@ class TaskService:
         idempotency_key = _idempotency_key(idempotency_key)
         data = parse_json_object(body, content_type)
         new = await validate_create_off_loop(data, self.model_limits)  # image decodes run in a thread
+        if new.callback_url is not None:
+            # A host written as a private address is refused now; a name is judged at each delivery.
+            problem = literal_problem(new.callback_url, self.settings.allow_private_urls)
+            if problem is not None:
+                raise InvalidRequest(f"Invalid value for 'callback_url': {problem}.", param="callback_url")
         if idempotency_key is not None:
             new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
         try:
@@ -258,6 +264,41 @@ class TaskService:
                 code="idempotency_key_reused",
             )
         return TaskView.of(row)
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    async def deliveries(self, key_id: str, task_id: str) -> dict[str, Any]:
+        """The webhook delivery attempts of the key's task (`GET /v1/vidu/videos/{id}/deliveries`).
+
+        Read as often as a status read of the same task is (REELQ_POLL_RATE, its own bucket).
+        """
+        retry = self.limiter.acquire(f"deliveries:{key_id}:{task_id}", self.poll_limit)
+        if retry:
+            raise RateLimited(
+                f"Too many delivery reads for this task: at most {self.settings.poll_rate:g} per second.",
+                retry_after_header(retry),
+            )
+        if not is_task_id(task_id) or await self._lookup(task_id, key_id) is None:
+            raise _no_such_task(task_id)
+        attempts = await anyio.to_thread.run_sync(self.store.webhook_attempts, task_id)
+        return {
+            "object": "list",
+            "task_id": task_id,
+            "data": [
+                {
+                    "webhook_id": a.webhook_id,
+                    "event": a.event,
+                    "attempt": a.attempt,
+                    "created": int(a.at),
+                    "timestamp": round(a.at, 3),
+                    "duration_ms": a.duration_ms,
+                    "status_code": a.status_code,
+                    "error": a.error,
+                    "outcome": a.outcome,
+                }
+                for a in attempts
+            ],
+        }
 
     # --- answers ----------------------------------------------------------------------------
 

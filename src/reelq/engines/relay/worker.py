@@ -36,7 +36,7 @@ import httpx
 
 from reelq.config import Settings
 from reelq.database import TaskRow, TaskStore, make_engine, migrate
-from reelq.domain import CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
+from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
 from reelq.engines import relayed_models
 from reelq.engines.relay.options import RelayOptions, parse_options
 from reelq.engines.relay.pokes import POKE_PREFIX, relay_socket_path
@@ -55,7 +55,7 @@ from reelq.engines.relay.upstream import (
 from reelq.engines.relay.vidu_upstream import ViduUpstream
 from reelq.media import probe
 from reelq.service.relay import callback_url as vidu_callback_url
-from reelq.storage import LocalStorage
+from reelq.storage import build_storage
 from reelq.worker.context import make_worker_id
 
 log = logging.getLogger("reelq.relay")
@@ -93,6 +93,7 @@ class _Held:
     poked: asyncio.Event = field(default_factory=asyncio.Event)
     coroutine: asyncio.Task[None] | None = None
     settling: bool = False  # its final write is under way: a lease check must not stop it now
+    upstream_id: str | None = None  # once known: what an owner's cancel stops upstream
 
 
 class RelayWorker:
@@ -101,7 +102,7 @@ class RelayWorker:
         engine = make_engine(settings.sqlalchemy_url)
         migrate(engine)
         self.store = TaskStore(engine)
-        self.storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+        self.storage = build_storage(settings)
         self.worker_id = make_worker_id(name)
         self.models = relayed_models(settings)
         self.options = {m: parse_options(settings.catalog[m].options) for m in self.models}
@@ -112,6 +113,7 @@ class RelayWorker:
         self._clients: list[httpx.AsyncClient] = []
         self.upstreams: dict[str, Upstream] = {}
         self._socket: socket.socket | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()  # upstream cancels under way
 
     # ---- the process ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -230,10 +232,32 @@ class RelayWorker:
                 # Claimed after the renewal was asked, or settling: not in its answer for a good reason.
                 if task_id in ours or held.claimed_at >= asked_at or held.settling:
                     continue
-                log.warning("task %s: lease lost; another worker resumes it", task_id)
                 self.held.pop(task_id, None)
                 if held.coroutine is not None:
                     held.coroutine.cancel()
+                # Cancelled or deleted by its owner (or taken over): find out, and stop it upstream too.
+                self._side_tasks.add(task := asyncio.create_task(self._after_lost(held)))
+                task.add_done_callback(self._side_tasks.discard)
+
+    async def _after_lost(self, held: _Held) -> None:
+        """A task no longer ours: if its owner cancelled (or deleted) it, cancel the upstream generation
+        too, best effort (the Vidu platform refunds a cancelled task; a reelq upstream frees its worker)."""
+        try:
+            row = await asyncio.to_thread(self.store.get_task, held.row.id)
+        except Exception:
+            log.warning("task %s: lease lost; could not read it", held.row.id, exc_info=True)
+            return
+        if row is not None and row.error != CANCELLED_ERROR:
+            log.warning("task %s: lease lost; another worker resumes it", held.row.id)
+            return
+        upstream_id = (row.upstream_id if row is not None else None) or held.upstream_id
+        if upstream_id is None:
+            return
+        try:
+            await self.upstreams[held.row.model].cancel(upstream_id)
+            log.info("task %s: cancelled by its owner; upstream task %s cancelled", held.row.id, upstream_id)
+        except Exception as exc:
+            log.warning("task %s: upstream cancel of %s failed (%s)", held.row.id, upstream_id, exc)
 
     async def _drain(self) -> None:
         """Let creates and downloads under way finish (bounded), then hand back every held task."""
@@ -285,11 +309,11 @@ class RelayWorker:
         deadline = (row.started_at or time.time()) + options.max_wait
         if time.time() >= deadline:
             raise TaskFailed(_too_long(options))
-        upstream_id = row.upstream_id
+        upstream_id = held.upstream_id = row.upstream_id
         if upstream_id is None:
             if self.draining.is_set():
                 raise Released
-            upstream_id = await self._create(held, upstream, options, deadline)
+            upstream_id = held.upstream_id = await self._create(held, upstream, options, deadline)
         status = await self._wait(held, upstream, options, upstream_id, deadline)
         if status.status == FAILED:
             raise TaskFailed(status.error or "Upstream generation failed.")
