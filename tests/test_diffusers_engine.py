@@ -246,3 +246,27 @@ def test_a_worker_survives_a_failing_pipeline_and_running_out_of_memory(
     assert second == Outcome.FAILED and "out of GPU memory" in t2.error and t2.attempts == 1
     assert third == Outcome.COMPLETED and t3.status == "completed"
     db.dispose()
+
+
+def test_a_model_that_cannot_load_fails_its_tasks_and_spares_the_others(
+    models_file: Path, tmp_path: Path
+) -> None:
+    from reelq.engines.base import RenderError
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    # A directory that looks like a pipeline (create-time checks pass) whose transformer is missing.
+    (broken / "model_index.json").write_text(
+        '{"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"]}'
+    )
+    text = models_file.read_text()
+    text += f'[models.broken]\nengine = "diffusers"\npipeline = "WanPipeline"\nweights = "{broken}"\n'
+    path = tmp_path / "models.toml"
+    path.write_text(text)
+    engines = build_engines(load_settings(models_file=path, home=tmp_path / "home"))
+    spec = VideoSpec(model="broken", prompt="a cat", duration=1, resolution="540p")
+    with pytest.raises(RenderError, match="could not be loaded"):
+        engines["broken"].render(spec, RenderInputs(), tmp_path / "x.mp4", lambda _f: None)
+    working = VideoSpec(model="wan-t2v", prompt="a cat", duration=1, resolution="540p")
+    engines["wan-t2v"].render(working, RenderInputs(), tmp_path / "ok.mp4", lambda _f: None)
+    assert probe(tmp_path / "ok.mp4").frame_count == 24
