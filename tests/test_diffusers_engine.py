@@ -22,7 +22,7 @@ if os.environ.get("CI") != "true":  # under CI the extra is installed: a missing
 
 import torch
 
-from reelq.config import load_settings
+from reelq.config import ConfigError, load_settings
 from reelq.database import NewTask, TaskStore, make_engine, migrate
 from reelq.domain import VideoSpec
 from reelq.engines import build_engines
@@ -270,3 +270,28 @@ def test_a_model_that_cannot_load_fails_its_tasks_and_spares_the_others(
     working = VideoSpec(model="wan-t2v", prompt="a cat", duration=1, resolution="540p")
     engines["wan-t2v"].render(working, RenderInputs(), tmp_path / "ok.mp4", lambda _f: None)
     assert probe(tmp_path / "ok.mp4").frame_count == 24
+
+
+def test_weights_can_come_from_the_local_hugging_face_cache_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    # The cache's layout as `hf download` leaves it: refs/main names the snapshot holding the files.
+    repo = tmp_path / "hub" / "models--reelq-test--tiny-wan"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    save_wan(repo / "snapshots" / "0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = tmp_path / "models.toml"
+    path.write_text(
+        '[models.cached]\nengine = "diffusers"\npipeline = "WanPipeline"\nweights = "reelq-test/tiny-wan"\n'
+        "steps = 2\nmax_pixels = 4096\n"
+    )
+    settings = load_settings(models_file=path, home=tmp_path / "home")
+    spec = VideoSpec(model="cached", prompt="a cat", duration=1, resolution="540p")
+    build_engines(settings)["cached"].render(spec, RenderInputs(), tmp_path / "a.mp4", lambda _f: None)
+    assert probe(tmp_path / "a.mp4").frame_count == 24
+    path.write_text(path.read_text().replace("tiny-wan", "not-cached"))
+    with pytest.raises(ConfigError, match="no model in the local Hugging Face cache"):
+        load_settings(models_file=path, home=tmp_path / "home")

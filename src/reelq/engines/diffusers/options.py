@@ -8,6 +8,7 @@ beside the weights (`model_index.json`, `transformer/config.json`).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +121,27 @@ class DiffusersOptions(BaseModel):
         return FAMILY_GUIDANCE[self.family] if self.guidance is None else self.guidance
 
 
+# "org/name": a Hugging Face repository id (weights already in the local cache).
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def resolve_weights(value: Path) -> Path:
+    """The directory of a model's weights: `value` itself, or, for a Hugging Face repository id
+    ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers") that is no local directory, its snapshot in the local
+    Hugging Face cache (`HF_HUB_CACHE`), found offline: nothing is downloaded."""
+    path = value.expanduser()
+    if (path / "model_index.json").is_file() or not _REPO_ID.fullmatch(str(value)):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # the diffusers extra is not installed here
+        return path
+    try:
+        return Path(snapshot_download(str(value), local_files_only=True))
+    except Exception:  # not in the cache: the caller reports the missing model_index.json
+        return path
+
+
 def parse_options(options: dict[str, Any]) -> DiffusersOptions:
     return DiffusersOptions.model_validate(options)
 
@@ -133,12 +155,17 @@ def limits_of(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
         key = ".".join(str(p) for p in first["loc"]) or "options"
         raise ValueError(f"{key}: {str(first['msg']).removeprefix('Value error, ')}") from None
     for name, path in (("weights", opts.weights), ("i2v_weights", opts.i2v_weights)):
-        if path is not None and not (path.expanduser() / "model_index.json").is_file():
-            raise ValueError(f"{name}: {path} holds no model_index.json (write it with save_pretrained)")
+        if path is not None and not (resolve_weights(path) / "model_index.json").is_file():
+            raise ValueError(
+                f"{name}: {path} holds no model_index.json (write it with save_pretrained) and is no model"
+                " in the local Hugging Face cache"
+            )
     image_pipeline = opts.image_pipeline
     last_image = opts.last_image
     if last_image is None:
-        last_image = image_pipeline is not None and _takes_last_image(image_pipeline, opts.image_weights)
+        last_image = image_pipeline is not None and _takes_last_image(
+            image_pipeline, resolve_weights(opts.image_weights)
+        )
     return ModelLimits(
         first_image=image_pipeline is not None,
         last_image=image_pipeline is not None and last_image,

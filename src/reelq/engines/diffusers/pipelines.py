@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reelq.engines.diffusers.frames import NativeRules
-from reelq.engines.diffusers.options import DiffusersOptions
+from reelq.engines.diffusers.options import DiffusersOptions, resolve_weights
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,7 +56,9 @@ def load_model(options: DiffusersOptions, device: torch.device) -> LoadedModel:
     image_class = options.image_pipeline
     if image_class == options.pipeline and options.i2v_weights in (None, options.weights):
         image = text
-    elif image_class is not None and Path(options.image_weights) == Path(options.weights):
+    elif image_class is not None and resolve_weights(options.image_weights) == resolve_weights(
+        options.weights
+    ):
         image = getattr(diffusers, image_class).from_pipe(text)  # same weights: no second copy
     elif image_class is not None:
         image = _from_pretrained(image_class, options.image_weights, options)
@@ -67,7 +69,7 @@ def _from_pretrained(class_name: str, weights: Path, options: DiffusersOptions) 
     cls = getattr(diffusers, class_name)
     # The VAE loads in its own precision (kept float32 for Wan), the rest in `dtype`.
     dtypes = {"default": getattr(torch, options.dtype), "vae": getattr(torch, options.vae_precision)}
-    return cls.from_pretrained(Path(weights).expanduser(), dtype=dtypes, local_files_only=True)
+    return cls.from_pretrained(resolve_weights(Path(weights)), dtype=dtypes, local_files_only=True)
 
 
 def configure(options: DiffusersOptions, text: Any, image: Any | None, device: torch.device) -> LoadedModel:
