@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,6 +24,9 @@ SHARED_KEYS = ("tokens_per_second", "max_duration", "render_deadline_factor")
 # SPEC §5: tokens_per_second defaults to 300 for *-pro models, 150 otherwise.
 PRO_RATE, DEFAULT_RATE = 300.0, 150.0
 MAX_MODEL_NAME = 100
+
+
+_Options = TypeVar("_Options", bound=BaseModel)
 
 
 class CatalogError(ValueError):
@@ -43,6 +46,17 @@ class ModelEntry(BaseModel):
     render_deadline_factor: float | None = Field(None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
     limits: ModelLimits = Field(default_factory=ModelLimits)
+
+
+def validate_options(model: type[_Options], options: dict[str, Any]) -> _Options:
+    """An engine's options model from a models-file table; an error is one ValueError line naming the key."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "options"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ValueError(message if message.startswith(f"{key}:") else f"{key}: {message}") from None
 
 
 def default_rate(name: str) -> float:

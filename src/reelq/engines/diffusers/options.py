@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reelq.catalog import validate_options
 from reelq.domain import MAX_DURATION, ModelLimits
 
 # The pipeline classes reelq knows how to drive, by family. A family fixes how a request becomes
@@ -148,12 +149,7 @@ def parse_options(options: dict[str, Any]) -> DiffusersOptions:
 
 def limits_of(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
     """Validate a diffusers model's keys (its weights must be on disk) and say what it can do."""
-    try:
-        opts = parse_options(options)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "options"
-        raise ValueError(f"{key}: {str(first['msg']).removeprefix('Value error, ')}") from None
+    opts = validate_options(DiffusersOptions, options)
     for name, path in (("weights", opts.weights), ("i2v_weights", opts.i2v_weights)):
         if path is not None and not (resolve_weights(path) / "model_index.json").is_file():
             raise ValueError(

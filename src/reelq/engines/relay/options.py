@@ -13,8 +13,9 @@ import os
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reelq.catalog import validate_options
 from reelq.domain import MAX_DURATION, ModelLimits
 
 Upstream = Literal["reelq", "vidu"]
@@ -112,13 +113,7 @@ def parse_options(options: dict[str, Any]) -> RelayOptions:
 
 def limits_of(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
     """Validate a relayed model's keys (its key variable must be set) and say what it can do."""
-    try:
-        opts = parse_options(options)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "options"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise ValueError(message if message.startswith(f"{key}:") else f"{key}: {message}") from None
+    opts = validate_options(RelayOptions, options)
     opts.api_key()  # fails start-up, naming the variable, when the key is missing
     # Both upstreams take text, one image (first frame) and two (first and last frame).
     return ModelLimits(max_duration=min(MAX_DURATION, max_duration or MAX_DURATION))
