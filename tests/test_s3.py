@@ -164,7 +164,7 @@ def test_a_storage_url_that_is_not_s3_stops_start_up_with_one_line(tmp_path: Pat
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "reelq: invalid configuration: REELQ_STORAGE_URL: Value error, must be s3://bucket or s3://bucket/prefix"
+        "reelq: invalid configuration: REELQ_STORAGE_URL: must be s3://bucket or s3://bucket/prefix"
     ]
     env = reelq_env(tmp_path, REELQ_STORAGE_URL="s3://b", REELQ_VIDEO_URL_TTL=str(8 * 86400))
     done = subprocess.run(

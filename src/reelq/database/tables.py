@@ -120,6 +120,7 @@ webhook_events = Table(
     Column("actual_duration", Float, nullable=True),
     Column("total_tokens", Integer, nullable=True),
     Column("error", Text, nullable=True),
+    Column("video_key", String(200), nullable=True),
     # Delivery: pending until delivered or given up; a sender holds it by a lease, like a task.
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),

@@ -57,6 +57,7 @@ class WebhookEvent:
     actual_duration: float | None
     total_tokens: int | None
     error: str | None
+    video_key: str | None  # where the video is stored (an S3 link is presigned for the object)
     attempts: int
 
 
@@ -97,6 +98,7 @@ def record(conn: Connection, status: str, task_ids: Iterable[str]) -> None:
             tasks.c.actual_duration,
             tasks.c.total_tokens,
             tasks.c.error,
+            tasks.c.video_key,
         ).where(tasks.c.id.in_(ids), tasks.c.callback_url.is_not(None))
     ).all()
     if not rows:
@@ -121,6 +123,7 @@ def record(conn: Connection, status: str, task_ids: Iterable[str]) -> None:
                 "actual_duration": row.actual_duration,
                 "total_tokens": row.total_tokens,
                 "error": row.error,
+                "video_key": row.video_key,
                 "state": PENDING,
                 "attempts": 0,
                 "next_attempt_at": now,

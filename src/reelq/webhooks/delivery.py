@@ -73,6 +73,7 @@ def view_of(event: WebhookEvent) -> TaskView:
         created_at=event.task_created_at,
         finished_at=event.finished_at,
         video_deleted=False,
+        video_key=event.video_key,
         actual_duration=event.actual_duration,
         total_tokens=event.total_tokens,
         error=event.error,

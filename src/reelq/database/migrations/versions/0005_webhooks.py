@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("actual_duration", sa.Float, nullable=True),
         sa.Column("total_tokens", sa.Integer, nullable=True),
         sa.Column("error", sa.Text, nullable=True),
+        sa.Column("video_key", sa.String(200), nullable=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("next_attempt_at", sa.Float, nullable=False),
