@@ -29,7 +29,7 @@ from reelq.api.vidu import (
     error_response_doc,
 )
 from reelq.config import Settings, load_settings
-from reelq.database import TaskStore, make_engine, migrate
+from reelq.database import TaskStore, ensure_schema, make_engine
 from reelq.database.fastread import SqliteReader
 from reelq.database.quotas import QuotaCounts
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
@@ -120,7 +120,7 @@ def build_services(settings: Settings) -> Services:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     (settings.videos_dir / ".tmp").mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    ensure_schema(engine)
     sqlite_path = settings.sqlite_path
     limiter: RateLimiter = MemoryRateLimiter()
     counts: QuotaCounts | None = None
@@ -129,9 +129,13 @@ def build_services(settings: Settings) -> Services:
 
         link = RedisLink(settings.redis_url, settings.redis_prefix)
         limiter, counts = RedisRateLimiter(link), SharedQuotaCounts(link)
+    store = TaskStore(engine, counts)
+    if sqlite_path is None and store.changes is not None:
+        # PostgreSQL: listen for change notices from the start, so the first long-poll is woken too.
+        store.changes.value()
     return Services(
         settings=settings,
-        store=TaskStore(engine, counts),
+        store=store,
         storage=build_storage(settings),
         reader=SqliteReader(sqlite_path) if sqlite_path is not None else None,
         limiter=limiter,
