@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pytest
 
@@ -59,11 +59,8 @@ def fresh_queue() -> Iterator[str]:
     try:
         yield name
     finally:
-        with kombu.Connection(BROKER_URL, connect_timeout=2) as conn:
-            try:
-                conn.default_channel.queue_delete(name)
-            except Exception:
-                pass
+        with kombu.Connection(BROKER_URL, connect_timeout=2) as conn, suppress(Exception):
+            conn.default_channel.queue_delete(name)
 
 
 def purge_queue(name: str) -> int:

@@ -22,6 +22,21 @@ from tests.scaled import BROKER_URL, fresh_postgres_database, fresh_queue, purge
 
 pytest.importorskip("celery")
 
+
+def _head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from reelq.database.db import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+HEAD = _head()
 BODY = {"model": "viduq3-turbo", "prompt": "a scaled task", "duration": 1, "resolution": "540p"}
 
 
@@ -79,13 +94,13 @@ def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path, datab
     lines = [line for line in refused.stderr.splitlines() if line.startswith("reelq:")]
     assert lines == [
         "reelq: the database schema is at revision none (empty database), this reelq needs "
-        "0005_webhooks: run `reelq db upgrade` first"
+        f"{HEAD}: run `reelq db upgrade` first"
     ], refused.stderr
     assert run_cli(tmp_path, "db", "current", env=env, check=False).returncode == 1
     upgraded = run_cli(tmp_path, "db", "upgrade", env=env)
-    assert upgraded.stdout.strip() == "schema at 0005_webhooks (was empty)"
-    assert run_cli(tmp_path, "db", "upgrade", env=env).stdout.strip() == "schema at 0005_webhooks (already)"
-    assert run_cli(tmp_path, "db", "current", env=env).stdout.strip() == "database 0005_webhooks, reelq 0005_webhooks"
+    assert upgraded.stdout.strip() == f"schema at {HEAD} (was empty)"
+    assert run_cli(tmp_path, "db", "upgrade", env=env).stdout.strip() == f"schema at {HEAD} (already)"
+    assert run_cli(tmp_path, "db", "current", env=env).stdout.strip() == f"database {HEAD}, reelq {HEAD}"
     server = Server(home=tmp_path, port=free_port(), env=env)
     try:
         server.start(workers=0)
@@ -96,7 +111,7 @@ def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path, datab
 def test_embedded_sqlite_still_migrates_itself(tmp_path: Path) -> None:
     # No `db upgrade` on the embedded default: the first command creates and migrates the file.
     run_cli(tmp_path, "keys", "create", "--name", "x")
-    assert run_cli(tmp_path, "db", "current").stdout.strip() == "database 0005_webhooks, reelq 0005_webhooks"
+    assert run_cli(tmp_path, "db", "current").stdout.strip() == f"database {HEAD}, reelq {HEAD}"
 
 
 # --- change notices ----------------------------------------------------------------------------------
@@ -135,7 +150,9 @@ def test_a_finished_task_answers_held_long_polls_on_every_replica_within_100_ms(
             task_id = ca.post("/v1/vidu/videos", json=BODY).json()["id"]
             answers: dict[str, tuple[float, dict]] = {}
 
-            def hold(name: str, client: httpx.Client, task_id: str = task_id, answers: dict = answers) -> None:
+            def hold(
+                name: str, client: httpx.Client, task_id: str = task_id, answers: dict = answers
+            ) -> None:
                 body = client.get(f"/v1/result/{task_id}", params={"wait": 20}).json()
                 answers[name] = (time.monotonic(), body)
 
@@ -274,3 +291,31 @@ def test_a_celery_worker_killed_mid_render_its_task_completes_once(
     files = _video_files(node.home)
     assert len(files) == len(ids), files
     assert f"{victim.id}-2.mp4" in files
+
+
+# --- leases on the database's clock ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_leases_are_judged_on_the_database_clock(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """A worker or sweeper whose clock is an hour off neither steals live leases nor keeps dead ones."""
+    from reelq.database import NewTask
+    from reelq.database.db import migrate
+    from reelq.database.lifecycle import time as lifecycle_time
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = TaskStore(engine)
+    key, _ = store.create_key("clock")
+    new = NewTask(model="viduq3-turbo", prompt="clock", duration=1, aspect_ratio="16:9", resolution="540p")
+    task, _ = store.create_task(key.id, new)
+    real_time = time.time
+    monkeypatch.setattr(lifecycle_time, "time", lambda: real_time() + skew)  # this machine's clock is off
+    claimed = store.claim_next("skewed:1:w", 2.0, task_id=task.id)
+    assert claimed is not None
+    assert store.sweep(3, 60).requeued == []  # a live 2 s lease, whatever this machine's clock says
+    assert store.renew(task.id, "skewed:1:w", 1.0, 10)
+    time.sleep(1.3)
+    assert store.sweep(3, 60).requeued == [task.id]  # lapsed on the database's clock
