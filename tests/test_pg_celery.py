@@ -319,3 +319,31 @@ def test_leases_are_judged_on_the_database_clock(
     assert store.renew(task.id, "skewed:1:w", 1.0, 10)
     time.sleep(1.3)
     assert store.sweep(3, 60).requeued == [task.id]  # lapsed on the database's clock
+
+
+def test_readyz_reports_an_unreachable_broker(replicas: Callable[..., Server]) -> None:
+    server = replicas(start=False, REELQ_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reelq", "serve", "--port", str(server.port), "--workers", "0"],
+        env=server.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"{server.base_url}/readyz", timeout=10)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert answer is not None and answer.status_code == 503
+        assert answer.json() == {"status": "unavailable", "reason": "broker unavailable: OperationalError"}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -187,6 +187,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             # A full disk (or an unreachable bucket) fails every render and every create: not ready,
             # so a balancer sends traffic elsewhere and an operator sees why.
             problem = services.storage.problem()
+            if problem is None and services.publisher is not None:
+                problem = services.publisher.problem()  # creates would queue with nobody told
             sqlite_path = services.settings.sqlite_path
             if problem is None and sqlite_path is not None:
                 problem = room_problem(sqlite_path.parent, "the database")

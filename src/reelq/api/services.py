@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from reelq.metrics import ApiCollector, HttpStats
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
 from reelq.storage import Storage
+
+if TYPE_CHECKING:
+    from reelq.dispatch.broker import Publisher
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Services:
 
     def __post_init__(self) -> None:
         # With a broker, each stored create is published to the render workers' queue (dispatch/broker.py).
-        self.publisher = None
+        self.publisher: Publisher | None = None
         if self.settings.broker_url:
             from reelq.dispatch.broker import Publisher
 

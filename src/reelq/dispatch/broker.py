@@ -101,6 +101,15 @@ class Publisher:
                 break
         return sent
 
+    def problem(self) -> str | None:
+        """Readiness: None when the broker accepts a connection now, else why not (one short line)."""
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:
+            return f"broker unavailable: {type(exc).__name__}"
+        return None
+
     def _run(self) -> None:
         while True:
             batch = self._queue.get()
