@@ -24,6 +24,8 @@ from reelq.config import ConfigError, Settings, load_settings
 app = typer.Typer(help="reelq: a self-hosted, Vidu-compatible video-generation API.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="The database's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 err = Console(stderr=True)
 
 HomeOpt = Annotated[
@@ -51,16 +53,61 @@ def _logging(settings: Settings) -> None:
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from reelq.database import TaskStore, make_engine, migrate
+    from reelq.database import SchemaOutdated, TaskStore, ensure_schema, make_engine
 
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
     try:
-        migrate(engine)
+        ensure_schema(engine)
+    except SchemaOutdated as exc:
+        _error(f"{exc}")
+        raise typer.Exit(2) from None
     except Exception as exc:
         _error(f"cannot open the database: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from None
     return TaskStore(engine)
+
+
+@db_app.command("upgrade")
+def db_upgrade(home: HomeOpt = None) -> None:
+    """Migrate the database (REELQ_DATABASE_URL, else the embedded SQLite file) to this reelq's schema.
+
+    Run it once per deployment before starting upgraded API and worker processes on PostgreSQL (they
+    refuse an outdated schema); the embedded SQLite file migrates itself at start-up."""
+    from reelq.database import make_engine, migrate
+    from reelq.database.db import schema_revision
+
+    settings = _settings(home=home)
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        before, head = schema_revision(engine)
+        migrate(engine)
+    except Exception as exc:
+        _error(f"cannot migrate the database: {type(exc).__name__}: {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"schema at {head}" + (" (already)" if before == head else f" (was {before or 'empty'})"))
+
+
+@db_app.command("current")
+def db_current(home: HomeOpt = None) -> None:
+    """Print the database's schema revision and this reelq's newest; exit 1 when they differ."""
+    from reelq.database import make_engine
+    from reelq.database.db import schema_revision
+
+    engine = make_engine(_settings(home=home).sqlalchemy_url)
+    try:
+        current, head = schema_revision(engine)
+    except Exception as exc:
+        _error(f"cannot open the database: {type(exc).__name__}: {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"database {current or 'empty'}, reelq {head}")
+    if current != head:
+        raise typer.Exit(1)
 
 
 def _uvicorn_server_class():  # type: ignore[no-untyped-def]
@@ -102,6 +149,7 @@ def serve(
     from reelq.api import create_asgi
     from reelq.api.app import build_services
     from reelq.api.server import server_options
+    from reelq.database import SchemaOutdated
     from reelq.dispatch.gpus import default_worker_count, worker_gpus
     from reelq.dispatch.supervisor import Supervisor
     from reelq.webhooks.delivery import WebhookDeliverer
@@ -109,6 +157,9 @@ def serve(
     _logging(settings)
     try:
         services = build_services(settings)
+    except SchemaOutdated as exc:
+        _error(f"{exc}")
+        raise typer.Exit(2) from None
     except Exception as exc:
         _error(f"cannot start: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from None
@@ -180,14 +231,20 @@ def worker(
     ] = None,
     home: HomeOpt = None,
 ) -> None:
-    """Run render workers without the API (they share the database with the API processes)."""
+    """Run render workers without the API (they share the database with the API processes; with
+    REELQ_BROKER_URL they are Celery workers on REELQ_QUEUE)."""
+    from reelq.database import SchemaOutdated
     from reelq.dispatch.gpus import worker_gpus
     from reelq.dispatch.supervisor import Supervisor
 
     settings = _settings(home=home)
     _logging(settings)
     gpus = worker_gpus(settings)
-    supervisor = Supervisor(settings, workers if workers is not None else max(1, len(gpus)), gpus)
+    try:
+        supervisor = Supervisor(settings, workers if workers is not None else max(1, len(gpus)), gpus)
+    except SchemaOutdated as exc:
+        _error(f"{exc}")
+        raise typer.Exit(2) from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # Every Redis key reelq writes starts with this, so deployments (and tests) can share a Redis.
     redis_prefix: str = "reelq:"
+    # Celery dispatch (dispatch/celery.py): a create publishes "run <id>" to this broker's `queue`;
+    # None: the embedded dispatch (doorbells and supervised worker processes).
+    broker_url: str | None = None
+    queue: str = Field("reelq", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     public_base_url: str | None = None
     root_path: str = ""
@@ -160,6 +164,15 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("amqp://", "amqps://", "pyamqp://", "redis://", "rediss://")):
+            raise ValueError("must be an amqp:// (RabbitMQ) or redis:// URL")
         return value
 
     @model_validator(mode="after")

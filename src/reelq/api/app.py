@@ -29,7 +29,7 @@ from reelq.api.vidu import (
     error_response_doc,
 )
 from reelq.config import Settings, load_settings
-from reelq.database import TaskStore, make_engine, migrate
+from reelq.database import TaskStore, ensure_schema, make_engine
 from reelq.database.fastread import SqliteReader
 from reelq.database.quotas import QuotaCounts
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
@@ -120,7 +120,7 @@ def build_services(settings: Settings) -> Services:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     (settings.videos_dir / ".tmp").mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    ensure_schema(engine)
     sqlite_path = settings.sqlite_path
     limiter: RateLimiter = MemoryRateLimiter()
     counts: QuotaCounts | None = None
@@ -129,9 +129,13 @@ def build_services(settings: Settings) -> Services:
 
         link = RedisLink(settings.redis_url, settings.redis_prefix)
         limiter, counts = RedisRateLimiter(link), SharedQuotaCounts(link)
+    store = TaskStore(engine, counts)
+    if sqlite_path is None and store.changes is not None:
+        # PostgreSQL: listen for change notices from the start, so the first long-poll is woken too.
+        store.changes.value()
     return Services(
         settings=settings,
-        store=TaskStore(engine, counts),
+        store=store,
         storage=build_storage(settings),
         reader=SqliteReader(sqlite_path) if sqlite_path is not None else None,
         limiter=limiter,
@@ -183,6 +187,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             # A full disk (or an unreachable bucket) fails every render and every create: not ready,
             # so a balancer sends traffic elsewhere and an operator sees why.
             problem = services.storage.problem()
+            if problem is None and services.publisher is not None:
+                problem = services.publisher.problem()  # creates would queue with nobody told
             sqlite_path = services.settings.sqlite_path
             if problem is None and sqlite_path is not None:
                 problem = room_problem(sqlite_path.parent, "the database")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from reelq.metrics import ApiCollector, HttpStats
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
 from reelq.storage import Storage
+
+if TYPE_CHECKING:
+    from reelq.dispatch.broker import Publisher
 
 
 @dataclass
@@ -32,6 +35,12 @@ class Services:
     http_stats: HttpStats = field(default_factory=HttpStats)
 
     def __post_init__(self) -> None:
+        # With a broker, each stored create is published to the render workers' queue (dispatch/broker.py).
+        self.publisher: Publisher | None = None
+        if self.settings.broker_url:
+            from reelq.dispatch.broker import Publisher
+
+            self.publisher = Publisher(self.settings)
         # The task rules both transports call (api/vidu.py, api/fastpath.py).
         self.tasks = TaskService(
             self.settings,
@@ -41,16 +50,20 @@ class Services:
             self.limiter,
             self.draining,
             on_stored=self.notify_workers,
+            on_created=self.publisher.publish if self.publisher is not None else None,
         )
         self.metrics = ApiCollector(self.http_stats, self.tasks.create_stats, self.store)
 
     def notify_workers(self) -> None:
-        """Wake idle workers now (embedded dispatch)."""
-        ring(self.settings.run_dir)
+        """Wake idle workers now (embedded dispatch; with a broker the published message wakes them)."""
+        if self.publisher is None:
+            ring(self.settings.run_dir)
 
     def close(self) -> None:
         """Store the creates still queued, then release the database and the image-checking processes."""
         self.tasks.close()
+        if self.publisher is not None:
+            self.publisher.close()  # after the last batch: its messages go out before the exit
         self.store.engine.dispose()
         close_decoder_processes()
 

@@ -1,7 +1,7 @@
 """The tasks database: schema and migrations, `TaskStore` (keys, tasks, the state machine, usage,
 quotas: one module each) and the hot read path."""
 
-from reelq.database.db import make_engine, migrate
+from reelq.database.db import SchemaOutdated, ensure_schema, make_engine, migrate
 from reelq.database.keys import ApiKey, hash_key
 from reelq.database.lifecycle import SweepResult
 from reelq.database.quotas import QuotaExceeded, Quotas
@@ -14,10 +14,12 @@ __all__ = [
     "NewTask",
     "QuotaExceeded",
     "Quotas",
+    "SchemaOutdated",
     "SweepResult",
     "TaskRow",
     "TaskStore",
     "UsageRow",
+    "ensure_schema",
     "hash_key",
     "make_engine",
     "migrate",

@@ -52,11 +52,17 @@ class CreateBatcher:
     stored a task (in the writer thread: it wakes the render workers once, not once per create)."""
 
     def __init__(
-        self, store: TaskStore, quotas: Quotas | None, on_stored: Callable[[], object] | None = None
+        self,
+        store: TaskStore,
+        quotas: Quotas | None,
+        on_stored: Callable[[], object] | None = None,
+        on_created: Callable[[list[str]], object] | None = None,
     ) -> None:
         self.store = store
         self.quotas = quotas
         self.on_stored = on_stored
+        # With a broker: the ids of the tasks a batch created, once it committed (dispatch/celery.py).
+        self.on_created = on_created
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -118,6 +124,13 @@ class CreateBatcher:
                     self.on_stored()
                 except Exception:
                     log.exception("waking the workers failed")
+            if self.on_created is not None:
+                created = [o[0].id for o in outcomes if isinstance(o, tuple) and o[1]]
+                if created:
+                    try:
+                        self.on_created(created)
+                    except Exception:
+                        log.exception("dispatching the new tasks failed; the reconciler will")
 
     def _store(self, batch: list[_Pending]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)

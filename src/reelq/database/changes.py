@@ -24,6 +24,22 @@ import mmap
 import os
 import struct
 from pathlib import Path
+from typing import Protocol
+
+
+class ChangeNotices(Protocol):
+    """What every change counter offers (this one; database/pgnotify.py on PostgreSQL)."""
+
+    def value(self) -> int:
+        """The counter now: take it before reading, compare it later (a move means something changed)."""
+        ...
+
+    def bump(self) -> None:
+        """Called by TaskStore after a commit that changed a row."""
+        ...
+
+    def close(self) -> None: ...
+
 
 _COUNTER = struct.Struct("<Q")
 

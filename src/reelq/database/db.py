@@ -73,6 +73,30 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class SchemaOutdated(Exception):
+    """A shared database whose schema is not this reelq's: `reelq db upgrade` first (one line)."""
+
+
+def schema_revision(engine: Engine) -> tuple[str | None, str | None]:
+    """(the database's Alembic revision, this reelq's newest)."""
+    return _current_and_head(engine, _alembic_config(engine))
+
+
+def ensure_schema(engine: Engine) -> None:
+    """The embedded SQLite file migrates itself at start-up; a shared database (PostgreSQL) is
+    migrated only by `reelq db upgrade`, run once by the operator, never by whichever replica starts
+    first (a half-rolled-out fleet must not change the schema under the old replicas)."""
+    if engine.dialect.name == "sqlite":
+        migrate(engine)
+        return
+    current, head = schema_revision(engine)
+    if current != head:
+        raise SchemaOutdated(
+            f"the database schema is at revision {current or 'none (empty database)'}, this reelq needs "
+            f"{head}: run `reelq db upgrade` first"
+        )
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (a no-op when it is already there)."""
     cfg = _alembic_config(engine)

@@ -24,7 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, select, update
+from sqlalchemy import Connection, Float, and_, case, cast, func, select, update
 
 from reelq.database import usage, webhooks
 from reelq.database.tables import tasks
@@ -39,6 +39,15 @@ class SweepResult:
     requeued: list[str]
     failed: list[str]
     stale_queued: list[str]
+
+
+def _clock(conn: Connection, now: float) -> Any:
+    """What leases are written and judged with: on PostgreSQL the database's clock (its transaction
+    time), so workers and sweepers on machines whose clocks disagree still agree on which lease has
+    lapsed; on the embedded SQLite file every process shares this machine's clock, so `now` as is."""
+    if conn.dialect.name == "postgresql":
+        return cast(func.extract("epoch", func.now()), Float)
+    return now
 
 
 def _owned(task_id: str, worker: str) -> Any:
@@ -73,7 +82,7 @@ def claim(
             .values(
                 status=PROCESSING,
                 worker=worker,
-                lease_until=now + lease_seconds,
+                lease_until=_clock(conn, now) + lease_seconds,
                 attempts=tasks.c.attempts + 1,
                 started_at=func.coalesce(tasks.c.started_at, now),
             )
@@ -117,7 +126,7 @@ def claim_relayed(
             .values(
                 status=PROCESSING,
                 worker=worker,
-                lease_until=now + lease_seconds,
+                lease_until=_clock(conn, now) + lease_seconds,
                 attempts=tasks.c.attempts + spent,
                 started_at=func.coalesce(tasks.c.started_at, now),
             )
@@ -137,7 +146,7 @@ def renew_all(conn: Connection, worker: str, lease_seconds: float) -> set[str]:
     """Extend the lease of every task `worker` holds, in one statement; returns their ids (a task
     missing from the answer was lost: the sweeper gave it to someone else)."""
     stmt = update(tasks).where(tasks.c.worker == worker, tasks.c.status == PROCESSING)
-    stmt = stmt.values(lease_until=time.time() + lease_seconds).returning(tasks.c.id)
+    stmt = stmt.values(lease_until=_clock(conn, time.time()) + lease_seconds).returning(tasks.c.id)
     return set(conn.execute(stmt).scalars())
 
 
@@ -161,7 +170,8 @@ def renew(conn: Connection, task_id: str, worker: str, lease_seconds: float, pro
     """Extend the lease and record progress; False means the lease was lost (stop working)."""
     larger = func.greatest if conn.dialect.name == "postgresql" else func.max  # SQLite's 2-arg max()
     stmt = update(tasks).where(_owned(task_id, worker))
-    stmt = stmt.values(lease_until=time.time() + lease_seconds, progress=larger(tasks.c.progress, progress))
+    lease_until = _clock(conn, time.time()) + lease_seconds
+    stmt = stmt.values(lease_until=lease_until, progress=larger(tasks.c.progress, progress))
     return conn.execute(stmt).rowcount == 1
 
 
@@ -227,7 +237,7 @@ def expire_leases_of(conn: Connection, worker_prefix: str) -> int:
 def sweep(conn: Connection, max_attempts: int, queued_stale_seconds: float) -> SweepResult:
     """Recover lapsed leases (requeue, or fail after max_attempts) and find queued rows left waiting."""
     now = time.time()
-    lapsed = and_(tasks.c.status == PROCESSING, tasks.c.lease_until < now)
+    lapsed = and_(tasks.c.status == PROCESSING, tasks.c.lease_until < _clock(conn, now))
     error = f"Render failed after {max_attempts} attempts: the worker stopped responding or crashed."
     # A relayed task whose upstream id is known is resumed, never failed here: another attempt only
     # waits on the generation already paid for (its relay worker bounds it by the maximum wait).

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from reelq.database import keys, lifecycle, tasks, usage, webhooks
-from reelq.database.changes import ChangeCounter
+from reelq.database.changes import ChangeCounter, ChangeNotices
 from reelq.database.keys import ApiKey
 from reelq.database.lifecycle import CancelResult, SweepResult
 from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
@@ -27,8 +27,13 @@ from reelq.database.usage import UsageRow
 from reelq.database.webhooks import DeliveryAttempt, WebhookEvent
 
 
-def change_counter_for(engine: Engine) -> ChangeCounter | None:
-    """The shared change counter of a SQLite file database (see database/changes.py); None elsewhere."""
+def change_counter_for(engine: Engine) -> ChangeNotices | None:
+    """The change counter: shared memory beside a SQLite file (database/changes.py), LISTEN/NOTIFY on
+    PostgreSQL (database/pgnotify.py); None elsewhere (an in-memory SQLite database)."""
+    if engine.dialect.name == "postgresql":
+        from reelq.database.pgnotify import PgChangeListener
+
+        return PgChangeListener.for_engine(engine)
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
@@ -41,6 +46,12 @@ class TaskStore:
     def __init__(self, engine: Engine, counts: QuotaCounts | None = None) -> None:
         self.engine = engine
         self.changes = change_counter_for(engine)
+        # PostgreSQL: the notice goes out with the commit itself (database/pgnotify.py); None on SQLite.
+        self._notify_sql: str | None = None
+        if engine.dialect.name == "postgresql":
+            from reelq.database.pgnotify import NOTIFY_SQL
+
+            self._notify_sql = NOTIFY_SQL
         # The quota counts reused within a burst: this process's (default) or shared (sharedlimits.py).
         self._counts = counts if counts is not None else QuotaCounts()
         # SQLite has one writer at a time. Threads of one process queue on this lock instead of
@@ -57,6 +68,8 @@ class TaskStore:
         """
         with self._write_lock, self.engine.begin() as conn:
             yield conn
+            if bump and self._notify_sql is not None:
+                conn.exec_driver_sql(self._notify_sql)
         if bump and self.changes is not None:
             self.changes.bump()
 

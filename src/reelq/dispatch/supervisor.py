@@ -23,7 +23,7 @@ from pathlib import Path
 
 from reelq import metrics
 from reelq.config import Settings
-from reelq.database import TaskStore, make_engine, migrate
+from reelq.database import TaskStore, ensure_schema, make_engine
 from reelq.dispatch.doorbell import ring
 from reelq.engines import relayed_models
 from reelq.storage import build_storage
@@ -83,7 +83,7 @@ class Supervisor:
         self.settings = settings
         self.gpus = gpus or []  # worker i renders on gpus[i % len(gpus)]
         engine = make_engine(settings.sqlalchemy_url)
-        migrate(engine)
+        ensure_schema(engine)
         self.store = TaskStore(engine)
         self.storage = build_storage(settings)
         self.children = [_Child(name=f"w{i}") for i in range(workers)]
@@ -91,6 +91,13 @@ class Supervisor:
         # (never instead of) the render workers, whatever --workers says.
         if relayed_models(settings):
             self.children.append(_Child(name="relay", module=RELAY_WORKER_MODULE))
+        # With a broker the children are Celery render workers (worker/process.py decides from the
+        # settings) and the sweeper re-publishes rows left queued instead of ringing doorbells.
+        self.reconciler = None
+        if settings.broker_url:
+            from reelq.dispatch.broker import Publisher, Reconciler
+
+            self.reconciler = Reconciler(Publisher(settings), settings.queued_redispatch_seconds)
         self._settings_json = settings.to_json().encode()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -177,7 +184,9 @@ class Supervisor:
             row = self.store.get_task(task_id)
             if row is not None:
                 metrics.task_finished(row.model, self.settings.engine_for(row.model), False)
-        if result.requeued or result.stale_queued:
+        if self.reconciler is not None:
+            self.reconciler.run(result.requeued, result.stale_queued)
+        elif result.requeued or result.stale_queued:
             ring(self.settings.run_dir)
         for task_id, key in self.store.expired_videos(self.settings.video_url_ttl):
             self.storage.delete(key)

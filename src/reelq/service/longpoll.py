@@ -8,7 +8,8 @@ long-polls whose counter value is out of date, which then re-read their row. An 
 long-poll costs nothing between changes, and a finished task is answered within a tick of
 its commit instead of after a backed-off re-read interval. A shutdown wakes them all.
 
-Without a change counter (PostgreSQL: no shared file to map) the watcher wakes every held
+On PostgreSQL the counter is moved by the database's change notices (database/pgnotify.py), so
+the same watcher serves every API replica. Without any counter the watcher wakes every held
 long-poll each FALLBACK_TICK instead.
 """
 

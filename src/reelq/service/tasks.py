@@ -100,6 +100,7 @@ class TaskService:
         limiter: RateLimiter,
         draining: threading.Event,
         on_stored: Callable[[], None],
+        on_created: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -113,8 +114,10 @@ class TaskService:
         self.create_limit = Limit(rate=settings.create_rate / 60.0, burst=max(1.0, settings.create_rate))
         self.quotas = Quotas(max_active_per_key=settings.max_active_per_key, max_queue=settings.max_queue)
         # Group commit (database/batcher.py); `on_stored` wakes the workers once per stored batch.
-        self.creates = CreateBatcher(store, self.quotas, on_stored=on_stored)
-        self.long_polls = LongPollHub(reader.version if reader else None, draining)
+        self.creates = CreateBatcher(store, self.quotas, on_stored=on_stored, on_created=on_created)
+        # Woken by the change counter: the SQLite reader's, else the store's (LISTEN/NOTIFY on PostgreSQL).
+        changes = reader.version if reader else (store.changes.value if store.changes is not None else None)
+        self.long_polls = LongPollHub(changes, draining)
         self._finished: dict[tuple[str, TaskView], bytes] = {}
         # The `x-poll-after-ms` hint of non-terminal answers, from a queue snapshot (service/pollhint.py).
         self.poll_hints = PollHints(

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from reelq.config import Settings
-from reelq.database import TaskStore, make_engine, migrate
+from reelq.database import TaskStore, ensure_schema, make_engine
 from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener
 from reelq.engines import build_engines, relayed_models
 from reelq.logs import setup_logging
@@ -38,7 +38,7 @@ def end_worker_process() -> None:
 def worker_loop(settings: Settings, name: str, stop: threading.Event | None = None) -> None:
     """Claim and run tasks until SIGTERM/SIGINT (or `stop`); a render in flight finishes or is handed back."""
     engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    ensure_schema(engine)
     ctx = WorkerContext(
         settings=settings,
         store=TaskStore(engine),
@@ -95,6 +95,11 @@ def _worker_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_json(sys.stdin.buffer.read())
     setup_logging(settings)
+    if settings.broker_url:
+        from reelq.dispatch.broker import worker_main
+
+        worker_main(settings, args.name)  # a Celery render worker: messages wake it, the claim decides
+        return
     worker_loop(settings, args.name)
 
 

@@ -35,7 +35,7 @@ from typing import TypeVar
 import httpx
 
 from reelq.config import Settings
-from reelq.database import TaskRow, TaskStore, make_engine, migrate
+from reelq.database import TaskRow, TaskStore, ensure_schema, make_engine
 from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
 from reelq.engines import relayed_models
 from reelq.engines.relay.options import RelayOptions, parse_options
@@ -100,7 +100,7 @@ class RelayWorker:
     def __init__(self, settings: Settings, name: str = "relay") -> None:
         self.settings = settings
         engine = make_engine(settings.sqlalchemy_url)
-        migrate(engine)
+        ensure_schema(engine)
         self.store = TaskStore(engine)
         self.storage = build_storage(settings)
         self.worker_id = make_worker_id(name)

@@ -1,0 +1,112 @@
+"""The change counter on PostgreSQL: every change-making commit NOTIFYs, each process LISTENs.
+
+The embedded store shares a memory-mapped counter between the processes of one machine
+(database/changes.py). API replicas on several machines share nothing but the database, so
+there the database carries the signal: `TaskStore._write` runs `NOTIFY reelq_changes` inside
+every transaction that changes a row (PostgreSQL delivers it only if, and when, that
+transaction commits), and a process that reads the counter holds one dedicated autocommit
+connection that LISTENs in a thread and moves a local counter for each notice.
+
+Same interface and same ordering argument as the embedded counter: a reader takes `value()`
+before it reads the database; a commit after that read is noticed after it, so it moves the
+counter later. Notices are delivered after their commit, so a read that raced a commit has
+already seen it. While the listening connection is down, notices may be lost: the counter
+then moves every RECONNECT_SECONDS, so held long-polls re-read as they did with polling,
+and once more on reconnecting.
+
+Only processes that read the counter (API processes, the webhook sender) open the listening
+connection: it starts on the first `value()`. Render workers only send notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import Engine
+
+log = logging.getLogger("reelq.database")
+
+CHANNEL = "reelq_changes"
+NOTIFY_SQL = f"NOTIFY {CHANNEL}"
+RECONNECT_SECONDS = 0.5
+_WAIT_SECONDS = 1.0  # how long one `notifies()` call blocks before the stop flag is looked at
+
+
+def listen_conninfo(engine: Engine) -> str:
+    """A libpq URI for psycopg of the engine's database (its options, e.g. a search_path, kept)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PgChangeListener:
+    """A process-local counter moved by the database's notices (and by this process's own commits)."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._value = 0
+        self._bump_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.connected = threading.Event()  # set while LISTEN is in place (tests and readiness)
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> PgChangeListener:
+        return cls(listen_conninfo(engine))
+
+    def value(self) -> int:
+        if self._thread is None:
+            self._start()
+        return self._value
+
+    def bump(self) -> None:
+        """After one of this process's own commits: its readers need not wait for the round trip."""
+        with self._bump_lock:
+            self._value += 1
+
+    def start(self) -> None:
+        """Open the listening connection now (else on the first `value()`)."""
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._listen, daemon=True, name="reelq-pg-listen")
+                self._thread.start()
+
+    def _listen(self) -> None:
+        import psycopg
+
+        warned = False
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.connected.set()
+                    self.bump()  # whatever was missed while not listening
+                    if warned:
+                        log.warning("listening for database changes again")
+                        warned = False
+                    while not self._stop.is_set():
+                        for _notice in conn.notifies(timeout=_WAIT_SECONDS):
+                            self.bump()
+            except Exception as exc:
+                self.connected.clear()
+                if not warned:
+                    log.warning(
+                        "lost the database change notices (%s: %s); re-reading every %.1f s until back",
+                        type(exc).__name__,
+                        exc,
+                        RECONNECT_SECONDS,
+                    )
+                    warned = True
+                self.bump()
+                self._stop.wait(RECONNECT_SECONDS)
+        self.connected.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=_WAIT_SECONDS + 1)

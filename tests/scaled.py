@@ -1,0 +1,82 @@
+"""Helpers for tests of the scaled mode: a fresh PostgreSQL database and a fresh RabbitMQ queue per test.
+
+Under CI=true a missing PostgreSQL or RabbitMQ fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "REELQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BROKER_URL = os.environ.get("REELQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is required under CI=true: {type(exc).__name__}: {exc}")
+    pytest.skip(f"{what} not reachable: {exc}")
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server (dropped afterwards); yields its SQLAlchemy URL."""
+    from sqlalchemy import create_engine, make_url, text
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"reelq_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        admin.dispose()
+        _unavailable("PostgreSQL", exc)
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@contextmanager
+def fresh_queue() -> Iterator[str]:
+    """A queue name of its own on the test broker (deleted afterwards)."""
+    import kombu
+
+    name = f"reelq-test-{uuid.uuid4().hex[:12]}"
+    try:
+        with kombu.Connection(BROKER_URL, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        _unavailable("RabbitMQ", exc)
+    try:
+        yield name
+    finally:
+        with kombu.Connection(BROKER_URL, connect_timeout=2) as conn, suppress(Exception):
+            conn.default_channel.queue_delete(name)
+
+
+def purge_queue(name: str) -> int:
+    """Drop every ready message of the queue; how many there were (0 also before it was declared)."""
+    import amqp
+    import kombu
+
+    with kombu.Connection(BROKER_URL, connect_timeout=2) as conn:
+        try:
+            return conn.default_channel.queue_purge(name) or 0
+        except amqp.exceptions.NotFound:
+            return 0
+
+
+def queue_depth(name: str) -> int:
+    import kombu
+
+    with kombu.Connection(BROKER_URL, connect_timeout=2) as conn:
+        return conn.default_channel.queue_declare(name, passive=True).message_count
