@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.conftest import Server, free_port, reelq_env, wait_terminal
 from tests.videos import decode_frames
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.e2e
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("openai")
     # Polls faster than the SDK's helper does; a second key to check isolation.
-    srv = Server(home=home, port=free_port(), env=reelq_env(home, REELQ_POLL_RATE="5"))
+    env = reelq_env(home, REELQ_POLL_RATE="5", REELQ_ALLOW_PRIVATE_URLS="true")  # the local webhook receiver
+    srv = Server(home=home, port=free_port(), env=env)
     srv.new_key("a")
     srv.new_key("b")
     srv.start(workers=2)
@@ -176,3 +178,29 @@ def test_idempotency_and_webhook_fields_apply(server: Server) -> None:
     assert first.id == again.id
     with pytest.raises(openai.ConflictError):
         client.videos.create(**{**kwargs, "prompt": "other"}, extra_headers={"Idempotency-Key": "k-1"})
+
+
+def test_webhooks_and_usage_apply(server: Server) -> None:
+    """A task made here is called back like any other (the `callback_url` extension through the SDK's
+    `extra_body`) and charged to the key's usage."""
+    receiver = Receiver().start()
+    try:
+        client = sdk(server, key=server.keys[1])
+        done = client.videos.create_and_poll(
+            prompt="called back",
+            model="viduq3-pro",
+            seconds="1",
+            size="960x540",
+            extra_body={"callback_url": receiver.url()},
+            poll_interval_ms=200,
+        )
+        assert done.status == "completed"
+        receiver.wait_for(
+            lambda got: any(r.json["id"] == done.id and r.json["status"] == "completed" for r in got), 60
+        )
+    finally:
+        receiver.stop()
+    with server.client(server.keys[1]) as http:
+        usage = http.get("/v1/usage").json()
+    # 300 tokens/s x 1 s x 0.75 (540p)
+    assert usage["videos"] == 1 and usage["totalTokens"] == 225

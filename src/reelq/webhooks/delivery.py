@@ -61,8 +61,11 @@ def backoff_delay(settings: Settings, attempt: int, rng: Callable[[], float] = r
     return full / 2 + rng() * full / 2
 
 
-def view_of(event: WebhookEvent) -> TaskView:
-    """The task as it was when the event happened, in the shape the service renders."""
+def view_of(event: WebhookEvent, video_key: str | None = None) -> TaskView:
+    """The task as it was when the event happened, in the shape the service renders.
+
+    The outbox does not record where the video is stored (`video_key`, which an S3 link is presigned
+    for): the sender passes the row's, read when the event is sent."""
     return TaskView(
         id=event.task_id,
         key_id=event.key_id,
@@ -73,6 +76,7 @@ def view_of(event: WebhookEvent) -> TaskView:
         created_at=event.task_created_at,
         finished_at=event.finished_at,
         video_deleted=False,
+        video_key=video_key,
         actual_duration=event.actual_duration,
         total_tokens=event.total_tokens,
         error=event.error,
@@ -252,7 +256,11 @@ class WebhookDeliverer:
         found = await asyncio.to_thread(self.store.webhook_secret, event.key_id)
         if found is None:
             raise targets.FetchError(targets.FIELD, "the task's API key no longer exists")
-        body = orjson.dumps(self.render(view_of(event), self.base_url))
+        video_key = None
+        if event.status == "completed":
+            row = await asyncio.to_thread(self.store.get_task, event.task_id)
+            video_key = row.video_key if row is not None else None
+        body = orjson.dumps(self.render(view_of(event, video_key), self.base_url))
         headers = signed_headers(found[1], event.webhook_id, int(time.time()), body)
         url = httpx.URL(event.url)
         addresses = await asyncio.to_thread(
