@@ -343,8 +343,12 @@ async def test_root_path_spellings_answer_the_same(
     assert bare.json()["video_url"].startswith("http://testserver/v1/files/")
     created = await both.alike("POST", "/gateway/v1/vidu/videos", key=key, json=GOOD)
     assert all(a.status_code == 200 for a in created.values())
-    for path in (f"/gatewayx/v1/result/{task_id}", "/gateway/v1/result/", "/gateway"):
+    for path in (f"/gatewayx/v1/result/{task_id}", "/gateway/v1/result/"):
         assert (await both.same("GET", path, key=key)).status_code == 404
+    # The root path alone is the web page's address without its slash (api/web.py): sent there.
+    page = await both.same("GET", "/gateway", key=key)
+    assert page.status_code == 307 and page.headers["location"].endswith("/gateway/")
+    assert (await both.same("GET", "/gateway/", key=key)).headers["content-type"].startswith("text/html")
 
 
 async def test_public_base_url_wins_alike(make_transports: Callable[..., Awaitable[Transports]]) -> None:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from reelq import __version__
-from reelq.api import deliveries, files, metrics, relay, usage, vidu
+from reelq.api import deliveries, files, metrics, openai, relay, usage, vidu, vidu_platform, web
 from reelq.api.fastpath import FastRoutes
 from reelq.api.handlers import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
@@ -165,6 +165,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(metrics.router, tags=["ops"])
     app.include_router(relay.router, tags=["relay"])
     app.include_router(deliveries.router, tags=["webhooks"])
+    # The same tasks through other front doors (issue 14): OpenAI's Videos API, the Vidu platform's
+    # own API, and the web page at `/`.
+    app.include_router(openai.router)
+    app.include_router(vidu_platform.router)
+    app.include_router(web.router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness", responses=HEALTHZ_RESPONSES)
     async def healthz() -> dict[str, str]:

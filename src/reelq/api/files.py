@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
-from reelq.api.services import ServicesDep
+from reelq.api.services import Services, ServicesDep
 from reelq.api.vidu import error_response_doc
 from reelq.domain import Status, is_task_id
+from reelq.service.covers import COVER_ROUTE
 from reelq.service.errors import ApiError, Forbidden, Gone, NotFound
 
 router = APIRouter()
@@ -90,7 +92,12 @@ async def download_video(
         raise NotFound("No such video.", code="video_not_found")
     if row.video_deleted:
         raise Gone("This video has expired and was deleted.", code="link_expired")
-    path = services.storage.path(row.video_key)
+    return video_file(request, services.storage.path(row.video_key), task_id, expires_at)
+
+
+def video_file(request: Request, path: Path, task_id: str, expires_at: int) -> Response:
+    """The stored MP4 as a response: `Range`/`206` and `HEAD` (FileResponse), bad ranges in §4 (or the
+    surface's envelope: api/openai.py's `/content` shares this); cached privately until `expires_at`."""
     if not path.is_file():
         raise Gone("This video is no longer stored.", code="link_expired")
     _check_range(request.headers.get("range"), path.stat().st_size)
@@ -101,6 +108,58 @@ async def download_video(
         headers={
             "Cache-Control": f"private, max-age={max_age}",
             "Content-Disposition": f'inline; filename="{task_id}.mp4"',
+        },
+    )
+
+
+@router.api_route(
+    COVER_ROUTE.replace("{task_id}.jpg", "{filename}"),
+    methods=["GET", "HEAD"],
+    summary="A video's cover image: its first frame as JPEG (signed URL, like the video's)",
+    operation_id="download_cover",
+    response_class=Response,
+    responses={
+        200: {"description": "The JPEG", "content": {"image/jpeg": _BINARY}},
+        403: error_response_doc("Missing, forged or altered signature"),
+        404: error_response_doc("No such video"),
+        410: error_response_doc("The link has expired, or the video was deleted"),
+    },
+)
+async def download_cover(
+    filename: str, request: Request, services: ServicesDep, expires: str = "", signature: str = ""
+) -> Response:
+    task_id = filename.removesuffix(".jpg")
+    if not filename.endswith(".jpg") or not is_task_id(task_id):
+        raise NotFound("No such cover.", code="video_not_found")
+    try:
+        expires_at = int(expires)
+    except ValueError:
+        raise Forbidden("Missing or invalid signature.") from None
+    if not services.covers.verify(task_id, expires_at, signature):
+        raise Forbidden("Missing or invalid signature.")
+    if expires_at < time.time():
+        raise Gone("This cover link has expired.", code="link_expired")
+    row = await run_in_threadpool(services.store.get_task, task_id)
+    if row is None or row.status != Status.COMPLETED or not row.video_key:
+        raise NotFound("No such cover.", code="video_not_found")
+    if row.video_deleted:
+        raise Gone("This video has expired and was deleted.", code="link_expired")
+    return await cover_response(services, task_id, row.video_key, expires_at)
+
+
+async def cover_response(services: Services, task_id: str, video_key: str, expires_at: int) -> Response:
+    """The first frame of the task's video as a JPEG response (made once, then cached: service/covers.py)."""
+    try:
+        data = await run_in_threadpool(services.covers.jpeg, task_id, video_key, services.storage)
+    except FileNotFoundError:
+        raise Gone("This video is no longer stored.", code="link_expired") from None
+    max_age = max(0, expires_at - int(time.time()))
+    return Response(
+        data,
+        media_type="image/jpeg",
+        headers={
+            "Cache-Control": f"private, max-age={max_age}",
+            "Content-Disposition": f'inline; filename="{task_id}.jpg"',
         },
     )
 

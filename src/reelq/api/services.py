@@ -16,6 +16,7 @@ from reelq.images import close_decoder_processes
 from reelq.metrics import ApiCollector, HttpStats
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
+from reelq.service.covers import Covers
 from reelq.storage import Storage
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class Services:
             on_created=self.publisher.publish if self.publisher is not None else None,
         )
         self.metrics = ApiCollector(self.http_stats, self.tasks.create_stats, self.store)
+        # Cover images (first frames) behind signed links: the Vidu platform's and OpenAI's surfaces.
+        self.covers = Covers(self.settings.secret_bytes())
 
     def notify_workers(self) -> None:
         """Wake idle workers now (embedded dispatch; with a broker the published message wakes them)."""

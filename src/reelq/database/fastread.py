@@ -46,6 +46,11 @@ class TaskView(NamedTuple):
     actual_duration: float | None
     total_tokens: int | None
     error: str | None
+    # What was asked for: the other API surfaces (OpenAI's `seconds`/`size`, the Vidu platform's
+    # fields) show the request, not only its result. Defaulted so views built by hand stay valid.
+    duration: int = 5
+    aspect_ratio: str = "16:9"
+    resolution: str = "720p"
 
     @classmethod
     def of(cls, row: Any) -> TaskView:

@@ -261,9 +261,12 @@ def list_for_key(
     limit: int,
     before: tuple[float, str] | None = None,
     status: str | None = None,
+    ascending: bool = False,
 ) -> list[TaskRow]:
     """The key's tasks newest first (created_at, then id, both descending), after the `before`
     position (a page's last row) and of one wire `status` when given; walks ix_tasks_key_created.
+    With `ascending`, oldest first and `before` is the position to start after in that order (the
+    OpenAI surface's `order=asc`).
 
     The wire status is derived (domain.wire_status): `queued` is a queued row never started,
     `processing` a processing row or a queued one that was started before (requeued).
@@ -271,9 +274,14 @@ def list_for_key(
     query = select(tasks).where(tasks.c.key_id == key_id)
     if before is not None:
         created, task_id = before
-        query = query.where(
-            or_(tasks.c.created_at < created, and_(tasks.c.created_at == created, tasks.c.id < task_id))
-        )
+        if ascending:
+            query = query.where(
+                or_(tasks.c.created_at > created, and_(tasks.c.created_at == created, tasks.c.id > task_id))
+            )
+        else:
+            query = query.where(
+                or_(tasks.c.created_at < created, and_(tasks.c.created_at == created, tasks.c.id < task_id))
+            )
     if status == Status.QUEUED.value:
         query = query.where(tasks.c.status == Status.QUEUED.value, tasks.c.started_at.is_(None))
     elif status == Status.PROCESSING.value:
@@ -285,7 +293,10 @@ def list_for_key(
         )
     elif status is not None:
         query = query.where(tasks.c.status == status)
-    query = query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
+    if ascending:
+        query = query.order_by(tasks.c.created_at.asc(), tasks.c.id.asc()).limit(limit)
+    else:
+        query = query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
     return [TaskRow.from_mapping(row) for row in conn.execute(query).mappings()]
 
 

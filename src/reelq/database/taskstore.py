@@ -249,11 +249,17 @@ class TaskStore:
 
     # ---- the owner's task management: list, cancel, delete (issue 13) ---------------------------
     def list_tasks(
-        self, key_id: str, limit: int, before: tuple[float, str] | None = None, status: str | None = None
+        self,
+        key_id: str,
+        limit: int,
+        before: tuple[float, str] | None = None,
+        status: str | None = None,
+        ascending: bool = False,
     ) -> list[TaskRow]:
-        """The key's tasks newest first, after the `before` position, optionally of one wire status."""
+        """The key's tasks newest first (oldest first with `ascending`), after the `before` position,
+        optionally of one wire status."""
         with self._read() as conn:
-            return tasks.list_for_key(conn, key_id, limit, before, status)
+            return tasks.list_for_key(conn, key_id, limit, before, status, ascending)
 
     def cancel(self, task_id: str, key_id: str) -> CancelResult:
         """Fail the key's live task as cancelled (lifecycle.cancel); the commit tells readers and workers."""

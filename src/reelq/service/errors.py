@@ -49,8 +49,8 @@ class InvalidRequest(ApiError):
 class Unauthorized(ApiError):
     status, code = 401, "invalid_api_key"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+    def __init__(self, message: str, scheme: str = "Bearer") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": scheme})
 
 
 class NotFound(ApiError):

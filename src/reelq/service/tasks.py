@@ -77,14 +77,17 @@ MAX_CACHED_ANSWERS = 4096
 INVALID_KEY = "Invalid or revoked API key."
 
 
-def parse_bearer(header: str | None) -> str:
-    """The token of an `Authorization: Bearer <key>` header value, or Unauthorized."""
+def parse_bearer(header: str | None, scheme: str = "Bearer") -> str:
+    """The token of an `Authorization: Bearer <key>` header value, or Unauthorized.
+
+    `scheme` is the word before the key: `Token` on the Vidu platform's surface (api/vidu_platform.py).
+    """
     if not header:
-        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
-    scheme, _, token = header.partition(" ")
+        raise Unauthorized(f"Missing API key: send 'Authorization: {scheme} <key>'.", scheme)
+    given, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        raise Unauthorized("Malformed Authorization header: expected 'Bearer <key>'.")
+    if given.lower() != scheme.lower() or not token or " " in token:
+        raise Unauthorized(f"Malformed Authorization header: expected '{scheme} <key>'.", scheme)
     return token
 
 
@@ -137,13 +140,15 @@ class TaskService:
             raise Unauthorized(INVALID_KEY)
         return key_id
 
-    async def authenticate(self, authorization: str | None) -> str:
-        """The key id of an `Authorization` header value, on any database."""
+    async def authenticate(self, authorization: str | None, scheme: str = "Bearer") -> str:
+        """The key id of an `Authorization` header value (`<scheme> <key>`), on any database."""
+        token = parse_bearer(authorization, scheme)
         if self.reader is not None:
-            return self.authenticate_now(authorization)
-        key_id = await anyio.to_thread.run_sync(self.store.key_id_for, parse_bearer(authorization))
+            key_id = self.reader.key_id_for(token)
+        else:
+            key_id = await anyio.to_thread.run_sync(self.store.key_id_for, token)
         if key_id is None:
-            raise Unauthorized(INVALID_KEY)
+            raise Unauthorized(INVALID_KEY, scheme)
         return key_id
 
     # --- reads ------------------------------------------------------------------------------
@@ -225,14 +230,27 @@ class TaskService:
         Conflict (Idempotency-Key reused with another body), Overloaded (queue full) or
         InsufficientStorage (no room to store it).
         """
+        self._limit_creates(key_id)
+        idempotency_key = _idempotency_key(idempotency_key)
+        return await self._create(key_id, parse_json_object(body, content_type), idempotency_key)
+
+    async def create_from(self, key_id: str, data: dict[str, Any], idempotency_key: str | None) -> TaskView:
+        """The same create from a request another API surface already translated into this surface's
+        fields (service/openai.py, service/vidu_platform.py): the same limits, validation, idempotency,
+        quotas and webhooks, errors naming this surface's fields (the caller maps them back)."""
+        self._limit_creates(key_id)
+        idempotency_key = _idempotency_key(idempotency_key)
+        return await self._create(key_id, data, idempotency_key)
+
+    def _limit_creates(self, key_id: str) -> None:
         wait = self.limiter.acquire(f"create:{key_id}", self.create_limit)
         if wait:
             raise RateLimited(
                 f"Too many creates: at most {self.settings.create_rate:g} per minute per key.",
                 retry_after_header(wait),
             )
-        idempotency_key = _idempotency_key(idempotency_key)
-        data = parse_json_object(body, content_type)
+
+    async def _create(self, key_id: str, data: dict[str, Any], idempotency_key: str | None) -> TaskView:
         new = await validate_create_off_loop(data, self.model_limits)  # image decodes run in a thread
         if new.callback_url is not None:
             # A host written as a private address is refused now; a name is judged at each delivery.
@@ -380,6 +398,23 @@ class TaskService:
         rows = rows[: query.limit]
         next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else None
         return TaskPage([TaskView.of(row) for row in rows], has_more, next_cursor)
+
+    async def page(
+        self, key_id: str, limit: int, after_id: str | None, ascending: bool
+    ) -> tuple[list[TaskView], bool]:
+        """A page of the key's tasks after the task `after_id` (newest first, or oldest first with
+        `ascending`), and whether more follow: the OpenAI surface's `after`/`order`. An `after_id` that
+        is not one of the key's tasks is NotFound."""
+        position = None
+        if after_id is not None:
+            view = await self._lookup(after_id, key_id) if is_task_id(after_id) else None
+            if view is None:
+                raise _no_such_task(after_id)
+            position = (view.created_at, view.id)
+        rows = await anyio.to_thread.run_sync(
+            self.store.list_tasks, key_id, limit + 1, position, None, ascending
+        )
+        return [TaskView.of(row) for row in rows[:limit]], len(rows) > limit
 
     def page_answer(self, page: TaskPage, base_url: str) -> bytes:
         """The list as the JSON body: `{"object": "list", "data": [...], "has_more", "next_cursor"}`."""

@@ -62,7 +62,8 @@ def backoff_delay(settings: Settings, attempt: int, rng: Callable[[], float] = r
 
 
 def view_of(event: WebhookEvent) -> TaskView:
-    """The task as it was when the event happened, in the shape the service renders."""
+    """The task as it was when the event happened (where its video is stored included: an S3 link is
+    presigned for the object), in the shape the service renders."""
     return TaskView(
         id=event.task_id,
         key_id=event.key_id,

@@ -1,0 +1,149 @@
+"""The web page at `/`, end to end in real headless Chromium (Debian's `chromium`, driven by Playwright
+with `executable_path`; nothing is downloaded): paste a key, submit a real task with an uploaded
+first image, watch it complete over server-sent events, play it, cancel and delete another. The
+run saves docs/screenshot.png, which the README shows.
+
+./scripts/test installs chromium when it is missing; under CI=true a missing browser fails the test
+instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import Server, free_port, reelq_env
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO / "docs" / "screenshot.png"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("web")
+    # Renders take a second or two more than the work: there is time to see progress and to cancel.
+    env = reelq_env(home, REELQ_SYNTHETIC_DELAY="2", REELQ_POLL_RATE="5")
+    srv = Server(home=home, port=free_port(), env=env)
+    srv.new_key("web")
+    srv.start(workers=1)
+    yield srv
+    srv.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                "chromium is not installed (./scripts/test installs it): the browser test must run in CI"
+            )
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start.
+        instance = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def test_headers_keep_the_key_safe(server: Server) -> None:
+    page = httpx.get(f"{server.base_url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in page.text  # no inline script: the CSP would refuse it
+    assert httpx.get(f"{server.base_url}/static/app.js").headers["content-type"].startswith("text/javascript")
+    assert httpx.get(f"{server.base_url}/static/nope.js").status_code == 404
+
+
+def test_submit_watch_play_cancel_delete(server: Server, browser: object, tmp_path: Path) -> None:
+    image = tmp_path / "first.png"
+    Image.new("RGB", (640, 360), (30, 90, 200)).save(image)
+    context = browser.new_context(viewport={"width": 1100, "height": 1300})  # type: ignore[attr-defined]
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    failures: list[str] = []
+    page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    console_errors: list[str] = []
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+
+    page.goto(server.base_url + "/")
+    # Every control has a label (accessible names), and the form is usable from the keyboard.
+    for control in ("Your API key", "Prompt", "Model", "Duration (seconds)", "Aspect ratio", "Resolution"):
+        assert page.get_by_label(control, exact=True).count() == 1, control
+    page.get_by_label("Your API key").fill(server.keys[0])
+    page.get_by_label("Your API key").press("Enter")  # submits the key form
+    page.get_by_text("No videos yet.").wait_for()
+
+    page.get_by_label("Prompt").fill("A blue tide rolling in, seen from a pier")
+    page.get_by_label("Model").select_option("viduq3-turbo")
+    page.get_by_label("Duration (seconds)").fill("2")
+    page.get_by_label("Resolution").select_option("540p")
+    page.locator("#first-file").set_input_files(str(image))
+    page.get_by_role("button", name="Create video").click()
+    page.get_by_text("Created video_").wait_for()
+
+    task = page.locator("li.task").first
+    task_id = task.get_attribute("data-id")
+    assert task_id and task_id.startswith("video_")
+    # Live status over SSE: it passes through processing with progress, then completes.
+    page.wait_for_selector(f'li.task[data-id="{task_id}"][data-status="processing"]', timeout=60_000)
+    page.wait_for_selector(f'li.task[data-id="{task_id}"][data-status="completed"]', timeout=120_000)
+    video = page.locator(f'li.task[data-id="{task_id}"] video')
+    # It plays: the element loads the MP4 and reports its duration, and time moves on.
+    page.wait_for_function(
+        "id => { const v = document.querySelector(`li.task[data-id='${id}'] video`); "
+        "return v && v.readyState >= 1 && v.duration > 0; }",
+        arg=task_id,
+        timeout=30_000,
+    )
+    duration = video.evaluate("v => v.duration")
+    assert abs(duration - 2) < 0.1, duration
+    video.evaluate("v => { v.muted = true; return v.play(); }")
+    page.wait_for_function(
+        "id => document.querySelector(`li.task[data-id='${id}'] video`).currentTime > 0.2",
+        arg=task_id,
+        timeout=30_000,
+    )
+    download = page.locator(f'li.task[data-id="{task_id}"] a.download')
+    assert download.get_attribute("download") == f"{task_id}.mp4"
+    video.evaluate("v => { v.pause(); v.currentTime = 1.0; }")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # Another task, cancelled from the page while it waits or renders, then deleted.
+    page.get_by_label("Prompt").fill("Never mind this one")
+    page.locator("#first-file").set_input_files([])
+    page.get_by_role("button", name="Create video").click()
+    page.get_by_text("Created video_").last.wait_for()
+    second = page.locator("li.task").first
+    second_id = second.get_attribute("data-id")
+    assert second_id != task_id
+    second.get_by_role("button", name="Cancel").click()
+    page.wait_for_selector(f'li.task[data-id="{second_id}"][data-status="failed"]', timeout=30_000)
+    assert "Cancelled by user." in second.locator(".task-error").inner_text()
+    second.get_by_role("button", name="Delete").click()
+    page.wait_for_selector(f'li.task[data-id="{second_id}"]', state="detached", timeout=30_000)
+    with server.client() as http:
+        assert http.get(f"/v1/result/{second_id}").status_code == 404
+        assert http.get(f"/v1/result/{task_id}").json()["status"] == "completed"
+
+    # The key never left for anywhere else: every request went to this server.
+    assert requests and all(url.startswith(server.base_url) for url in requests), requests
+    assert not failures, failures
+    assert not console_errors, console_errors
+    context.close()
