@@ -15,7 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import scaled as scaled_state
+
 REELQ = [sys.executable, "-m", "reelq"]
+# REELQ_TEST_SCALED=1: every server a test starts runs scaled out (PostgreSQL, Celery on RabbitMQ,
+# S3 on moto's server, Redis), so the same tests prove the same behaviour (./scripts/test runs both).
+SCALED = os.environ.get("REELQ_TEST_SCALED") == "1"
 
 
 def free_port() -> int:
@@ -26,6 +31,8 @@ def free_port() -> int:
 
 def reelq_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELQ_")}
+    if SCALED:
+        env.update(_scaled_home(home))
     # Generous limits by default: most tests poll fast; the rate-limit tests set their own.
     env.update(
         {
@@ -85,16 +92,31 @@ class Server:
         )
         log.close()
         deadline = time.monotonic() + timeout
+        last: object = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"reelq serve exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                answer = httpx.get(f"{self.base_url}/readyz", timeout=5)
+                if answer.status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
+                last = answer.text
+            except httpx.TransportError as exc:
+                last = exc
             time.sleep(0.1)
-        raise RuntimeError(f"reelq serve did not become ready:\n{self.log()}")
+        raise RuntimeError(f"reelq serve did not become ready (last: {last!r}):\n{self.log()}")
+
+    def query(self, sql: str, **params: object) -> list[tuple]:  # type: ignore[type-arg]
+        """Rows of `sql` (named :params) on this server's database, SQLite or PostgreSQL alike."""
+        from sqlalchemy import create_engine, text
+
+        url = self.env.get("REELQ_DATABASE_URL") or f"sqlite:///{self.home / 'reelq.db'}"
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -163,3 +185,90 @@ def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 120) -> d
             return body
         time.sleep(0.1)
     raise AssertionError(f"task {task_id} not terminal after {timeout}s: {body}")
+
+
+# ---- scaled mode -----------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not SCALED:
+        return
+    skip = pytest.mark.skip(reason="checks the embedded store or local files (REELQ_TEST_SCALED=1)")
+    for item in items:
+        if item.get_closest_marker("embedded_only"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scaled_services() -> Iterator[None]:
+    """In scaled mode: one moto S3 server and bucket for the session; databases dropped at the end."""
+    if not SCALED:
+        yield
+        return
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.scaled import BROKER_URL
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    aws = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=aws["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="reelq-scaled")
+    scaled_state.ENV.update(aws, REELQ_BROKER_URL=BROKER_URL, REELQ_REDIS_URL="redis://127.0.0.1:6379/0")
+    yield
+    server.stop()
+    from sqlalchemy import create_engine, text
+
+    from tests.scaled import POSTGRES_ADMIN_URL
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for home_env in scaled_state.HOMES.values():
+            name = home_env["REELQ_DATABASE_URL"].rsplit("/", 1)[1]
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def _scaled_home(home: Path) -> dict[str, str]:
+    """The scaled-out services of one REELQ_HOME: its own database (migrated), queue, bucket prefix and
+    Redis prefix, made the first time the home is used."""
+    import hashlib
+
+    from sqlalchemy import create_engine, make_url, text
+
+    from tests.scaled import POSTGRES_ADMIN_URL
+
+    found = scaled_state.HOMES.get(str(home))
+    if found is not None:
+        return found
+    tag = hashlib.sha256(f"{home}{time.time_ns()}".encode()).hexdigest()[:12]
+    name = f"reelq_t_{tag}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    env = {
+        **scaled_state.ENV,
+        "REELQ_DATABASE_URL": make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False),
+        "REELQ_QUEUE": f"reelq-t-{tag}",
+        "REELQ_STORAGE_URL": f"s3://reelq-scaled/{tag}",
+        "REELQ_REDIS_PREFIX": f"reelq-t-{tag}:",
+    }
+    scaled_state.HOMES[str(home)] = env
+    migrate_env = {k: v for k, v in os.environ.items() if not k.startswith("REELQ_")}
+    migrate_env.update(env, REELQ_HOME=str(home))
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*REELQ, "db", "upgrade"], env=migrate_env, check=True, capture_output=True, timeout=120)
+    return env

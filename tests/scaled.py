@@ -16,6 +16,10 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "REELQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BROKER_URL = os.environ.get("REELQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# REELQ_TEST_SCALED=1 (tests/conftest.py): the session's services, and each REELQ_HOME's database,
+# queue and prefixes. Kept here because test modules import tests.conftest as a second module.
+ENV: dict[str, str] = {}
+HOMES: dict[str, dict[str, str]] = {}
 
 
 def _unavailable(what: str, exc: BaseException) -> None:

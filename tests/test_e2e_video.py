@@ -275,6 +275,7 @@ def test_custom_blocked_terms(make_server) -> None:  # type: ignore[no-untyped-d
         assert wait_terminal(client, fine["id"])["status"] == "completed"
 
 
+@pytest.mark.embedded_only  # our own signed links to local files (S3's: tests/test_s3.py)
 def test_range_head_and_signatures(shared_server: Server) -> None:
     done, data = render(shared_server)
     url = done["video_url"]
@@ -304,6 +305,7 @@ def test_range_head_and_signatures(shared_server: Server) -> None:
     assert_error(httpx.get(f"{parts.scheme}://{parts.netloc}/v1/files/{other_id}.mp4?{parts.query}"), 403)
 
 
+@pytest.mark.embedded_only  # local files (S3 expiry: tests/test_s3.py)
 def test_links_expire_and_files_are_swept(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(workers=1, REELQ_VIDEO_URL_TTL="2", REELQ_SWEEP_INTERVAL="0.3")
     done, _ = render(server)
@@ -318,6 +320,7 @@ def test_links_expire_and_files_are_swept(make_server) -> None:  # type: ignore[
     assert not list(videos.glob("*.mp4"))
 
 
+@pytest.mark.embedded_only  # counts local files (scaled: test_pg_celery.py, test_scaled_faults.py)
 def test_kill_9_of_a_worker_mid_render_still_completes_once(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="4", REELQ_LEASE_SECONDS="3")
     with server.client() as client:

@@ -163,6 +163,7 @@ def test_a_finished_task_cannot_be_cancelled(make_server) -> None:  # type: igno
 # --- delete ------------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded_only  # counts local video files
 def test_delete_removes_the_task_and_its_video(make_server) -> None:  # type: ignore[no-untyped-def]
     server: Server = make_server(workers=1)
     other = server.new_key("other")

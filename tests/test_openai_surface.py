@@ -75,7 +75,7 @@ def test_sdk_lifecycle(server: Server, tmp_path: Path) -> None:
 
     # Range works on /content (players and resumable downloads).
     headers = {"Authorization": f"Bearer {server.keys[0]}", "Range": "bytes=0-99"}
-    part = httpx.get(f"{server.base_url}/v1/videos/{done.id}/content", headers=headers)
+    part = httpx.get(f"{server.base_url}/v1/videos/{done.id}/content", headers=headers, follow_redirects=True)
     assert part.status_code == 206 and len(part.content) == 100
     assert part.headers["content-type"] == "video/mp4"
     assert part.content == target.read_bytes()[:100]
