@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -325,6 +326,21 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "max": max(values),
         "min": min(values),
     }
+
+
+def run_benchmark(
+    argv: list[str] | None,
+    parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    print_table: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """The `main` of a benchmark: parse, run (children cleaned up on SIGTERM), print, write `--json`."""
+    args = parser().parse_args(argv)
+    install_signal_cleanup()
+    result = run(args)
+    print_table(result)
+    write_json(args.json, result)
+    return result
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

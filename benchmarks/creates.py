@@ -30,17 +30,16 @@ from benchmarks.common import (
     create_key,
     ensure_wrk,
     free_port,
-    install_signal_cleanup,
     machine,
     measure_load,
     reelq_env,
     reelq_server,
+    run_benchmark,
     run_load,
     side_summary,
     spawn,
     temp_home,
     wait_ready,
-    write_json,
 )
 
 TARGET_RATIO = 0.6
@@ -169,12 +168,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parser().parse_args(argv)
-    install_signal_cleanup()
-    result = run(args)
-    print_table(result)
-    write_json(args.json, result)
-    return result
+    return run_benchmark(argv, parser, run, print_table)
 
 
 if __name__ == "__main__":

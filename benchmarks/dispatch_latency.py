@@ -32,13 +32,12 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
 from benchmarks.common import (
     RESULTS_DIR,
     create_key,
-    install_signal_cleanup,
     machine,
     reelq_env,
     reelq_server,
+    run_benchmark,
     summary,
     temp_home,
-    write_json,
 )
 
 TARGET_MS = 20.0  # the performance issue's target for create -> processing with an idle worker
@@ -183,12 +182,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parser().parse_args(argv)
-    install_signal_cleanup()
-    result = run(args)
-    print_table(result)
-    write_json(args.json, result)
-    return result
+    return run_benchmark(argv, parser, run, print_table)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,12 @@ from benchmarks.common import (
     REELQ,
     RESULTS_DIR,
     create_key,
-    install_signal_cleanup,
     machine,
     reelq_env,
     reelq_server,
+    run_benchmark,
     summary,
     temp_home,
-    write_json,
 )
 from tests.webhook_receiver import Receiver
 
@@ -132,12 +131,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parser().parse_args(argv)
-    install_signal_cleanup()
-    result = run(args)
-    print_table(result)
-    write_json(args.json, result)
-    return result
+    return run_benchmark(argv, parser, run, print_table)
 
 
 if __name__ == "__main__":
