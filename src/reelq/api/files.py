@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,24 +76,41 @@ RANGE_PARAMETER = {
 async def download_video(
     filename: str, request: Request, services: ServicesDep, expires: str = "", signature: str = ""
 ) -> Response:
-    task_id = filename.removesuffix(".mp4")
-    if not filename.endswith(".mp4") or not is_task_id(task_id):
-        raise NotFound("No such video.", code="video_not_found")
+    task_id, expires_at, video_key = await _signed_video(
+        services, filename, ".mp4", "video", services.storage.verify, expires, signature
+    )
+    return video_file(request, services.storage.path(video_key), task_id, expires_at)
+
+
+async def _signed_video(
+    services: Services,
+    filename: str,
+    suffix: str,
+    what: str,
+    verify: Callable[[str, int, str], bool],
+    expires: str,
+    signature: str,
+) -> tuple[str, int, str]:
+    """(task id, expiry, video key) of a signed link to a completed task's video or its cover; the
+    §4 error a bad, forged, expired or dead link gets otherwise."""
+    task_id = filename.removesuffix(suffix)
+    if not filename.endswith(suffix) or not is_task_id(task_id):
+        raise NotFound(f"No such {what}.", code="video_not_found")
     try:
         expires_at = int(expires)
     except ValueError:
         raise Forbidden("Missing or invalid signature.") from None
     # Verify before anything else so a forged link learns nothing, not even whether it expired.
-    if not services.storage.verify(task_id, expires_at, signature):
+    if not verify(task_id, expires_at, signature):
         raise Forbidden("Missing or invalid signature.")
     if expires_at < time.time():
-        raise Gone("This video link has expired.", code="link_expired")
+        raise Gone(f"This {what} link has expired.", code="link_expired")
     row = await run_in_threadpool(services.store.get_task, task_id)
     if row is None or row.status != Status.COMPLETED or not row.video_key:
-        raise NotFound("No such video.", code="video_not_found")
+        raise NotFound(f"No such {what}.", code="video_not_found")
     if row.video_deleted:
         raise Gone("This video has expired and was deleted.", code="link_expired")
-    return video_file(request, services.storage.path(row.video_key), task_id, expires_at)
+    return task_id, expires_at, row.video_key
 
 
 def video_file(request: Request, path: Path, task_id: str, expires_at: int) -> Response:
@@ -128,23 +146,10 @@ def video_file(request: Request, path: Path, task_id: str, expires_at: int) -> R
 async def download_cover(
     filename: str, request: Request, services: ServicesDep, expires: str = "", signature: str = ""
 ) -> Response:
-    task_id = filename.removesuffix(".jpg")
-    if not filename.endswith(".jpg") or not is_task_id(task_id):
-        raise NotFound("No such cover.", code="video_not_found")
-    try:
-        expires_at = int(expires)
-    except ValueError:
-        raise Forbidden("Missing or invalid signature.") from None
-    if not services.covers.verify(task_id, expires_at, signature):
-        raise Forbidden("Missing or invalid signature.")
-    if expires_at < time.time():
-        raise Gone("This cover link has expired.", code="link_expired")
-    row = await run_in_threadpool(services.store.get_task, task_id)
-    if row is None or row.status != Status.COMPLETED or not row.video_key:
-        raise NotFound("No such cover.", code="video_not_found")
-    if row.video_deleted:
-        raise Gone("This video has expired and was deleted.", code="link_expired")
-    return await cover_response(services, task_id, row.video_key, expires_at)
+    task_id, expires_at, video_key = await _signed_video(
+        services, filename, ".jpg", "cover", services.covers.verify, expires, signature
+    )
+    return await cover_response(services, task_id, video_key, expires_at)
 
 
 async def cover_response(services: Services, task_id: str, video_key: str, expires_at: int) -> Response:
