@@ -55,7 +55,7 @@ class DiffusersEngine:
                 except Exception as exc:
                     log.exception("model %s: cannot load %s from %s", name, options.pipeline, options.weights)
                     self.unavailable[name] = f"{type(exc).__name__}: {exc}"[:300]
-                    _free_memory_of(pick_device(options.device))
+                    _free_memory(pick_device(options.device))
                     continue
                 log.info(
                     "model %s: %s loaded on %s in %.1f s",
@@ -81,7 +81,7 @@ class DiffusersEngine:
             progress(STEPS_SHARE + DECODE_SHARE)
             self._encode(video, spec, render, out_path, progress)
         except torch.OutOfMemoryError:
-            _free_memory(model)
+            _free_memory(model.device)
             raise RenderError(
                 f"out of GPU memory rendering {render.width}x{render.height}, {render.num_frames} frames; "
                 "ask for a lower resolution or a shorter video"
@@ -167,12 +167,8 @@ def call_arguments(
     return args
 
 
-def _free_memory(model: LoadedModel) -> None:
-    """After an out-of-memory error: drop what the failed call left and give the cache back."""
-    _free_memory_of(model.device)
-
-
-def _free_memory_of(device: torch.device) -> None:
+def _free_memory(device: torch.device) -> None:
+    """After an out-of-memory error or a failed load: drop what was left and give the cache back."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
