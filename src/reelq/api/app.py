@@ -30,7 +30,8 @@ from reelq.api.vidu import (
 )
 from reelq.config import Settings, load_settings
 from reelq.database import TaskStore, ensure_schema, make_engine
-from reelq.database.fastread import SqliteReader
+from reelq.database.fastread import CachedReader, PgReader, SqliteReader
+from reelq.database.pgnotify import listen_conninfo
 from reelq.database.quotas import QuotaCounts
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.storage import build_storage
@@ -130,14 +131,19 @@ def build_services(settings: Settings) -> Services:
         link = RedisLink(settings.redis_url, settings.redis_prefix)
         limiter, counts = RedisRateLimiter(link), SharedQuotaCounts(link)
     store = TaskStore(engine, counts)
-    if sqlite_path is None and store.changes is not None:
-        # PostgreSQL: listen for change notices from the start, so the first long-poll is woken too.
+    reader: CachedReader | None = None
+    if sqlite_path is not None:
+        reader = SqliteReader(sqlite_path)
+    elif engine.dialect.name == "postgresql" and store.changes is not None:
+        # Listen for change notices from the start, so the first long-poll is woken too, and read
+        # through the same cache as on SQLite, dropped by those notices (database/fastread.py).
         store.changes.value()
+        reader = PgReader(listen_conninfo(engine), store.changes)
     return Services(
         settings=settings,
         store=store,
         storage=build_storage(settings),
-        reader=SqliteReader(sqlite_path) if sqlite_path is not None else None,
+        reader=reader,
         limiter=limiter,
     )
 

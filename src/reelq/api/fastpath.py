@@ -5,8 +5,12 @@ bursts, so their cost decides how many clients one API process carries. Routed t
 FastAPI (middleware stack, router, dependency injection, parameter validation) a request
 costs several times what the work itself costs. This ASGI layer answers plain status
 reads and creates directly and hands everything else, including `?wait=` long-polls, to
-the app. The FastAPI routes stay the documented ones (OpenAPI) and the fallback when the
-store is not SQLite.
+the app. The FastAPI routes stay the documented ones (OpenAPI) and the fallback when there
+is no cached reader (an in-memory test database).
+
+On SQLite the read runs synchronously on the event loop (a miss reads the file in
+microseconds). On PostgreSQL an unchanged task is answered from the cache the same way and
+only a miss awaits a reader thread (database/fastread.py).
 
 Like the routed app (api/vidu.py), this is only a transport: it reads the HTTP bits from the
 ASGI scope, calls the task service (reelq/service/tasks.py) and sends its task view or
@@ -23,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reelq.api.middleware import MAX_BODY_BYTES, declared_too_large, too_large_body, under_root
 from reelq.api.services import Services
+from reelq.database.fastread import TaskView
 from reelq.service.errors import ApiError, error_body
 
 log = logging.getLogger("reelq.api")
@@ -48,10 +53,12 @@ class FastRoutes:
         # Plain-int counters of the two fast routes (metrics.RouteStats): the whole cost of measuring them.
         self.read_stats = services.http_stats.route("GET", RESULT_ROUTE)
         self.create_stats = services.http_stats.route("POST", CREATE_PATH)
-        self.inline = services.reader is not None  # the service's synchronous read needs the reader
+        reader = services.reader
+        self.enabled = reader is not None
+        self.inline = reader is not None and reader.inline  # SQLite: no await on the read path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.inline or scope["type"] != "http":
+        if not self.enabled or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
@@ -63,7 +70,11 @@ class FastRoutes:
             task_id = path[len(RESULT_PREFIX) :]
             if task_id and "/" not in task_id:  # else no route matches: the app answers that
                 started = perf_counter()
-                answer = self._read(scope, task_id, root)
+                answer = (
+                    self._read(scope, task_id, root)
+                    if self.inline
+                    else await self._read_off_loop(scope, task_id, root)
+                )
                 await self._answer(send, answer)
                 self.read_stats.observe(answer[0], perf_counter() - started)
                 return
@@ -101,13 +112,29 @@ class FastRoutes:
         try:
             headers = _headers(scope)
             key_id = tasks.authenticate_now(headers.get(b"authorization"))
-            view = tasks.read_now(key_id, task_id)
-            return 200, tasks.answer(view, self._link_base(scope, headers, root)), tasks.poll_after(view)
+            return self._read_answer(scope, headers, root, tasks.read_now(key_id, task_id))
         except ApiError as exc:
             return _error_answer(exc)
         except Exception:
             log.exception("status read failed")
             return _internal_error()
+
+    async def _read_off_loop(self, scope: Scope, task_id: str, root: str) -> Answer:
+        """`_read` where a cache miss must not block the loop (PostgreSQL)."""
+        tasks = self.tasks
+        try:
+            headers = _headers(scope)
+            key_id = await tasks.authenticate(headers.get(b"authorization"))
+            return self._read_answer(scope, headers, root, await tasks.read(key_id, task_id))
+        except ApiError as exc:
+            return _error_answer(exc)
+        except Exception:
+            log.exception("status read failed")
+            return _internal_error()
+
+    def _read_answer(self, scope: Scope, headers: dict[bytes, str], root: str, view: TaskView) -> Answer:
+        tasks = self.tasks
+        return 200, tasks.answer(view, self._link_base(scope, headers, root)), tasks.poll_after(view)
 
     async def _create(self, scope: Scope, receive: Receive, root: str) -> Answer:
         tasks = self.tasks
@@ -116,7 +143,11 @@ class FastRoutes:
             return 413, too_large_body(), []  # before auth, as BodyLimitMiddleware on the routed path
         try:
             # Authenticate before reading the body: an unauthenticated client is not worth 50 MB.
-            key_id = tasks.authenticate_now(headers.get(b"authorization"))
+            authorization = headers.get(b"authorization")
+            if self.inline:
+                key_id = tasks.authenticate_now(authorization)
+            else:
+                key_id = await tasks.authenticate(authorization)
             body = await _read_body(receive)
             if body is None:
                 return 413, too_large_body(), []

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from reelq.config import Settings
 from reelq.database import TaskStore
-from reelq.database.fastread import SqliteReader
+from reelq.database.fastread import CachedReader
 from reelq.dispatch.doorbell import ring
 from reelq.images import close_decoder_processes
 from reelq.metrics import ApiCollector, HttpStats
@@ -28,7 +28,7 @@ class Services:
     settings: Settings
     store: TaskStore
     storage: Storage
-    reader: SqliteReader | None  # the inline SQLite read path; None on other databases
+    reader: CachedReader | None  # the cached read path (database/fastread.py); None on an in-memory database
     limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Set when the server starts shutting down (cli.serve): held long-polls answer at once.
     draining: threading.Event = field(default_factory=threading.Event)
@@ -67,6 +67,8 @@ class Services:
         self.tasks.close()
         if self.publisher is not None:
             self.publisher.close()  # after the last batch: its messages go out before the exit
+        if self.reader is not None:
+            self.reader.close()
         self.store.engine.dispose()
         close_decoder_processes()
 

@@ -1,29 +1,50 @@
-"""The hot read path: authenticated status reads straight from the SQLite file.
+"""The hot read path: authenticated status reads with the bare driver, cached between changes.
 
 DESIGN.md measured the options on this machine kind: SQLAlchemy per read costs
 0.16-0.57x of a bare Starlette endpoint; the stdlib driver inline, on an indexed
-point lookup in WAL mode, 0.93x. A read takes microseconds, so it runs on the event
-loop without a thread hop. Writes still go through TaskStore (SQLAlchemy).
+point lookup in WAL mode, 0.93x. Writes still go through TaskStore (SQLAlchemy).
 
 Key lookups and task rows are cached in this process and dropped whenever any process
-commits a change to the database (database/changes.py): a poll of a task that did not
-change since the last poll touches no lock, file or query.
+commits a change to the database (the change counter: database/changes.py on SQLite,
+LISTEN/NOTIFY on PostgreSQL, database/pgnotify.py): a poll of a task that did not change
+since the last poll touches no lock, file, socket or query.
+
+Two readers share that cache (CachedReader):
+- SqliteReader: a miss reads the file in microseconds, so it runs on the event loop
+  without a thread hop (`inline`).
+- PgReader: a miss is a network round trip, which must not stall the event loop (a slow
+  database would stall every request of the process), so the transports look in the cache
+  on the loop and send only misses to a small pool of reader threads, each holding one
+  autocommit psycopg connection (no BEGIN/COMMIT round trips; psycopg prepares the two
+  statements after a few uses).
 """
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
-from reelq.database.changes import ChangeCounter
+from reelq.database.changes import ChangeCounter, ChangeNotices
 from reelq.database.db import SQLITE_BUSY_TIMEOUT_MS
 from reelq.database.keys import hash_key
 
 MAX_CACHED_KEYS = 10_000
 MAX_CACHED_TASKS = 20_000
+# Reader threads (and PostgreSQL connections) per API process: misses only, each a point lookup.
+PG_READ_THREADS = 8
+KEY_SQL = "SELECT id FROM api_keys WHERE key_hash = {p} AND revoked_at IS NULL"
+TASK_SQL = "SELECT {columns} FROM tasks WHERE id = {p} AND key_id = {p}"
+
+if TYPE_CHECKING:
+    import psycopg
+
+T = TypeVar("T")
 
 
 class TaskView(NamedTuple):
@@ -62,17 +83,84 @@ TASK_COLUMNS = ", ".join(TaskView._fields)
 _view_fields = operator.attrgetter(*TaskView._fields)  # one C call per create answer
 
 
-class SqliteReader:
-    """Read-only point lookups with one connection per thread."""
+class CachedReader:
+    """Key ids and task views cached under the change counter; subclasses look up the misses.
 
-    def __init__(self, path: Path) -> None:
-        self._uri = f"file:{path}?mode=ro"
-        self._local = threading.local()
-        self._changes = ChangeCounter.for_database(path)
-        # Each entry is filed under the change counter's value read *before* the database was
-        # (the ordering argument in database/changes.py); it is good while the counter still says so.
+    Each entry is filed under the counter's value read *before* the database was (the ordering
+    argument in database/changes.py); it is good while the counter still says so.
+    """
+
+    inline: ClassVar[bool]  # True: a miss may be looked up on the event loop
+
+    def __init__(self, changes: ChangeNotices) -> None:
+        self._changes = changes
         self._keys: dict[str, tuple[int, str]] = {}
         self._tasks: dict[tuple[str, str], tuple[int, TaskView]] = {}
+
+    def version(self) -> int:
+        """The shared change counter: it moves after any commit that changed a row."""
+        return self._changes.value()
+
+    def cached_key_id(self, plain: str) -> str | None:
+        """The key's id if this process looked it up since the last change; else None (look it up)."""
+        cached = self._keys.get(plain)
+        return cached[1] if cached is not None and cached[0] == self._changes.value() else None
+
+    def key_id_for(self, plain: str) -> str | None:
+        """The active key's id; a revocation anywhere is seen by the next lookup."""
+        now = self._changes.value()
+        cached = self._keys.get(plain)
+        if cached is not None and cached[0] == now:
+            return cached[1]
+        key_id = self._lookup_key(hash_key(plain))
+        if key_id is not None:  # a miss is not cached: a key created a moment ago works at once
+            _put(self._keys, plain, (now, key_id), MAX_CACHED_KEYS)
+        return key_id
+
+    def cached_task(self, task_id: str, key_id: str) -> TaskView | None:
+        """The task's view if this process read it since the last change; else None (look it up)."""
+        cached = self._tasks.get((task_id, key_id))
+        return cached[1] if cached is not None and cached[0] == self._changes.value() else None
+
+    def task(self, task_id: str, key_id: str) -> TaskView | None:
+        """The task's status columns, or None when this key has no such task."""
+        now = self._changes.value()
+        cache_key = (task_id, key_id)
+        cached = self._tasks.get(cache_key)
+        if cached is not None and cached[0] == now:
+            return cached[1]
+        row = self._lookup_task(task_id, key_id)
+        if row is None:  # misses are not cached: creates do not bump the counter
+            return None
+        view = TaskView._make(row)  # only on a miss: a cached read returns the stored view as is
+        _put(self._tasks, cache_key, (now, view), MAX_CACHED_TASKS)
+        return view
+
+    async def off_loop(self, lookup: Callable[..., T], *args: Any) -> T:
+        """Run a (missing) lookup where it may block: here, inline; PgReader: in a reader thread."""
+        return lookup(*args)
+
+    def _lookup_key(self, key_hash: str) -> str | None:
+        raise NotImplementedError
+
+    def _lookup_task(self, task_id: str, key_id: str) -> Sequence[Any] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (the cache goes with the process)."""
+
+
+class SqliteReader(CachedReader):
+    """Read-only point lookups on the SQLite file, one connection per thread, on the event loop."""
+
+    inline = True
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(ChangeCounter.for_database(path))
+        self._uri = f"file:{path}?mode=ro"
+        self._local = threading.local()
+        self._key_sql = KEY_SQL.format(p="?")
+        self._task_sql = TASK_SQL.format(columns=TASK_COLUMNS, p="?")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -84,46 +172,83 @@ class SqliteReader:
             self._local.conn = conn
         return conn
 
-    def version(self) -> int:
-        """The shared change counter: it moves after any commit that changed a row (database/changes.py)."""
-        return self._changes.value()
-
-    def key_id_for(self, plain: str) -> str | None:
-        """The active key's id; a revocation anywhere is seen by the next lookup."""
-        now = self._changes.value()
-        cached = self._keys.get(plain)
-        if cached is not None and cached[0] == now:
-            return cached[1]
-        key_id = self._lookup_key(plain)
-        if key_id is not None:  # a miss is not cached: a key created a moment ago works at once
-            _put(self._keys, plain, (now, key_id), MAX_CACHED_KEYS)
-        return key_id
-
-    def _lookup_key(self, plain: str) -> str | None:
-        row = (
-            self._conn()
-            .execute("SELECT id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (hash_key(plain),))
-            .fetchone()
-        )
+    def _lookup_key(self, key_hash: str) -> str | None:
+        row = self._conn().execute(self._key_sql, (key_hash,)).fetchone()
         return row[0] if row else None
 
-    def task(self, task_id: str, key_id: str) -> TaskView | None:
-        """The task's status columns, or None when this key has no such task."""
-        now = self._changes.value()
-        cache_key = (task_id, key_id)
-        cached = self._tasks.get(cache_key)
-        if cached is not None and cached[0] == now:
-            return cached[1]
-        row = (
-            self._conn()
-            .execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND key_id = ?", (task_id, key_id))
-            .fetchone()
-        )
-        if row is None:  # misses are not cached: creates do not bump the counter
-            return None
-        view = TaskView._make(row)  # only on a miss: a cached read returns the stored view as is
-        _put(self._tasks, cache_key, (now, view), MAX_CACHED_TASKS)
-        return view
+    def _lookup_task(self, task_id: str, key_id: str) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = self._conn().execute(self._task_sql, (task_id, key_id)).fetchone()
+        return row
+
+
+class PgReader(CachedReader):
+    """Point lookups on PostgreSQL from PG_READ_THREADS threads, each with its own connection.
+
+    `changes` is the store's listener (database/pgnotify.py): the same notices that wake
+    long-polls drop this cache, in every API replica.
+    """
+
+    inline = False
+
+    def __init__(self, conninfo: str, changes: ChangeNotices) -> None:
+        super().__init__(changes)
+        self._conninfo = conninfo
+        self._local = threading.local()
+        self._connections: list[psycopg.Connection[Any]] = []
+        self._connections_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(PG_READ_THREADS, thread_name_prefix="reelq-pg-read")
+        self._key_sql = KEY_SQL.format(p="%s")
+        self._task_sql = TASK_SQL.format(columns=TASK_COLUMNS, p="%s")
+
+    async def off_loop(self, lookup: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lookup, *args)
+
+    def _fetch(self, sql: str, params: tuple[str, ...]) -> Sequence[Any] | None:
+        """One row; a connection found broken (a database restart) is replaced once, then errors."""
+        import psycopg
+
+        for attempt in range(2):
+            conn = self._conn()
+            try:
+                row: Sequence[Any] | None = conn.execute(sql, params).fetchone()
+                return row
+            except psycopg.OperationalError:
+                self._drop(conn)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            import psycopg
+
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def _drop(self, conn: psycopg.Connection[Any]) -> None:
+        self._local.conn = None
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
+
+    def _lookup_key(self, key_hash: str) -> str | None:
+        row = self._fetch(self._key_sql, (key_hash,))
+        return row[0] if row else None
+
+    def _lookup_task(self, task_id: str, key_id: str) -> Sequence[Any] | None:
+        return self._fetch(self._task_sql, (task_id, key_id))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
 
 
 def _put(cache: dict[Any, Any], key: Any, value: Any, limit: int) -> None:

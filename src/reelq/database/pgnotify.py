@@ -14,6 +14,12 @@ already seen it. While the listening connection is down, notices may be lost: th
 then moves every RECONNECT_SECONDS, so held long-polls re-read as they did with polling,
 and once more on reconnecting.
 
+API processes also cache rows under this counter (database/fastread.py), so a connection that
+died without telling (a network partition: no reset, no error) would keep serving cached
+answers. TCP keepalives, a TCP user timeout and a `SELECT 1` after PING_SECONDS without a
+notice turn that into an error within about KEEPALIVE_BOUND seconds, and the error moves the
+counter like any loss of the connection.
+
 Only processes that read the counter (API processes, the webhook sender) open the listening
 connection: it starts on the first `value()`. Render workers only send notices.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from sqlalchemy import Engine
 
@@ -31,6 +38,16 @@ CHANNEL = "reelq_changes"
 NOTIFY_SQL = f"NOTIFY {CHANNEL}"
 RECONNECT_SECONDS = 0.5
 _WAIT_SECONDS = 1.0  # how long one `notifies()` call blocks before the stop flag is looked at
+PING_SECONDS = 5.0
+KEEPALIVE_BOUND = 15  # seconds: PING_SECONDS + the TCP user timeout below
+# libpq connection parameters of the listening connection: a dead peer is an error, not a silence.
+LISTEN_CONNECTION = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms: unacknowledged data (the ping) fails the connection
+}
 
 
 def listen_conninfo(engine: Engine) -> str:
@@ -81,16 +98,26 @@ class PgChangeListener:
         warned = False
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5, **LISTEN_CONNECTION
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.connected.set()
                     self.bump()  # whatever was missed while not listening
                     if warned:
                         log.warning("listening for database changes again")
                         warned = False
+                    heard = time.monotonic()
                     while not self._stop.is_set():
                         for _notice in conn.notifies(timeout=_WAIT_SECONDS):
                             self.bump()
+                            heard = time.monotonic()
+                        if time.monotonic() - heard >= PING_SECONDS:
+                            conn.execute("SELECT 1")  # raises if the connection is gone
+                            # A notice that came in during the ping may not be handed to notifies():
+                            # count one, harmless after seconds of silence.
+                            self.bump()
+                            heard = time.monotonic()
             except Exception as exc:
                 self.connected.clear()
                 if not warned:

@@ -11,9 +11,10 @@ which carries its status and headers as plain data for the transports to send.
 
 Two spellings of the read exist on purpose. `authenticate_now`/`read_now` run synchronously
 on the event loop and need the inline SQLite reader (database/fastread.py): a status read is
-microseconds and the fast path serves thousands a second, so it pays for no coroutine or
-thread hop. `authenticate`/`read` are the same rules for any database (a thread hop to
-SQLAlchemy where there is no reader); the routed app uses them.
+microseconds and the fast path serves thousands a second, so it pays for no thread hop.
+`authenticate`/`read` are the same rules for any database: answered from the reader's cache
+when the row did not change, else looked up where a lookup may block (PostgreSQL: a reader
+thread; no reader, an in-memory test database: SQLAlchemy in a thread).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from reelq.config import Settings
 from reelq.database import QuotaExceeded, Quotas, TaskStore
 from reelq.database.batcher import CreateBatcher
 from reelq.database.errors import StorageFull
-from reelq.database.fastread import SqliteReader, TaskView
+from reelq.database.fastread import CachedReader, TaskView
 from reelq.domain import CANCELLED_ERROR, TERMINAL, Status, is_task_id
 from reelq.metrics import CreateStats
 from reelq.ratelimit import Limit, RateLimiter, retry_after_header
@@ -99,7 +100,7 @@ class TaskService:
         settings: Settings,
         store: TaskStore,
         storage: Storage,
-        reader: SqliteReader | None,
+        reader: CachedReader | None,
         limiter: RateLimiter,
         draining: threading.Event,
         on_stored: Callable[[], None],
@@ -108,7 +109,7 @@ class TaskService:
         self.settings = settings
         self.store = store
         self.storage = storage
-        self.reader = reader  # the inline SQLite read path; None on other databases
+        self.reader = reader  # the cached read path (database/fastread.py); None on an in-memory database
         self.limiter = limiter
         self.draining = draining  # set when shutting down: held long-polls answer at once
         self.public_base_url = settings.public_base_url
@@ -118,7 +119,7 @@ class TaskService:
         self.quotas = Quotas(max_active_per_key=settings.max_active_per_key, max_queue=settings.max_queue)
         # Group commit (database/batcher.py); `on_stored` wakes the workers once per stored batch.
         self.creates = CreateBatcher(store, self.quotas, on_stored=on_stored, on_created=on_created)
-        # Woken by the change counter: the SQLite reader's, else the store's (LISTEN/NOTIFY on PostgreSQL).
+        # Woken by the change counter: the reader's, else the store's (LISTEN/NOTIFY on PostgreSQL).
         changes = reader.version if reader else (store.changes.value if store.changes is not None else None)
         self.long_polls = LongPollHub(changes, draining)
         self._finished: dict[tuple[str, TaskView], bytes] = {}
@@ -134,7 +135,7 @@ class TaskService:
 
     def authenticate_now(self, authorization: str | None) -> str:
         """The key id of an `Authorization` header value, looked up inline (needs the SQLite reader)."""
-        assert self.reader is not None
+        assert self.reader is not None and self.reader.inline
         key_id = self.reader.key_id_for(parse_bearer(authorization))
         if key_id is None:
             raise Unauthorized(INVALID_KEY)
@@ -143,8 +144,11 @@ class TaskService:
     async def authenticate(self, authorization: str | None, scheme: str = "Bearer") -> str:
         """The key id of an `Authorization` header value (`<scheme> <key>`), on any database."""
         token = parse_bearer(authorization, scheme)
-        if self.reader is not None:
-            key_id = self.reader.key_id_for(token)
+        reader = self.reader
+        if reader is not None:
+            key_id = reader.cached_key_id(token)
+            if key_id is None:
+                key_id = await reader.off_loop(reader.key_id_for, token)
         else:
             key_id = await anyio.to_thread.run_sync(self.store.key_id_for, token)
         if key_id is None:
@@ -155,7 +159,7 @@ class TaskService:
 
     def read_now(self, key_id: str, task_id: str) -> TaskView:
         """The key's task, read inline (needs the SQLite reader); RateLimited or NotFound."""
-        assert self.reader is not None
+        assert self.reader is not None and self.reader.inline
         self._limit_reads(key_id, task_id)
         view = self.reader.task(task_id, key_id) if is_task_id(task_id) else None
         if view is None:
@@ -164,7 +168,7 @@ class TaskService:
 
     async def read(self, key_id: str, task_id: str) -> TaskView:
         """The key's task, on any database; RateLimited or NotFound."""
-        if self.reader is not None:
+        if self.reader is not None and self.reader.inline:
             return self.read_now(key_id, task_id)
         self._limit_reads(key_id, task_id)
         view = await self._lookup(task_id, key_id) if is_task_id(task_id) else None
@@ -205,8 +209,10 @@ class TaskService:
         return view
 
     async def _lookup(self, task_id: str, key_id: str) -> TaskView | None:
-        if self.reader is not None:
-            return self.reader.task(task_id, key_id)
+        reader = self.reader
+        if reader is not None:
+            view = reader.cached_task(task_id, key_id)
+            return view if view is not None else await reader.off_loop(reader.task, task_id, key_id)
         row = await anyio.to_thread.run_sync(self.store.get_task, task_id, key_id)
         return None if row is None else TaskView.of(row)
 
