@@ -1,7 +1,8 @@
 """Run every benchmark, print one table and write benchmarks/results/summary.json.
 
     python -m benchmarks [--quick]
-        [--only status_reads,creates,dispatch_latency,render_speed,load_pollers,hostile_inputs]
+        [--only status_reads,creates,dispatch_latency,render_speed,load_pollers,hostile_inputs,
+                postgres_api,scaled_latency]
 
 Each benchmark also runs alone (`python -m benchmarks.status_reads --help`, …) and writes its own
 JSON under benchmarks/results/. A benchmark that fails is reported in the table and makes the exit
@@ -20,7 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import creates, dispatch_latency, hostile_inputs, load_pollers, status_reads
+from benchmarks import (
+    creates,
+    dispatch_latency,
+    hostile_inputs,
+    load_pollers,
+    postgres_api,
+    scaled_latency,
+    status_reads,
+)
 from benchmarks.common import RESULTS_DIR, ROOT, install_signal_cleanup, machine, write_json
 
 Row = tuple[str, str, str, str]  # benchmark, metric, value, target
@@ -62,6 +71,15 @@ def run_hostile_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return hostile_inputs.main(["--rounds", "1" if args.quick else "3"])
 
 
+def run_postgres_api(args: argparse.Namespace) -> dict[str, Any]:
+    # Reads with one and two API processes, then creates, on PostgreSQL (about 3 min; quick: 1.5).
+    return postgres_api.main(["--rounds", str(args.rounds), "--seconds", str(min(args.seconds, 8))])
+
+
+def run_scaled_latency(args: argparse.Namespace) -> dict[str, Any]:
+    return scaled_latency.main(["--tasks", str(args.tasks)])
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "status_reads": run_status_reads,
     "creates": run_creates,
@@ -69,6 +87,8 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "render_speed": run_render_speed,
     "load_pollers": run_load_pollers,
     "hostile_inputs": run_hostile_inputs,
+    "postgres_api": run_postgres_api,
+    "scaled_latency": run_scaled_latency,
 }
 DEFAULT_SET = tuple(BENCHMARKS)
 
@@ -176,6 +196,37 @@ def hostile_rows(r: dict[str, Any]) -> list[Row]:
     return [("hostile_inputs", f"{part}: {what}", value, bound) for part, what, value, bound in r["table"]]
 
 
+def postgres_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name, phase in r["phases"].items():
+        base, mine = phase["median"]["baseline"], phase["median"]["reelq"]
+        rows.append(
+            (
+                "postgres_api",
+                f"{postgres_api.PHASE_TITLES[name]} req/s reelq / baseline",
+                f"{mine['rps']:.0f} / {base['rps']:.0f} = {phase['ratio_rps']:.2f}",
+                f">= {phase['target_ratio']} {_ok(phase['meets_target'])}",
+            )
+        )
+    return rows
+
+
+def scaled_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name, label, target in (
+        ("db_ms", "create -> processing via Celery ms median/p99", scaled_latency.CREATE_TARGET_MS),
+        (
+            "wake_ms",
+            "completion -> long-poll on the other replica ms median/p99",
+            scaled_latency.WAKE_TARGET_MS,
+        ),
+    ):
+        s = r["stats"][name]
+        value = f"{s['median']:.1f} / {s['p99']:.1f}"
+        rows.append(("scaled_latency", label, value, f"median < {target:g} {_ok(s['median'] < target)}"))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "status_reads": status_rows,
     "creates": creates_rows,
@@ -183,6 +234,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "render_speed": render_rows,
     "load_pollers": load_rows,
     "hostile_inputs": hostile_rows,
+    "postgres_api": postgres_rows,
+    "scaled_latency": scaled_rows,
 }
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- processes -----------------------------------------------------------------------------------
+
+
+# The scaled benchmarks' services (the ones every machine of this project runs).
+POSTGRES_URL = os.environ.get("REELQ_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BROKER_URL = os.environ.get("REELQ_BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def free_port() -> int:
@@ -136,6 +142,23 @@ def temp_home(prefix: str) -> Iterator[Path]:
     # Kept short: the doorbell's Unix socket path must fit in 108 bytes.
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new PostgreSQL database on `admin_url`'s server, dropped afterwards; yields its SQLAlchemy URL."""
+    from sqlalchemy import create_engine, make_url, text
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"reelq_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 def cpu_seconds(pid: int) -> float:

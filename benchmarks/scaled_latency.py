@@ -26,8 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,12 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
+    BROKER_URL,
+    POSTGRES_URL,
     REELQ,
     RESULTS_DIR,
     create_key,
+    fresh_database,
     machine,
     percentile,
     reelq_env,
@@ -52,22 +54,6 @@ from benchmarks.dispatch_latency import TASK, create, first_not_queued
 
 CREATE_TARGET_MS = 20.0
 WAKE_TARGET_MS = 100.0
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    from sqlalchemy import create_engine, make_url, text
-
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"reelq_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def row_times(database_url: str, task_id: str) -> tuple[float, float, float | None]:
@@ -186,8 +172,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=30, help="measured tasks (default 30)")
     p.add_argument("--gap", type=float, default=0.2, help="seconds idle between tasks (default 0.2)")
-    p.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    p.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672//")
+    p.add_argument("--postgres", default=POSTGRES_URL)
+    p.add_argument("--broker", default=BROKER_URL)
     p.add_argument("--json", type=Path, default=RESULTS_DIR / "scaled_latency.json")
     return p
 
