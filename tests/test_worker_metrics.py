@@ -228,8 +228,8 @@ def test_a_busy_metrics_port_stops_the_worker_with_one_line(tmp_path: Path) -> N
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        f"reelq: cannot serve metrics on 127.0.0.1:{port}: Address already in use (choose another port with "
-        "--metrics-port / REELQ_METRICS_PORT, or 0 to serve none)"
+        f"reelq: cannot serve metrics on 127.0.0.1:{port}: Address already in use (choose another with "
+        "--metrics-port/REELQ_METRICS_PORT or --metrics-host/REELQ_METRICS_HOST, or port 0 to serve none)"
     ], done.stderr
     assert time.monotonic() - started < 30  # refused before any render worker started
     assert not list(run_dir(home).glob("metrics-*"))  # the metric files' directory went with it

@@ -274,12 +274,15 @@ def _serve_worker_metrics(settings: Settings, metrics_dir: Path) -> Any:
         return serve_worker_metrics(host, port)
     except OSError as exc:
         _remove_metrics_dir(metrics_dir)
-        shown = f"[{host}]" if ":" in host else host
         _error(
-            f"cannot serve metrics on {shown}:{port}: {exc.strerror or exc} "
-            "(choose another port with --metrics-port / REELQ_METRICS_PORT, or 0 to serve none)"
+            f"cannot serve metrics on {_address(host, port)}: {exc.strerror or exc} (choose another with "
+            "--metrics-port/REELQ_METRICS_PORT or --metrics-host/REELQ_METRICS_HOST, or port 0 to serve none)"
         )
         raise typer.Exit(2) from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _remove_metrics_dir(path: Path | None) -> None:
@@ -304,9 +307,8 @@ def _run_workers(settings: Settings, workers: int | None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     supervisor.start()
     if settings.metrics_port:
-        logging.getLogger("reelq").info(
-            "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
-        )
+        address = _address(settings.metrics_host, settings.metrics_port)
+        logging.getLogger("reelq").info("metrics on http://%s/metrics", address)
     stop.wait()
     supervisor.stop()
 
