@@ -42,6 +42,8 @@ def reelq_env(home: Path, **extra: str) -> dict[str, str]:
             "REELQ_POLL_BURST": "1000",
             "REELQ_CREATE_RATE": "100000",
             "REELQ_MAX_ACTIVE_PER_KEY": "10000",
+            # `reelq worker` would bind 9720 on every interface: tests that want it pick a free port.
+            "REELQ_METRICS_PORT": "0",
         },
         **extra,
     )

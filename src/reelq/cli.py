@@ -229,15 +229,72 @@ def worker(
         int | None,
         typer.Option("--workers", "-n", help="Render worker processes (1, or one per GPU with diffusers)."),
     ] = None,
+    metrics_port: Annotated[
+        str | None,
+        typer.Option(
+            help="Port of this node's Prometheus metrics (REELQ_METRICS_PORT; default 9720; 0 or off: none).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address the metrics listen on (REELQ_METRICS_HOST; default 0.0.0.0).", show_default=False
+        ),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run render workers without the API (they share the database with the API processes; with
-    REELQ_BROKER_URL they are Celery workers on REELQ_QUEUE)."""
+    REELQ_BROKER_URL they are Celery workers on REELQ_QUEUE). Their metrics are served on
+    REELQ_METRICS_PORT (any path; /metrics for Prometheus, /healthz for a liveness probe)."""
+    from reelq.metrics import prepare_multiprocess_dir
+
+    settings = _settings(home=home, metrics_port=metrics_port, metrics_host=metrics_host)
+    metrics_dir: Path | None = None
+    metrics_server = None
+    if settings.metrics_port:
+        # Before anything imports prometheus-client, here and in the render workers (they inherit it).
+        metrics_dir = prepare_multiprocess_dir(settings)
+        metrics_server = _serve_worker_metrics(settings, metrics_dir)
+    try:
+        _run_workers(settings, workers)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        _remove_metrics_dir(metrics_dir)
+
+
+def _serve_worker_metrics(settings: Settings, metrics_dir: Path) -> Any:
+    """Bind the metrics port before any worker starts, so a busy port stops the node with one line."""
+    from reelq.metrics import serve_worker_metrics
+
+    host, port = settings.metrics_host, settings.metrics_port
+    try:
+        return serve_worker_metrics(host, port)
+    except OSError as exc:
+        _remove_metrics_dir(metrics_dir)
+        _error(
+            f"cannot serve metrics on {_address(host, port)}: {exc.strerror or exc} (choose another with "
+            "--metrics-port/REELQ_METRICS_PORT or --metrics-host/REELQ_METRICS_HOST, or port 0 to serve none)"
+        )
+        raise typer.Exit(2) from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _remove_metrics_dir(path: Path | None) -> None:
+    if path is not None and path.name == f"metrics-{os.getpid()}":  # ours, not one the operator named
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_workers(settings: Settings, workers: int | None) -> None:
     from reelq.database import SchemaOutdated
     from reelq.dispatch.gpus import worker_gpus
     from reelq.dispatch.supervisor import Supervisor
 
-    settings = _settings(home=home)
     _logging(settings)
     gpus = worker_gpus(settings)
     try:
@@ -249,6 +306,9 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     supervisor.start()
+    if settings.metrics_port:
+        address = _address(settings.metrics_host, settings.metrics_port)
+        logging.getLogger("reelq").info("metrics on http://%s/metrics", address)
     stop.wait()
     supervisor.stop()
 

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     queue: str = Field("reelq", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
 
+    # `reelq worker`'s own Prometheus endpoint (metrics.serve_worker_metrics): a node with no API process
+    # has no /metrics of its own. 0 (or "off"): none. 9720 is clear of node_exporter (9100), NVIDIA's
+    # DCGM exporter (9400) and the Celery exporter (9808) that GPU nodes often run too. `reelq serve`
+    # ignores both: its workers' metrics are on its API port's /metrics.
+    metrics_port: int = Field(9720, ge=0, le=65535)
+    # Every interface, as exporters do: the node exists to be scraped from elsewhere, and the
+    # endpoint carries counts only (no task ids, prompts or keys).
+    metrics_host: str = Field("0.0.0.0", min_length=1)
+
     public_base_url: str | None = None
     root_path: str = ""
     video_url_ttl: int = Field(86400, ge=1)
@@ -185,6 +194,14 @@ class Settings(BaseSettings):
                 f"REELQ_VIDEO_URL_TTL is at most {MAX_PRESIGN_SECONDS} seconds (7 days) with S3 storage"
             )
         return self
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_off(cls, value: object) -> object:
+        # "off" reads better in a unit file than a magic 0.
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", "false", "no", "disabled"):
+            return 0
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

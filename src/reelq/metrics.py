@@ -14,17 +14,27 @@ Two kinds of numbers, kept apart on purpose:
   them into Prometheus families at scrape time.
 
 Gauges are computed at scrape from the task rows, the truth for every process on every host:
-`reelq_queue_depth` (queued tasks) and `reelq_renders_running` (processing tasks).
+`reelq_queue_depth` (queued tasks) and `reelq_renders_running` (processing tasks). They are the
+deployment's totals, the same on every API replica, so only the API exports them: a render worker
+node (`reelq worker`, which serves its metrics on REELQ_METRICS_PORT: `serve_worker_metrics`)
+exports what happened on that node only. Everything else sums across instances without counting
+anything twice: each event is counted by the one process it happened in.
+
+Node-local gauges: `reelq_worker_renders_running` (a multiprocess gauge in `livesum` mode: the
+renders in flight in this node's live worker processes; a dead process's value goes with
+`process_dead`) and, from the supervisor in the scraping process, `reelq_worker_processes` and
+`reelq_worker_restarts_total` (`NodeCollector`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from reelq.config import Settings
@@ -84,9 +94,16 @@ class _WorkerMetrics:
     """Created on first use, so that a process that never renders never imports prometheus-client."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         labels = ("model", "engine")
+        # livesum: the sum over this node's live processes (a dead one's file goes in process_dead).
+        self.running = Gauge(
+            "reelq_worker_renders_running",
+            "Renders in flight in this node's worker processes",
+            labels,
+            multiprocess_mode="livesum",
+        )
         self.completed = Counter("reelq_tasks_completed", "Tasks completed", labels)
         self.failed = Counter("reelq_tasks_failed", "Tasks failed", labels)
         self.render_seconds = Histogram(
@@ -120,6 +137,102 @@ def task_finished(model: str, engine: str, completed: bool, render_seconds: floa
 
 def task_claimed(model: str, engine: str, queued_seconds: float) -> None:
     worker_metrics().queue_wait.labels(model, engine).observe(max(0.0, queued_seconds))
+
+
+def render_started(model: str, engine: str) -> None:
+    worker_metrics().running.labels(model, engine).inc()
+
+
+def render_ended(model: str, engine: str) -> None:
+    worker_metrics().running.labels(model, engine).dec()
+
+
+def process_dead(pid: int) -> None:
+    """A worker process of this node ended: its live gauges stop counting (its counters stay: they must)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+# ---- the node's own gauges (the supervisor in the scraping process) ---------------------------------------
+
+
+class WorkerPool(Protocol):
+    def process_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(live processes by kind, restarts by kind)."""
+        ...
+
+
+class NodeCollector:
+    """The supervisor's worker processes, read at scrape: how many are alive now, how many died and were
+    restarted. Both `serve` and `worker` scrape in the supervisor's own process, so plain ints suffice."""
+
+    def __init__(self) -> None:
+        self._pools: list[WorkerPool] = []
+        self._lock = threading.Lock()
+
+    def add(self, pool: WorkerPool) -> None:
+        with self._lock:
+            self._pools.append(pool)
+
+    def remove(self, pool: WorkerPool) -> None:
+        with self._lock:
+            if pool in self._pools:
+                self._pools.remove(pool)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        with self._lock:
+            pools = list(self._pools)
+        if not pools:
+            return
+        alive: dict[str, int] = {}
+        restarts: dict[str, int] = {}
+        for pool in pools:
+            live, died = pool.process_counts()
+            for kind, n in live.items():
+                alive[kind] = alive.get(kind, 0) + n
+            for kind, n in died.items():
+                restarts[kind] = restarts.get(kind, 0) + n
+        processes = GaugeMetricFamily(
+            "reelq_worker_processes", "Worker processes of this node alive now", labels=["kind"]
+        )
+        for kind, n in sorted(alive.items()):
+            processes.add_metric([kind], n)
+        yield processes
+        restarted = CounterMetricFamily(
+            "reelq_worker_restarts",
+            "Worker processes of this node that died and were restarted (crash, OOM, render past deadline)",
+            labels=["kind"],
+        )
+        for kind, n in sorted(restarts.items()):
+            restarted.add_metric([kind], n)
+        yield restarted
+
+
+NODE = NodeCollector()
+
+
+# ---- `reelq worker`'s own endpoint -------------------------------------------------------------------------
+
+
+def serve_worker_metrics(host: str, port: int) -> Any:
+    """Serve this node's metrics (every worker process's files, plus `NODE`) on host:port with
+    prometheus-client's own server, on a daemon thread; the server (`shutdown()`, `server_close()`).
+
+    Any path answers with the metrics (prometheus-client's server does not route), so `/healthz`
+    doubles as a liveness probe: it answers while the supervisor, which restarts dead workers, runs.
+    Raises OSError when the address cannot be bound (in use, not this host's).
+    """
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(NODE)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
 # ---- the API process's hot counters (plain ints) ----------------------------------------------------------
@@ -249,6 +362,7 @@ def render_metrics(collector: ApiCollector) -> bytes:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
     registry.register(collector)
+    registry.register(NODE)
     return generate_latest(registry)
 
 

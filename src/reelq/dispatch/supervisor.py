@@ -101,6 +101,16 @@ class Supervisor:
         self._settings_json = settings.to_json().encode()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._restarts: dict[str, int] = {}  # worker processes that died, by kind (metrics.NodeCollector)
+
+    def process_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Live worker processes and restarts, by kind: `reelq_worker_processes` and `_restarts_total`."""
+        alive = {"render": 0}  # reported even with none configured: an alert can read "no render workers"
+        for child in self.children:
+            proc = child.process
+            kind = _kind(child)
+            alive[kind] = alive.get(kind, 0) + int(proc is not None and proc.poll() is None)
+        return alive, dict(self._restarts)
 
     def start(self) -> None:
         # After a kill of the whole group, nobody saw those workers die: their half-written renders go
@@ -113,6 +123,7 @@ class Supervisor:
             log.warning("could not clean up temporary files of dead workers", exc_info=True)
         for child in self.children:
             self._spawn(child)
+        metrics.NODE.add(self)
         for target in (self._monitor, self._sweeper):
             thread = threading.Thread(target=target, daemon=True, name=f"reelq-{target.__name__.strip('_')}")
             thread.start()
@@ -150,6 +161,8 @@ class Supervisor:
                         proc.returncode,
                     )
                     self._recover(proc.pid)
+                    kind = _kind(child)
+                    self._restarts[kind] = self._restarts.get(kind, 0) + 1
                     # Quick deaths in a row back off, so a broken install does not spin.
                     quick = time.monotonic() - child.started < 5
                     child.failures = child.failures + 1 if quick else 0
@@ -168,6 +181,7 @@ class Supervisor:
 
     def _recover(self, pid: int) -> None:
         """A child died: its tasks need not wait for the lease to lapse, and its temp files go."""
+        metrics.process_dead(pid)  # its renders-in-flight gauge stops counting; its counters stay
         marker = worker_marker(pid)
         try:
             expired = self.store.expire_leases_of(marker)
@@ -223,6 +237,9 @@ class Supervisor:
                 child.process.kill()
                 child.process.wait()
                 self._recover(child.process.pid)
+                continue
+            metrics.process_dead(child.process.pid)
+        metrics.NODE.remove(self)
         for thread in self._threads:
             thread.join(timeout=2)
         self.store.engine.dispose()

@@ -79,8 +79,12 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
     if task.attempts == 1:  # the wait of a retry would count the failed attempt's render too
         metrics.task_claimed(task.model, engine, time.time() - task.created_at)
     started = time.monotonic()
-    with task_context(task.id):
-        outcome = _run_task(ctx, task, on_progress)
+    metrics.render_started(task.model, engine)
+    try:
+        with task_context(task.id):
+            outcome = _run_task(ctx, task, on_progress)
+    finally:
+        metrics.render_ended(task.model, engine)
     if outcome is Outcome.COMPLETED:
         metrics.task_finished(task.model, engine, True, time.monotonic() - started)
     elif outcome is Outcome.FAILED:
