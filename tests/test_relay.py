@@ -23,6 +23,8 @@ from reelq.engines.relay.upstream import retry_after_seconds
 from reelq.engines.relay.vidu_upstream import failure_message
 from tests.conftest import Server, wait_terminal
 from tests.fake_vidu import FakeVidu, make_mp4
+from tests.test_metrics import scrape
+from tests.test_metrics import value as metric
 from tests.videos import decode_frames
 
 pytestmark = pytest.mark.e2e
@@ -221,6 +223,14 @@ def test_vidu_relay_end_to_end(vidu_relay: Callable[..., Server], fake_vidu: Fak
     assert stored["upstream_credits"] == 10
     # The upstream key never reaches the logs.
     assert VIDU_KEY not in server.log()
+    # The relay worker counts its tasks like a render worker does (GET /metrics, engine "relay").
+    samples = scrape(server)
+    labels = {"model": "viduq3-pro", "engine": "relay"}
+    assert metric(samples, "reelq_tasks_completed_total", **labels) == 3
+    assert metric(samples, "reelq_tasks_failed_total", **labels) == 4
+    assert metric(samples, "reelq_render_seconds_count", **labels) == 3
+    assert metric(samples, "reelq_queue_wait_seconds_count", **labels) == len(ids)
+    assert metric(samples, "reelq_worker_renders_running", **labels) == 0
 
 
 def test_vidu_429_retry_after_and_5xx(vidu_relay: Callable[..., Server], fake_vidu: FakeVidu) -> None:

@@ -34,6 +34,7 @@ from typing import TypeVar
 
 import httpx
 
+from reelq import metrics
 from reelq.config import Settings
 from reelq.database import TaskRow, TaskStore, ensure_schema, make_engine
 from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
@@ -62,6 +63,7 @@ log = logging.getLogger("reelq.relay")
 
 T = TypeVar("T")
 
+RELAY = "relay"  # the engine label of every task this worker holds (metrics.py)
 CLAIM_BATCH = 200  # tasks claimed per transaction when many are queued
 IDLE_CLAIM_SECONDS = 1.0  # look for work this often without a doorbell ring
 DOWNLOAD_TRIES = 3
@@ -211,7 +213,11 @@ class RelayWorker:
     def _start(self, row: TaskRow) -> None:
         held = _Held(row=row, spent_attempt=row.upstream_id is None, claimed_at=time.monotonic())
         self.held[row.id] = held
+        if row.upstream_id is None and row.attempts == 1:  # a resumed wait is not a second queue wait
+            metrics.task_claimed(row.model, RELAY, time.time() - row.created_at)
+        metrics.render_started(row.model, RELAY)  # a relayed "render" is the upstream's, held here
         held.coroutine = asyncio.create_task(self._relay(held), name=f"relay-{row.id}")
+        held.coroutine.add_done_callback(lambda _: metrics.render_ended(row.model, RELAY))
 
     async def _renew_loop(self) -> None:
         """Renew every held lease in one statement; stop the coroutines of tasks no longer ours."""
@@ -296,7 +302,8 @@ class RelayWorker:
 
     async def _settle_failed(self, row: TaskRow, error: str) -> None:
         try:
-            await asyncio.to_thread(self.store.fail, row.id, error, self.worker_id)
+            if await asyncio.to_thread(self.store.fail, row.id, error, self.worker_id):
+                metrics.task_finished(row.model, RELAY, False)
         except Exception:
             log.exception("task %s: could not record its failure; its lease will lapse", row.id)
 
@@ -479,6 +486,7 @@ class RelayWorker:
         key = await asyncio.to_thread(self.storage.commit, temp, row.id, row.attempts)
         if await asyncio.to_thread(self.store.complete, row.id, self.worker_id, key, info.duration, tokens):
             log.info("task %s: completed (%.2f s re-hosted)", row.id, info.duration)
+            metrics.task_finished(row.model, RELAY, True, time.monotonic() - held.claimed_at)
             return
         # Someone else owns the task now: this file must never be served.
         self.storage.delete(key)
