@@ -183,3 +183,50 @@ def test_misses_are_looked_up_off_the_event_loop(writer: TaskStore, reader: PgRe
 def _slow_lookup(reader: PgReader, task_id: str, key_id: str) -> TaskView | None:
     reader._fetch("SELECT pg_sleep(0.2)", ())
     return reader.task(task_id, key_id)
+
+
+def test_a_tasks_own_notice_keeps_every_other_cached_row(writer: TaskStore, reader: PgReader) -> None:
+    """Progress commits name their task: other cached rows stay cached (and keys), that one is re-read."""
+    key, plain = writer.create_key("k")
+    busy, _ = writer.create_task(key.id, _new())
+    idle, _ = writer.create_task(key.id, _new())
+    writer.fail(idle.id, "done")
+    assert writer.claim_next("w-other", 30, busy.id) is not None
+    listener = reader._changes
+    assert isinstance(listener, PgChangeListener)
+    seen = listener.value()
+    _eventually(listener.value, lambda v: v > seen)  # the claim's notice arrived
+    idle_row = reader.task(idle.id, key.id)
+    assert reader.key_id_for(plain) == key.id
+    for progress in (10, 20, 30):
+        before = listener.value()
+        assert writer.renew(busy.id, "w-other", 30, progress)
+        _eventually(listener.value, lambda v, before=before: v > before)
+        assert reader.cached_task(idle.id, key.id) is idle_row  # untouched by the other task's notice
+        assert reader.cached_key_id(plain) == key.id
+        assert (
+            reader.cached_task(busy.id, key.id) is None or reader.task(busy.id, key.id).progress == progress
+        )
+        assert reader.task(busy.id, key.id).progress == progress
+    # A notice naming no task (a key revoked) drops everything.
+    other, _ = writer.create_key("other")
+    before = listener.value()
+    writer.revoke_key(other.id)
+    _eventually(listener.value, lambda v: v > before)
+    assert reader.cached_task(idle.id, key.id) is None
+    assert reader.cached_key_id(plain) is None
+
+
+def test_task_marks_are_bounded() -> None:
+    """Past MAX_TASK_MARKS distinct tasks the marks fold into one global mark: bounded, still correct."""
+    from reelq.database import pgnotify
+
+    listener = PgChangeListener("postgresql://unused")  # never started: bump() and fresh() only
+    version = listener._value
+    listener.bump("video_a")
+    assert not listener.fresh(version, "video_a") and listener.fresh(version, "video_b")
+    for i in range(pgnotify.MAX_TASK_MARKS + 1):
+        listener.bump(f"video_{i}")
+    assert len(listener._marks) <= pgnotify.MAX_TASK_MARKS
+    assert not listener.fresh(version, "video_b")  # folded: everything read before is stale
+    assert listener.fresh(listener._value, "video_b")

@@ -31,7 +31,7 @@ from reelq.api.vidu import (
 from reelq.config import Settings, load_settings
 from reelq.database import TaskStore, ensure_schema, make_engine
 from reelq.database.fastread import CachedReader, PgReader, SqliteReader
-from reelq.database.pgnotify import listen_conninfo
+from reelq.database.pgnotify import PgChangeListener, listen_conninfo
 from reelq.database.quotas import QuotaCounts
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.storage import build_storage
@@ -134,7 +134,7 @@ def build_services(settings: Settings) -> Services:
     reader: CachedReader | None = None
     if sqlite_path is not None:
         reader = SqliteReader(sqlite_path)
-    elif engine.dialect.name == "postgresql" and store.changes is not None:
+    elif isinstance(store.changes, PgChangeListener):
         # Listen for change notices from the start, so the first long-poll is woken too, and read
         # through the same cache as on SQLite, dropped by those notices (database/fastread.py).
         store.changes.value()

@@ -34,8 +34,8 @@ class ChangeNotices(Protocol):
         """The counter now: take it before reading, compare it later (a move means something changed)."""
         ...
 
-    def bump(self) -> None:
-        """Called by TaskStore after a commit that changed a row."""
+    def bump(self, task_id: str | None = None) -> None:
+        """Called by TaskStore after a commit that changed a row: that task's only, when `task_id`."""
         ...
 
     def close(self) -> None: ...
@@ -67,7 +67,8 @@ class ChangeCounter:
     def value(self) -> int:
         return _COUNTER.unpack_from(self._map)[0]
 
-    def bump(self) -> None:
+    def bump(self, task_id: str | None = None) -> None:
+        # One counter for everything: a task's change drops every cached row (misses are microseconds).
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             _COUNTER.pack_into(self._map, 0, (_COUNTER.unpack_from(self._map)[0] + 1) % 2**64)

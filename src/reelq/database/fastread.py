@@ -44,6 +44,8 @@ TASK_SQL = "SELECT {columns} FROM tasks WHERE id = {p} AND key_id = {p}"
 if TYPE_CHECKING:
     import psycopg
 
+    from reelq.database.pgnotify import PgChangeListener
+
 T = TypeVar("T")
 
 
@@ -101,16 +103,20 @@ class CachedReader:
         """The shared change counter: it moves after any commit that changed a row."""
         return self._changes.value()
 
+    def _fresh(self, version: int, task_id: str | None) -> bool:
+        """Is an entry read at counter `version` still current? (Here: nothing changed since.)"""
+        return version == self._changes.value()
+
     def cached_key_id(self, plain: str) -> str | None:
         """The key's id if this process looked it up since the last change; else None (look it up)."""
         cached = self._keys.get(plain)
-        return cached[1] if cached is not None and cached[0] == self._changes.value() else None
+        return cached[1] if cached is not None and self._fresh(cached[0], None) else None
 
     def key_id_for(self, plain: str) -> str | None:
         """The active key's id; a revocation anywhere is seen by the next lookup."""
         now = self._changes.value()
         cached = self._keys.get(plain)
-        if cached is not None and cached[0] == now:
+        if cached is not None and self._fresh(cached[0], None):
             return cached[1]
         key_id = self._lookup_key(hash_key(plain))
         if key_id is not None:  # a miss is not cached: a key created a moment ago works at once
@@ -120,14 +126,14 @@ class CachedReader:
     def cached_task(self, task_id: str, key_id: str) -> TaskView | None:
         """The task's view if this process read it since the last change; else None (look it up)."""
         cached = self._tasks.get((task_id, key_id))
-        return cached[1] if cached is not None and cached[0] == self._changes.value() else None
+        return cached[1] if cached is not None and self._fresh(cached[0], task_id) else None
 
     def task(self, task_id: str, key_id: str) -> TaskView | None:
         """The task's status columns, or None when this key has no such task."""
         now = self._changes.value()
         cache_key = (task_id, key_id)
         cached = self._tasks.get(cache_key)
-        if cached is not None and cached[0] == now:
+        if cached is not None and self._fresh(cached[0], task_id):
             return cached[1]
         row = self._lookup_task(task_id, key_id)
         if row is None:  # misses are not cached: creates do not bump the counter
@@ -185,13 +191,15 @@ class PgReader(CachedReader):
     """Point lookups on PostgreSQL from PG_READ_THREADS threads, each with its own connection.
 
     `changes` is the store's listener (database/pgnotify.py): the same notices that wake
-    long-polls drop this cache, in every API replica.
+    long-polls drop this cache, in every API replica; a notice naming a task drops that
+    task's row only.
     """
 
     inline = False
 
-    def __init__(self, conninfo: str, changes: ChangeNotices) -> None:
+    def __init__(self, conninfo: str, changes: PgChangeListener) -> None:
         super().__init__(changes)
+        self._listener = changes
         self._conninfo = conninfo
         self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []
@@ -199,6 +207,9 @@ class PgReader(CachedReader):
         self._pool = ThreadPoolExecutor(PG_READ_THREADS, thread_name_prefix="reelq-pg-read")
         self._key_sql = KEY_SQL.format(p="%s")
         self._task_sql = TASK_SQL.format(columns=TASK_COLUMNS, p="%s")
+
+    def _fresh(self, version: int, task_id: str | None) -> bool:
+        return self._listener.fresh(version, task_id)
 
     async def off_loop(self, lookup: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, lookup, *args)

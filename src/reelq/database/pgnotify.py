@@ -20,6 +20,12 @@ answers. TCP keepalives, a TCP user timeout and a `SELECT 1` after PING_SECONDS 
 notice turn that into an error within about KEEPALIVE_BOUND seconds, and the error moves the
 counter like any loss of the connection.
 
+A notice may name the one task its transaction changed (`t:<task id>`: progress, a claim
+by id, completion, failure, cancel, delete). The counter moves for it as for any notice (long-
+polls re-read), but `fresh()` then judges a cached row by its own task's last notice, so the
+read cache of an API process keeps every other row while a busy deployment's workers commit
+progress many times a second. A notice without a task drops everything (keys too).
+
 Only processes that read the counter (API processes, the webhook sender) open the listening
 connection: it starts on the first `value()`. Render workers only send notices.
 """
@@ -30,12 +36,15 @@ import logging
 import threading
 import time
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger("reelq.database")
 
 CHANNEL = "reelq_changes"
 NOTIFY_SQL = f"NOTIFY {CHANNEL}"
+TASK_NOTICE = "t:"  # payload prefix of a notice about one task
+_NOTIFY_TASK = text(f"SELECT pg_notify('{CHANNEL}', :payload)")
+MAX_TASK_MARKS = 50_000  # per-task marks kept before they are folded into one global mark
 RECONNECT_SECONDS = 0.5
 _WAIT_SECONDS = 1.0  # how long one `notifies()` call blocks before the stop flag is looked at
 PING_SECONDS = 5.0
@@ -50,6 +59,18 @@ LISTEN_CONNECTION = {
 }
 
 
+def send_notice(conn: Connection, task_id: str | None) -> None:
+    """In the writing transaction: tell every listener once it commits (about `task_id` only, if given)."""
+    if task_id is None:
+        conn.exec_driver_sql(NOTIFY_SQL)
+    else:
+        conn.execute(_NOTIFY_TASK, {"payload": TASK_NOTICE + task_id})
+
+
+def _task_named(payload: str) -> str | None:
+    return payload[len(TASK_NOTICE) :] if payload.startswith(TASK_NOTICE) else None
+
+
 def listen_conninfo(engine: Engine) -> str:
     """A libpq URI for psycopg of the engine's database (its options, e.g. a search_path, kept)."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -60,7 +81,9 @@ class PgChangeListener:
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
-        self._value = 0
+        self._value = 0  # moves with every notice
+        self._global = 0  # the value at the last notice that named no task (or a lost connection)
+        self._marks: dict[str, int] = {}  # task id -> the value at the last notice naming it
         self._bump_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -76,10 +99,25 @@ class PgChangeListener:
             self._start()
         return self._value
 
-    def bump(self) -> None:
-        """After one of this process's own commits: its readers need not wait for the round trip."""
+    def bump(self, task_id: str | None = None) -> None:
+        """A notice (or one of this process's own commits: its readers need not wait for the round trip)."""
         with self._bump_lock:
-            self._value += 1
+            value = self._value + 1
+            if task_id is None or len(self._marks) >= MAX_TASK_MARKS:
+                # The global mark first, then forget the marks: a reader that looks at a task's mark and
+                # then at the global one (fresh(), in that order) never misses both.
+                self._global = value
+                if task_id is not None:
+                    self._marks.clear()
+            else:
+                self._marks[task_id] = value
+            self._value = value
+
+    def fresh(self, version: int, task_id: str | None = None) -> bool:
+        """Is what was read after `value()` returned `version` still current (for `task_id`'s row)?"""
+        if task_id is not None and self._marks.get(task_id, 0) > version:
+            return False
+        return self._global <= version
 
     def start(self) -> None:
         """Open the listening connection now (else on the first `value()`)."""
@@ -109,8 +147,8 @@ class PgChangeListener:
                         warned = False
                     heard = time.monotonic()
                     while not self._stop.is_set():
-                        for _notice in conn.notifies(timeout=_WAIT_SECONDS):
-                            self.bump()
+                        for notice in conn.notifies(timeout=_WAIT_SECONDS):
+                            self.bump(_task_named(notice.payload))
                             heard = time.monotonic()
                         if time.monotonic() - heard >= PING_SECONDS:
                             conn.execute("SELECT 1")  # raises if the connection is gone

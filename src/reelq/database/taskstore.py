@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
@@ -47,11 +47,11 @@ class TaskStore:
         self.engine = engine
         self.changes = change_counter_for(engine)
         # PostgreSQL: the notice goes out with the commit itself (database/pgnotify.py); None on SQLite.
-        self._notify_sql: str | None = None
+        self._notify: Callable[[Connection, str | None], None] | None = None
         if engine.dialect.name == "postgresql":
-            from reelq.database.pgnotify import NOTIFY_SQL
+            from reelq.database.pgnotify import send_notice
 
-            self._notify_sql = NOTIFY_SQL
+            self._notify = send_notice
         # The quota counts reused within a burst: this process's (default) or shared (sharedlimits.py).
         self._counts = counts if counts is not None else QuotaCounts()
         # SQLite has one writer at a time. Threads of one process queue on this lock instead of
@@ -60,18 +60,22 @@ class TaskStore:
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     @contextmanager
-    def _write(self, *, bump: bool = True) -> Iterator[Connection]:
+    def _write(self, *, bump: bool = True, task_id: str | None = None) -> Iterator[Connection]:
         """A write transaction; once it has committed, readers' caches are told (database/changes.py).
 
-        `bump=False` only for writes that add rows and change none: readers cache rows they
-        found, never a miss, so a new row cannot be hidden behind a cached answer.
+        `task_id`: the transaction changed that task's row and nothing else a reader caches, so
+        on PostgreSQL only that task's cached row is dropped (the notice names it) and a busy
+        deployment's progress commits do not empty every API process's cache.
+        `bump=False` only for writes that change nothing a reader shows: rows added (readers
+        cache rows they found, never a miss, so a new row cannot be hidden behind a cached
+        answer) or columns no reader caches.
         """
         with self._write_lock, self.engine.begin() as conn:
             yield conn
-            if bump and self._notify_sql is not None:
-                conn.exec_driver_sql(self._notify_sql)
+            if bump and self._notify is not None:
+                self._notify(conn, task_id)
         if bump and self.changes is not None:
-            self.changes.bump()
+            self.changes.bump(task_id)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -195,7 +199,7 @@ class TaskStore:
         exclude_models: Collection[str] = (),
     ) -> TaskRow | None:
         """Atomically move the oldest queued task (or `task_id`) to processing for `worker`."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:  # the oldest queued (no task_id): any row, a global notice
             return lifecycle.claim(conn, worker, lease_seconds, task_id, exclude_models)
 
     def claim_relayed(
@@ -207,34 +211,34 @@ class TaskStore:
 
     def renew_all(self, worker: str, lease_seconds: float) -> set[str]:
         """Extend every lease `worker` holds in one statement; returns the ids it still holds."""
-        with self._write() as conn:
+        with self._write(bump=False) as conn:  # only `lease_until`, which no reader shows
             return lifecycle.renew_all(conn, worker, lease_seconds)
 
     def record_upstream(self, task_id: str, upstream_id: str | None, credits: int | None = None) -> bool:
         """Store the upstream task id (never replacing a known one) and credits on a live task."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             return lifecycle.record_upstream(conn, task_id, upstream_id, credits)
 
     def renew(self, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
         """Extend the lease and record progress; False means the lease was lost (stop working)."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             return lifecycle.renew(conn, task_id, worker, lease_seconds, progress)
 
     def complete(
         self, task_id: str, worker: str, video_key: str, actual_duration: float, total_tokens: int
     ) -> bool:
         """Finish successfully and charge the key; False when this worker no longer owns the task."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             return lifecycle.complete(conn, task_id, worker, video_key, actual_duration, total_tokens)
 
     def fail(self, task_id: str, error: str, worker: str | None = None) -> bool:
         """Fail a task: with `worker`, only while that worker owns it; else from any live state."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             return lifecycle.fail(conn, task_id, error, worker)
 
     def release(self, task_id: str, worker: str, refund: bool = True) -> bool:
         """Hand a task back without spending an attempt (graceful shutdown while rendering)."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             return lifecycle.release(conn, task_id, worker, refund)
 
     def expire_leases_of(self, worker_prefix: str) -> int:
@@ -263,13 +267,13 @@ class TaskStore:
 
     def cancel(self, task_id: str, key_id: str) -> CancelResult:
         """Fail the key's live task as cancelled (lifecycle.cancel); the commit tells readers and workers."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             return lifecycle.cancel(conn, task_id, key_id)
 
     def delete_task(self, task_id: str, key_id: str) -> TaskRow | None:
         """Delete the key's task row and inputs, cancelling it first in the same transaction if it is live
         (its worker's next renewal finds no row and stops); the deleted row, or None."""
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             lifecycle.cancel(conn, task_id, key_id)
             return tasks.delete_owned(conn, task_id, key_id)
 
@@ -296,7 +300,7 @@ class TaskStore:
             return tasks.purge_finished(conn, time.time() - retention_seconds, limit)
 
     def mark_video_deleted(self, task_id: str) -> None:
-        with self._write() as conn:
+        with self._write(task_id=task_id) as conn:
             tasks.mark_video_deleted(conn, task_id)
 
     # ---- the webhook outbox (database/webhooks.py) -------------------------------------------
