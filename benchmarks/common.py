@@ -256,10 +256,12 @@ def run_load(
     connections: int,
     threads: int,
     body: bytes | None = None,
+    script: Path | None = None,
 ) -> LoadResult:
     """`seconds` of closed-loop load on one URL with wrk, or with the Python driver when wrk is absent.
 
-    With `body`, every request is a POST of that JSON body; otherwise a GET.
+    With `body`, every request is a POST of that JSON body; otherwise a GET. `script`: a wrk Lua
+    script that shapes the requests instead (wrk only).
     """
     with tempfile.TemporaryDirectory(prefix="rq-load-") as tmp:
         body_file = Path(tmp) / "body.json"
@@ -272,9 +274,12 @@ def run_load(
             if body is not None:
                 script = Path(tmp) / "post.lua"
                 script.write_text(_wrk_post_script(body))
+            if script is not None:
                 args += ["-s", str(script)]
             out, cpu = _run_measured([*args, url])
             return parse_wrk(out, seconds, cpu)
+        if script is not None:
+            raise RuntimeError("a wrk script needs wrk (apt-get install wrk)")
         args = [sys.executable, str(ROOT / "benchmarks" / "pyload.py"), url, "--seconds", str(seconds)]
         args += ["--connections", str(connections), "--processes", str(threads)]
         for name, value in headers.items():

@@ -9,6 +9,11 @@ renders a task first; then, with no render workers running:
   one bare Starlette process answering the same bytes (`baseline_app.py`), 64 connections;
 - reads x2: two `reelq serve` processes on the same database against two baseline processes,
   the 64 connections split between the two (two wrk, one per process, at once);
+- reads under churn: one process, each request reading another of 200 completed tasks (a wrk
+  script walks them) while a busy deployment is simulated: --churn progress commits a second
+  (as many GPU workers' heartbeats) to another task, from this process, throughout both sides'
+  runs. Each commit's notice names its task, so the 200 cached rows stay cached; were every
+  notice to drop the whole cache, nearly every read here would be a database round trip;
 - creates: `POST /v1/vidu/videos`, one `reelq serve --workers 0` against `baseline_app.py --pg`
   (parse the body, one autocommit INSERT into the same PostgreSQL server), 32 connections.
 
@@ -24,7 +29,9 @@ import statistics
 import subprocess
 import sys
 import threading
-from contextlib import ExitStack
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +64,14 @@ from benchmarks.creates import BODY, UNLIMITED
 from benchmarks.status_reads import task_reaching
 
 SIDES = ("baseline", "reelq")
-TARGETS = {"reads_x1": 0.8, "reads_x2": 0.8, "creates": 0.6}
+TARGETS = {"reads_x1": 0.8, "reads_x2": 0.8, "reads_churn": 0.8, "creates": 0.6}
 PHASE_TITLES = {
     "reads_x1": "status reads, 1 API process",
     "reads_x2": "status reads, 2 API processes",
+    "reads_churn": "status reads of 200 tasks under progress churn",
     "creates": "creates, 1 API process",
 }
+CHURN_TASKS = 200
 Target = tuple[int, str]  # (server pid, URL)
 
 
@@ -74,6 +83,7 @@ def measure_group(
     *,
     connections: int,
     body: bytes | None = None,
+    script: Path | None = None,
 ) -> dict[str, Any]:
     """One run of load on every target at once (connections split evenly); the group's totals.
 
@@ -85,7 +95,7 @@ def measure_group(
 
     def load(i: int) -> None:
         try:
-            results[i] = run_load(wrk, targets[i][1], headers, args.seconds, share, threads, body)
+            results[i] = run_load(wrk, targets[i][1], headers, args.seconds, share, threads, body, script)
         except BaseException as exc:  # handed to the caller below
             results[i] = exc
 
@@ -122,15 +132,18 @@ def run_phase(
     *,
     connections: int,
     body: bytes | None = None,
+    script: Path | None = None,
 ) -> dict[str, Any]:
     for side in SIDES:  # warm-up: connections, prepared statements, caches; not counted
         for _, url in sides[side]:
-            run_load(wrk, url, headers, args.warmup, connections // len(sides[side]), 1, body)
+            run_load(wrk, url, headers, args.warmup, connections // len(sides[side]), 1, body, script)
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for i in range(args.rounds):
         for side in SIDES:
             runs[side].append(
-                measure_group(sides[side], headers, wrk, args, connections=connections, body=body)
+                measure_group(
+                    sides[side], headers, wrk, args, connections=connections, body=body, script=script
+                )
             )
         b, r = runs["baseline"][-1], runs["reelq"][-1]
         print(
@@ -159,6 +172,79 @@ def run_phase(
         "meets_target": ratio >= TARGETS[name],
         "runs": runs,
     }
+
+
+def completed_tasks(database_url: str, key: str, count: int) -> list[str]:
+    """`count` tasks of `key` made completed through the store (as a worker would), without rendering."""
+    from reelq.database import NewTask, TaskStore, make_engine
+
+    store = TaskStore(make_engine(database_url))
+    key_id = store.key_id_for(key)
+    assert key_id is not None
+    new = NewTask(model="viduq3-turbo", prompt="churn", duration=1, aspect_ratio="16:9", resolution="540p")
+    ids = []
+    for _ in range(count):
+        task, _ = store.create_task(key_id, new)
+        assert store.claim_next("bench-setup", 60, task.id) is not None
+        assert store.complete(task.id, "bench-setup", f"{task.id}-1.mp4", 1.0, 150)
+        ids.append(task.id)
+    store.engine.dispose()
+    return ids
+
+
+def walk_script(ids: list[str], path: Path) -> Path:
+    """wrk script: every request reads the next of `ids` (each thread from its own offset)."""
+    quoted = ",".join(f'"{task_id}"' for task_id in ids)
+    path.write_text(
+        f"""local ids = {{{quoted}}}
+local count = 0
+function setup(thread)
+  count = count + 1
+  thread:set("n", count * 97)
+end
+function request()
+  n = n + 1
+  return wrk.format("GET", "/v1/result/" .. ids[(n % #ids) + 1])
+end
+"""
+    )
+    return path
+
+
+@contextmanager
+def churning(database_url: str, key: str, per_second: float) -> Iterator[Callable[[], float]]:
+    """A thread committing progress of one processing task `per_second` times a second, through
+    the store (each commit sends the notice a render worker's heartbeat sends); yields a function
+    that reports the rate reached."""
+    from reelq.database import NewTask, TaskStore, make_engine
+
+    store = TaskStore(make_engine(database_url))
+    key_id = store.key_id_for(key)
+    assert key_id is not None
+    new = NewTask(model="viduq3-turbo", prompt="busy", duration=1, aspect_ratio="16:9", resolution="540p")
+    task, _ = store.create_task(key_id, new)
+    assert store.claim_next("bench-churn", 3600, task.id) is not None
+    stop = threading.Event()
+    done = [0]
+    started = time.monotonic()
+
+    def churn() -> None:
+        interval = 1.0 / per_second
+        next_at = time.monotonic()
+        while not stop.is_set():
+            store.renew(task.id, "bench-churn", 3600, done[0] % 100)
+            done[0] += 1
+            next_at += interval
+            stop.wait(max(0.0, next_at - time.monotonic()))
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        yield lambda: done[0] / (time.monotonic() - started)
+    finally:
+        stop.set()
+        thread.join()
+        store.engine.dispose()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,6 +284,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "reelq": [(pid, url + read) for pid, url in reelqs[:count]],
             }
             phases[name] = run_phase(name, sides, headers, wrk, args, connections=args.connections)
+        if wrk is not None:  # the phase walks 200 ids with a wrk script
+            ids = completed_tasks(database_url, key, CHURN_TASKS)
+            script = walk_script(ids, home / "walk.lua")
+            sides = {
+                "baseline": [(bases[0][0], bases[0][1] + "/")],
+                "reelq": [(reelqs[0][0], reelqs[0][1] + "/")],
+            }
+            with churning(database_url, key, args.churn) as commits:
+                phases["reads_churn"] = run_phase(
+                    "reads_churn", sides, headers, wrk, args, connections=args.connections, script=script
+                )
+            phases["reads_churn"]["churn_commits_per_s"] = round(commits(), 1)
         creating = baseline("--pg", libpq_url)
         sides = {
             "baseline": [(creating[0], creating[1] + "/v1/vidu/videos")],
@@ -215,6 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": args.seconds,
             "connections": args.connections,
             "create_connections": args.create_connections,
+            "churn_commits_per_s": args.churn,
         },
         "phases": phases,
         "meets_target": all(p["meets_target"] for p in phases.values()),
@@ -247,6 +346,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds per side first (default 2)")
     p.add_argument("--connections", type=int, default=64, help="status reads (default 64)")
     p.add_argument("--create-connections", type=int, default=32, help="creates (default 32)")
+    p.add_argument("--churn", type=float, default=100, help="progress commits/s in reads_churn (default 100)")
     p.add_argument("--threads", type=int, default=2, help="load generator threads, one process (default 2)")
     p.add_argument("--postgres", default=POSTGRES_URL, help="admin URL: a fresh database is made there")
     p.add_argument("--python-load", action="store_true", help="use the Python driver even if wrk exists")

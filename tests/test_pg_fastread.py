@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from reelq.database import NewTask, TaskStore, make_engine
+from reelq.database.changes import Change
 from reelq.database.db import migrate
 from reelq.database.fastread import PgReader, TaskView
 from reelq.database.pgnotify import PgChangeListener, listen_conninfo
@@ -190,12 +191,12 @@ def test_a_tasks_own_notice_keeps_every_other_cached_row(writer: TaskStore, read
     key, plain = writer.create_key("k")
     busy, _ = writer.create_task(key.id, _new())
     idle, _ = writer.create_task(key.id, _new())
-    writer.fail(idle.id, "done")
-    assert writer.claim_next("w-other", 30, busy.id) is not None
     listener = reader._changes
     assert isinstance(listener, PgChangeListener)
     seen = listener.value()
-    _eventually(listener.value, lambda v: v > seen)  # the claim's notice arrived
+    writer.fail(idle.id, "done")
+    assert writer.claim_next("w-other", 30, busy.id) is not None
+    _eventually(listener.value, lambda v: v >= seen + 2)  # both notices arrived
     idle_row = reader.task(idle.id, key.id)
     assert reader.key_id_for(plain) == key.id
     for progress in (10, 20, 30):
@@ -223,10 +224,48 @@ def test_task_marks_are_bounded() -> None:
 
     listener = PgChangeListener("postgresql://unused")  # never started: bump() and fresh() only
     version = listener._value
-    listener.bump("video_a")
+    listener.bump(Change.TASK, "video_a")
     assert not listener.fresh(version, "video_a") and listener.fresh(version, "video_b")
     for i in range(pgnotify.MAX_TASK_MARKS + 1):
-        listener.bump(f"video_{i}")
+        listener.bump(Change.TASK, f"video_{i}")
     assert len(listener._marks) <= pgnotify.MAX_TASK_MARKS
     assert not listener.fresh(version, "video_b")  # folded: everything read before is stale
     assert listener.fresh(listener._value, "video_b")
+
+
+def test_what_each_kind_of_notice_moves() -> None:
+    """Progress wakes long-polls but not the webhook sender; an outbox change stales no cached row."""
+    listener = PgChangeListener("postgresql://unused")  # never started: bump() and fresh() only
+    listener._thread = object()  # type: ignore[assignment]  # value() must not start it
+    version, transitions = listener.value(), listener.transitions()
+    listener.bump(Change.PROGRESS, "video_a")
+    assert listener.value() > version and listener.transitions() == transitions
+    assert not listener.fresh(version, "video_a") and listener.fresh(version, "video_b")
+    version = listener.value()
+    listener.bump(Change.OUTBOX)
+    assert listener.value() > version and listener.transitions() > transitions
+    assert listener.fresh(version, "video_a") and listener.fresh(version, None)
+    listener.bump(Change.ROWS)
+    assert not listener.fresh(version, "video_b") and not listener.fresh(version, None)
+
+
+def test_notices_travel_with_their_kind(writer: TaskStore, reader: PgReader) -> None:
+    """Through PostgreSQL: a heartbeat's notice is PROGRESS (no webhook wake-up), a completion's is not."""
+    listener = reader._changes
+    assert isinstance(listener, PgChangeListener)
+    key, _ = writer.create_key("k")
+    task, _ = writer.create_task(key.id, _new())  # adds rows only: no notice
+    start = listener.transitions()
+    assert writer.claim_next("w-other", 30, task.id) is not None
+    _eventually(listener.transitions, lambda t: t > start)  # the claim's notice
+    value, transitions = listener.value(), listener.transitions()
+    assert writer.renew(task.id, "w-other", 30, 50)
+    _eventually(listener.value, lambda v: v > value)
+    time.sleep(0.05)
+    assert listener.transitions() == transitions
+    assert writer.complete(task.id, "w-other", f"{task.id}.mp4", 1.0, 150)
+    _eventually(listener.transitions, lambda t: t > transitions)
+    assert writer.sweep(3, 60).requeued == []  # a sweep that finds nothing tells nobody
+    value = listener.value()
+    time.sleep(0.1)
+    assert listener.value() == value

@@ -19,12 +19,26 @@ skip them, see TaskStore) and cost a few microseconds.
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import mmap
 import os
 import struct
 from pathlib import Path
 from typing import Protocol
+
+
+class Change(enum.Enum):
+    """What a commit changed, as far as the processes that watch the counter care.
+
+    The value is the prefix of the PostgreSQL notice's payload (database/pgnotify.py); the
+    embedded counter treats every kind alike.
+    """
+
+    ROWS = ""  # task or key rows, possibly several: every cached row and key is stale
+    TASK = "t:"  # one task's row (its id follows): only that cached row is stale
+    PROGRESS = "p:"  # one task's progress and lease only: stale as TASK, but no webhook event queued
+    OUTBOX = "w:"  # the webhook outbox only: no cached row is stale, the webhook sender should look
 
 
 class ChangeNotices(Protocol):
@@ -34,8 +48,12 @@ class ChangeNotices(Protocol):
         """The counter now: take it before reading, compare it later (a move means something changed)."""
         ...
 
-    def bump(self, task_id: str | None = None) -> None:
-        """Called by TaskStore after a commit that changed a row: that task's only, when `task_id`."""
+    def transitions(self) -> int:
+        """Like `value()`, but not moved by PROGRESS commits: what may have queued a webhook event."""
+        ...
+
+    def bump(self, change: Change = Change.ROWS, task_id: str | None = None) -> None:
+        """Called by TaskStore after a commit that changed something (`task_id` with TASK, PROGRESS)."""
         ...
 
     def close(self) -> None: ...
@@ -67,8 +85,11 @@ class ChangeCounter:
     def value(self) -> int:
         return _COUNTER.unpack_from(self._map)[0]
 
-    def bump(self, task_id: str | None = None) -> None:
-        # One counter for everything: a task's change drops every cached row (misses are microseconds).
+    def transitions(self) -> int:
+        return self.value()  # one counter for everything here: heartbeats are one a second per worker
+
+    def bump(self, change: Change = Change.ROWS, task_id: str | None = None) -> None:
+        # One counter for everything: any change drops every cached row (misses are microseconds).
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             _COUNTER.pack_into(self._map, 0, (_COUNTER.unpack_from(self._map)[0] + 1) % 2**64)

@@ -20,11 +20,14 @@ answers. TCP keepalives, a TCP user timeout and a `SELECT 1` after PING_SECONDS 
 notice turn that into an error within about KEEPALIVE_BOUND seconds, and the error moves the
 counter like any loss of the connection.
 
-A notice may name the one task its transaction changed (`t:<task id>`: progress, a claim
-by id, completion, failure, cancel, delete). The counter moves for it as for any notice (long-
-polls re-read), but `fresh()` then judges a cached row by its own task's last notice, so the
-read cache of an API process keeps every other row while a busy deployment's workers commit
-progress many times a second. A notice without a task drops everything (keys too).
+A notice says what changed (`Change` in database/changes.py, the payload's prefix). Most name
+the one task their transaction changed (`t:<id>`: a claim by id, completion, failure, cancel,
+delete; `p:<id>`: progress). The counter moves for them as for any notice (long-polls re-read),
+but `fresh()` then judges a cached row by its own task's last notice, so the read cache of an
+API process keeps every other row while a busy deployment's workers commit progress many times
+a second. Progress notices do not move `transitions()`, which wakes the webhook sender: a
+heartbeat queues no webhook. Outbox notices (`w:`) move both counters and stale no row. A
+notice with an empty payload drops everything (keys too).
 
 Only processes that read the counter (API processes, the webhook sender) open the listening
 connection: it starts on the first `value()`. Render workers only send notices.
@@ -38,11 +41,12 @@ import time
 
 from sqlalchemy import Connection, Engine, text
 
+from reelq.database.changes import Change
+
 log = logging.getLogger("reelq.database")
 
 CHANNEL = "reelq_changes"
 NOTIFY_SQL = f"NOTIFY {CHANNEL}"
-TASK_NOTICE = "t:"  # payload prefix of a notice about one task
 _NOTIFY_TASK = text(f"SELECT pg_notify('{CHANNEL}', :payload)")
 MAX_TASK_MARKS = 50_000  # per-task marks kept before they are folded into one global mark
 RECONNECT_SECONDS = 0.5
@@ -59,16 +63,23 @@ LISTEN_CONNECTION = {
 }
 
 
-def send_notice(conn: Connection, task_id: str | None) -> None:
-    """In the writing transaction: tell every listener once it commits (about `task_id` only, if given)."""
-    if task_id is None:
+def send_notice(conn: Connection, change: Change, task_id: str | None) -> None:
+    """In the writing transaction: tell every listener once (and if) it commits."""
+    if change is Change.ROWS:
         conn.exec_driver_sql(NOTIFY_SQL)
     else:
-        conn.execute(_NOTIFY_TASK, {"payload": TASK_NOTICE + task_id})
+        conn.execute(_NOTIFY_TASK, {"payload": change.value + (task_id or "")})
 
 
-def _task_named(payload: str) -> str | None:
-    return payload[len(TASK_NOTICE) :] if payload.startswith(TASK_NOTICE) else None
+_KINDS = {change.value: change for change in Change if change is not Change.ROWS}
+
+
+def _parse(payload: str) -> tuple[Change, str | None]:
+    """(what a notice says changed, the task it names); anything unknown counts as ROWS."""
+    change = _KINDS.get(payload[:2])
+    if change is None:
+        return Change.ROWS, None
+    return change, payload[2:] or None
 
 
 def listen_conninfo(engine: Engine) -> str:
@@ -84,6 +95,7 @@ class PgChangeListener:
         self._value = 0  # moves with every notice
         self._global = 0  # the value at the last notice that named no task (or a lost connection)
         self._marks: dict[str, int] = {}  # task id -> the value at the last notice naming it
+        self._transitions = 0  # moves with every notice but PROGRESS ones
         self._bump_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -99,11 +111,20 @@ class PgChangeListener:
             self._start()
         return self._value
 
-    def bump(self, task_id: str | None = None) -> None:
+    def transitions(self) -> int:
+        if self._thread is None:
+            self._start()
+        return self._transitions
+
+    def bump(self, change: Change = Change.ROWS, task_id: str | None = None) -> None:
         """A notice (or one of this process's own commits: its readers need not wait for the round trip)."""
         with self._bump_lock:
+            if change is not Change.PROGRESS:
+                self._transitions += 1
             value = self._value + 1
-            if task_id is None or len(self._marks) >= MAX_TASK_MARKS:
+            if change is Change.OUTBOX:
+                pass  # no row a reader caches
+            elif task_id is None or len(self._marks) >= MAX_TASK_MARKS:
                 # The global mark first, then forget the marks: a reader that looks at a task's mark and
                 # then at the global one (fresh(), in that order) never misses both.
                 self._global = value
@@ -148,7 +169,7 @@ class PgChangeListener:
                     heard = time.monotonic()
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=_WAIT_SECONDS):
-                            self.bump(_task_named(notice.payload))
+                            self.bump(*_parse(notice.payload))
                             heard = time.monotonic()
                         if time.monotonic() - heard >= PING_SECONDS:
                             conn.execute("SELECT 1")  # raises if the connection is gone

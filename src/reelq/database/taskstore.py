@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from reelq.database import keys, lifecycle, tasks, usage, webhooks
-from reelq.database.changes import ChangeCounter, ChangeNotices
+from reelq.database.changes import Change, ChangeCounter, ChangeNotices
 from reelq.database.keys import ApiKey
 from reelq.database.lifecycle import CancelResult, SweepResult
 from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
@@ -40,6 +41,14 @@ def change_counter_for(engine: Engine) -> ChangeNotices | None:
     return ChangeCounter.for_database(database)
 
 
+@dataclass
+class _Pending:
+    """An open write transaction and what it will tell readers when it commits (None: nothing)."""
+
+    conn: Connection
+    change: Change | None
+
+
 class TaskStore:
     """All reads and writes of keys and tasks through SQLAlchemy Core (SQLite or PostgreSQL)."""
 
@@ -47,7 +56,7 @@ class TaskStore:
         self.engine = engine
         self.changes = change_counter_for(engine)
         # PostgreSQL: the notice goes out with the commit itself (database/pgnotify.py); None on SQLite.
-        self._notify: Callable[[Connection, str | None], None] | None = None
+        self._notify: Callable[[Connection, Change, str | None], None] | None = None
         if engine.dialect.name == "postgresql":
             from reelq.database.pgnotify import send_notice
 
@@ -60,22 +69,30 @@ class TaskStore:
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     @contextmanager
-    def _write(self, *, bump: bool = True, task_id: str | None = None) -> Iterator[Connection]:
+    def _write(self, change: Change | None = Change.ROWS, task_id: str | None = None) -> Iterator[Connection]:
         """A write transaction; once it has committed, readers' caches are told (database/changes.py).
 
-        `task_id`: the transaction changed that task's row and nothing else a reader caches, so
-        on PostgreSQL only that task's cached row is dropped (the notice names it) and a busy
-        deployment's progress commits do not empty every API process's cache.
-        `bump=False` only for writes that change nothing a reader shows: rows added (readers
-        cache rows they found, never a miss, so a new row cannot be hidden behind a cached
-        answer) or columns no reader caches.
+        `change` says what the transaction changed (Change): with TASK or PROGRESS and `task_id`,
+        that task's row and nothing else a reader caches, so on PostgreSQL only that cached row
+        is dropped (the notice names it) and a busy deployment's progress commits do not empty
+        every API process's cache; PROGRESS does not wake the webhook sender either. None only
+        for writes that change nothing a reader shows or the webhook sender needs: rows added
+        (readers cache rows they found, never a miss, so a new row cannot be hidden behind a
+        cached answer) or columns no reader caches.
         """
+        with self._write_deciding(change, task_id) as pending:
+            yield pending.conn
+
+    @contextmanager
+    def _write_deciding(self, change: Change | None = None, task_id: str | None = None) -> Iterator[_Pending]:
+        """`_write` whose `change` the transaction may still set (a sweep that found nothing tells nobody)."""
         with self._write_lock, self.engine.begin() as conn:
-            yield conn
-            if bump and self._notify is not None:
-                self._notify(conn, task_id)
-        if bump and self.changes is not None:
-            self.changes.bump(task_id)
+            pending = _Pending(conn, change)
+            yield pending
+            if pending.change is not None and self._notify is not None:
+                self._notify(conn, pending.change, task_id)
+        if pending.change is not None and self.changes is not None:
+            self.changes.bump(pending.change, task_id)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -85,7 +102,7 @@ class TaskStore:
     # ---- API keys (database/keys.py) ---------------------------------------------------------
     def create_key(self, name: str = "") -> tuple[ApiKey, str]:
         """Create a key; returns the record and the plain key (shown once, never stored)."""
-        with self._write(bump=False) as conn:
+        with self._write(None) as conn:
             return keys.create(conn, name)
 
     def list_keys(self) -> list[ApiKey]:
@@ -156,7 +173,7 @@ class TaskStore:
         """
         now = time.time()
         try:
-            with self._write(bump=False) as conn:
+            with self._write(None) as conn:
                 return tasks.insert_new(conn, requests, quotas, self._counts, now)
         except BaseException:
             self._counts.forget()
@@ -199,7 +216,8 @@ class TaskStore:
         exclude_models: Collection[str] = (),
     ) -> TaskRow | None:
         """Atomically move the oldest queued task (or `task_id`) to processing for `worker`."""
-        with self._write(task_id=task_id) as conn:  # the oldest queued (no task_id): any row, a global notice
+        # Without task_id the oldest queued row, not known yet: a notice for every row.
+        with self._write(Change.TASK if task_id else Change.ROWS, task_id) as conn:
             return lifecycle.claim(conn, worker, lease_seconds, task_id, exclude_models)
 
     def claim_relayed(
@@ -211,45 +229,48 @@ class TaskStore:
 
     def renew_all(self, worker: str, lease_seconds: float) -> set[str]:
         """Extend every lease `worker` holds in one statement; returns the ids it still holds."""
-        with self._write(bump=False) as conn:  # only `lease_until`, which no reader shows
+        with self._write(None) as conn:  # only `lease_until`, which no reader shows
             return lifecycle.renew_all(conn, worker, lease_seconds)
 
     def record_upstream(self, task_id: str, upstream_id: str | None, credits: int | None = None) -> bool:
         """Store the upstream task id (never replacing a known one) and credits on a live task."""
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.TASK, task_id) as conn:
             return lifecycle.record_upstream(conn, task_id, upstream_id, credits)
 
     def renew(self, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
         """Extend the lease and record progress; False means the lease was lost (stop working)."""
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.PROGRESS, task_id) as conn:
             return lifecycle.renew(conn, task_id, worker, lease_seconds, progress)
 
     def complete(
         self, task_id: str, worker: str, video_key: str, actual_duration: float, total_tokens: int
     ) -> bool:
         """Finish successfully and charge the key; False when this worker no longer owns the task."""
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.TASK, task_id) as conn:
             return lifecycle.complete(conn, task_id, worker, video_key, actual_duration, total_tokens)
 
     def fail(self, task_id: str, error: str, worker: str | None = None) -> bool:
         """Fail a task: with `worker`, only while that worker owns it; else from any live state."""
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.TASK, task_id) as conn:
             return lifecycle.fail(conn, task_id, error, worker)
 
     def release(self, task_id: str, worker: str, refund: bool = True) -> bool:
         """Hand a task back without spending an attempt (graceful shutdown while rendering)."""
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.TASK, task_id) as conn:
             return lifecycle.release(conn, task_id, worker, refund)
 
     def expire_leases_of(self, worker_prefix: str) -> int:
         """Mark the leases of a worker known to be dead as lapsed, so the sweeper recovers them now."""
-        with self._write() as conn:
+        with self._write(None) as conn:  # only `lease_until`, which no reader shows; the sweep tells
             return lifecycle.expire_leases_of(conn, worker_prefix)
 
     def sweep(self, max_attempts: int, queued_stale_seconds: float) -> SweepResult:
         """Recover lapsed leases (requeue, or fail after max_attempts) and find queued rows left waiting."""
-        with self._write() as conn:
-            return lifecycle.sweep(conn, max_attempts, queued_stale_seconds)
+        with self._write_deciding() as pending:  # runs every few seconds: tells readers only of a change
+            result = lifecycle.sweep(pending.conn, max_attempts, queued_stale_seconds)
+            if result.requeued or result.failed:
+                pending.change = Change.ROWS
+            return result
 
     # ---- the owner's task management: list, cancel, delete (issue 13) ---------------------------
     def list_tasks(
@@ -267,13 +288,13 @@ class TaskStore:
 
     def cancel(self, task_id: str, key_id: str) -> CancelResult:
         """Fail the key's live task as cancelled (lifecycle.cancel); the commit tells readers and workers."""
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.TASK, task_id) as conn:
             return lifecycle.cancel(conn, task_id, key_id)
 
     def delete_task(self, task_id: str, key_id: str) -> TaskRow | None:
         """Delete the key's task row and inputs, cancelling it first in the same transaction if it is live
         (its worker's next renewal finds no row and stops); the deleted row, or None."""
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.TASK, task_id) as conn:
             lifecycle.cancel(conn, task_id, key_id)
             return tasks.delete_owned(conn, task_id, key_id)
 
@@ -296,11 +317,14 @@ class TaskStore:
 
     def purge_finished(self, retention_seconds: float, limit: int = 500) -> list[tuple[str, str | None]]:
         """Delete tasks finished more than `retention_seconds` ago; returns (id, video key) of each."""
-        with self._write() as conn:
-            return tasks.purge_finished(conn, time.time() - retention_seconds, limit)
+        with self._write_deciding() as pending:
+            purged = tasks.purge_finished(pending.conn, time.time() - retention_seconds, limit)
+            if purged:
+                pending.change = Change.ROWS
+            return purged
 
     def mark_video_deleted(self, task_id: str) -> None:
-        with self._write(task_id=task_id) as conn:
+        with self._write(Change.TASK, task_id) as conn:
             tasks.mark_video_deleted(conn, task_id)
 
     # ---- the webhook outbox (database/webhooks.py) -------------------------------------------
@@ -310,7 +334,7 @@ class TaskStore:
         with self._read() as conn:
             if not webhooks.has_due(conn, now):
                 return []
-        with self._write() as conn:
+        with self._write(Change.OUTBOX) as conn:
             return webhooks.claim(conn, owner, limit, lease_seconds)
 
     def next_webhook_due(self) -> float | None:
@@ -330,7 +354,7 @@ class TaskStore:
         next_attempt_at: float | None,
     ) -> str:
         """Record an attempt and its consequence (delivered, retry at `next_attempt_at`, or given up)."""
-        with self._write() as conn:
+        with self._write(Change.OUTBOX) as conn:  # may free the task's next event for every sender
             return webhooks.settle(
                 conn,
                 event,
@@ -343,7 +367,7 @@ class TaskStore:
             )
 
     def release_webhooks(self, event_ids: Sequence[int], owner: str) -> None:
-        with self._write() as conn:
+        with self._write(Change.OUTBOX) as conn:
             webhooks.release(conn, event_ids, owner)
 
     def webhook_attempts(self, task_id: str) -> list[DeliveryAttempt]:
@@ -356,5 +380,5 @@ class TaskStore:
         with self._read() as conn:
             if not conn.execute(webhooks.purgeable(cutoff)).first():
                 return 0
-        with self._write() as conn:
+        with self._write(None) as conn:  # settled events only: nothing anyone waits for
             return webhooks.purge(conn, cutoff)

@@ -159,7 +159,8 @@ class WebhookDeliverer:
         counter = self.store.changes
         next_purge = time.monotonic()
         while not self._stop.is_set():
-            seen = counter.value() if counter is not None else 0  # before reading: see database/changes.py
+            # Before reading (see database/changes.py); progress commits queue no event: not a reason to look.
+            seen = counter.transitions() if counter is not None else 0
             free = self.concurrency - len(self._in_flight)
             due: float | None = None
             try:
@@ -189,7 +190,7 @@ class WebhookDeliverer:
             if self._wake.is_set():
                 self._wake.clear()
                 return
-            if counter is not None and counter.value() != seen:
+            if counter is not None and counter.transitions() != seen:
                 return
             left = until - time.time()
             if left <= 0:
