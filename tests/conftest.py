@@ -120,6 +120,33 @@ class Server:
         finally:
             engine.dispose()
 
+    def stored_videos(self, task_id: str = "") -> dict[str, bytes]:
+        """This server's stored videos (key -> bytes), whose key starts with `task_id`: the files under
+        REELQ_HOME/videos, or the objects under the S3 prefix when scaled out (keys as the store names
+        them, `<task_id>-<attempt>.mp4`)."""
+        storage_url = self.env.get("REELQ_STORAGE_URL", "")
+        if not storage_url.startswith("s3://"):
+            videos = self.home / "videos"
+            return {p.name: p.read_bytes() for p in sorted(videos.glob(f"{task_id}*.mp4")) if p.is_file()}
+        import boto3
+
+        from reelq.storage.s3 import parse_s3_url
+
+        bucket, prefix = parse_s3_url(storage_url)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
+        found: dict[str, bytes] = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + task_id):
+            for item in page.get("Contents", []):
+                body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                found[item["Key"][len(prefix) :]] = body
+        return found
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
@@ -177,6 +204,15 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.start(workers=2)
     yield server
     server.stop(signal.SIGKILL)
+
+
+def is_our_video_url(server: Server, task_id: str, url: str) -> bool:
+    """Whether `url` is the link this server hands out for `task_id`'s video: its own signed
+    `/v1/files` link, or a presigned link to the task's object when the videos are in S3."""
+    if server.env.get("REELQ_STORAGE_URL", "").startswith("s3://"):
+        presigned = url.startswith(server.env["AWS_ENDPOINT_URL"]) and "X-Amz-Signature" in url
+        return presigned and f"/{task_id}-" in url
+    return url.startswith(f"{server.base_url}/v1/files/{task_id}.mp4?")
 
 
 def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 120) -> dict:

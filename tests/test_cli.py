@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tests.conftest import reelq_env, run_cli
+from tests.conftest import Server, reelq_env, run_cli
 from tests.videos import decode_frames
 
 
@@ -23,8 +22,7 @@ def test_keys_create_prints_id_then_the_key_alone_on_the_last_line(tmp_path: Pat
     listed = run_cli(tmp_path, "keys", "list").stdout
     assert key_id in listed and "gateway" in listed and "active" in listed
     assert key not in listed  # never the key itself
-    with sqlite3.connect(tmp_path / "reelq.db") as conn:
-        stored = conn.execute("SELECT * FROM api_keys").fetchall()
+    stored = Server(home=tmp_path, port=0, env=reelq_env(tmp_path)).query("SELECT * FROM api_keys")
     assert key not in repr(stored)  # stored hashed
 
     assert run_cli(tmp_path, "keys", "revoke", key_id).returncode == 0

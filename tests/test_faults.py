@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -100,8 +99,7 @@ def submit(server: Server, poller: Poller, count: int, prompt: str = "fault dril
 def wait_processing(server: Server, minimum: int = 1, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with sqlite3.connect(server.home / "reelq.db") as conn:
-            n = conn.execute("SELECT count(*) FROM tasks WHERE status = 'processing'").fetchone()[0]
+        n = server.query("SELECT count(*) FROM tasks WHERE status = 'processing'")[0][0]
         if n >= minimum:
             return
         time.sleep(0.05)
@@ -109,18 +107,18 @@ def wait_processing(server: Server, minimum: int = 1, timeout: float = 30) -> No
 
 
 def assert_one_valid_video_each(server: Server, ids: list[str]) -> None:
-    videos = server.home / "videos"
     with server.client() as client:
         for task_id in ids:
             task = client.get(f"/v1/result/{task_id}").json()
             assert task["status"] == "completed", task
-            files = list(videos.glob(f"{task_id}-*.mp4"))
-            assert len(files) == 1, files  # one video per task, whatever was retried
+            stored = server.stored_videos(f"{task_id}-")
+            assert len(stored) == 1, list(stored)  # one video per task, whatever was retried
             served = httpx.get(task["video_url"]).content
-            assert served == files[0].read_bytes()
+            assert served == next(iter(stored.values()))
             with av.open(io.BytesIO(served)) as container:
                 assert sum(1 for _ in container.decode(video=0)) == 24
-    assert not list((videos / ".tmp").iterdir())  # no temporary file left behind
+    # No temporary file left behind (renders are written locally before the store takes them, S3 too).
+    assert not list((server.home / "videos" / ".tmp").iterdir())
 
 
 def test_kill_9_of_one_worker_in_a_batch(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -163,7 +161,7 @@ def test_sigterm_mid_render_then_restart(make_server) -> None:  # type: ignore[n
     assert_one_valid_video_each(server, ids)
 
 
-def test_two_api_processes_and_four_workers_on_one_sqlite_file(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_two_api_processes_and_four_workers_on_one_store(make_server) -> None:  # type: ignore[no-untyped-def]
     first: Server = make_server(workers=2)
     second = Server(home=first.home, port=free_port(), env=reelq_env(first.home), keys=first.keys)
     second.start(workers=2)
@@ -192,12 +190,11 @@ def test_two_api_processes_and_four_workers_on_one_sqlite_file(make_server) -> N
             thread.join()
         assert not failures
         deadline = time.monotonic() + 180
-        with sqlite3.connect(first.home / "reelq.db") as conn:
-            while time.monotonic() < deadline:
-                rows = conn.execute("SELECT status, attempts, worker FROM tasks").fetchall()
-                if all(r[0] == "completed" for r in rows):
-                    break
-                time.sleep(0.2)
+        while time.monotonic() < deadline:
+            rows = first.query("SELECT status, attempts, worker FROM tasks")
+            if all(r[0] == "completed" for r in rows):
+                break
+            time.sleep(0.2)
         assert len(rows) == len(ids) == 60
         assert all(status == "completed" and attempts == 1 for status, attempts, _ in rows)
         workers = {worker.rsplit(":", 1)[0] for _, _, worker in rows}
@@ -221,6 +218,5 @@ def test_poison_task_fails_after_bounded_attempts_without_starving_others(make_s
         failed = client.get(f"/v1/result/{poison[0]}").json()
     assert failed["status"] == "failed"
     assert "3 attempts" in failed["error"]
-    with sqlite3.connect(server.home / "reelq.db") as conn:
-        assert conn.execute("SELECT attempts FROM tasks WHERE id = ?", poison).fetchone()[0] == 3
+    assert server.query("SELECT attempts FROM tasks WHERE id = :id", id=poison[0]) == [(3,)]
     assert len(worker_pids(server)) == 2  # the supervisor kept replacing the workers it killed

@@ -190,6 +190,9 @@ def test_a_render_without_disk_space_is_handed_back(
     engine.dispose()
 
 
+# The SQLite file and the videos share the API's disk; scaled out, neither PostgreSQL nor S3 is on it (the
+# workers' temporary renders on a full disk: test_a_render_without_disk_space_is_handed_back).
+@pytest.mark.embedded_only
 def test_a_full_disk_refuses_creates_reports_not_ready_and_resumes(small_fs: Path) -> None:
     home = small_fs / "home"
     server = Server(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -26,8 +25,7 @@ def wait_status(server: Server, task_id: str, status: str, timeout: float = 30) 
 
 
 def row(server: Server, task_id: str) -> tuple:
-    with sqlite3.connect(server.home / "reelq.db") as conn:
-        return conn.execute("SELECT status, attempts, worker FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return server.query("SELECT status, attempts, worker FROM tasks WHERE id = :id", id=task_id)[0]
 
 
 def test_sigterm_lets_a_running_render_finish(make_server) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
@@ -18,8 +17,7 @@ BODY = {"model": "viduq3-turbo", "prompt": "rate limited fox", "duration": 1, "r
 
 
 def task_count(server: Server) -> int:
-    with sqlite3.connect(server.home / "reelq.db") as conn:
-        return conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+    return server.query("SELECT count(*) FROM tasks")[0][0]
 
 
 def test_status_reads_are_limited_per_key_and_task(make_server) -> None:  # type: ignore[no-untyped-def]

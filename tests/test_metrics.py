@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
@@ -127,3 +129,20 @@ def test_json_logs_name_the_task_on_every_line_about_one(make_server: Callable) 
     assert any(e["logger"].startswith("uvicorn") for e in entries)  # uvicorn's own lines too
     about = [json.loads(line) for line in lines]
     assert about and all(e["task_id"] == task["id"] for e in about)
+
+
+def test_json_logs_carry_a_librarys_python_warnings_as_json_lines_too() -> None:
+    """A library's warnings.warn (Celery's about running as root) is a JSON line, not bare text."""
+    code = (
+        "import warnings\n"
+        "from reelq.config import load_settings\n"
+        "from reelq.logs import setup_logging\n"
+        "setup_logging(load_settings(log_format='json'))\n"
+        "warnings.warn('a library says so\\nover two lines', UserWarning)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REELQ_", "PYTHONWARNINGS"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    entries = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    assert [(e["level"], e["logger"]) for e in entries] == [("WARNING", "py.warnings")]
+    assert "a library says so\nover two lines" in entries[0]["message"]

@@ -7,7 +7,6 @@ import base64
 import email.utils
 import io
 import signal
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from reelq.catalog import CatalogError, load_catalog
 from reelq.engines.relay import signature
 from reelq.engines.relay.upstream import retry_after_seconds
 from reelq.engines.relay.vidu_upstream import failure_message
-from tests.conftest import Server, wait_terminal
+from tests.conftest import SCALED, Server, is_our_video_url, wait_terminal
 from tests.fake_vidu import FakeVidu, make_mp4
 from tests.test_metrics import scrape
 from tests.test_metrics import value as metric
@@ -55,15 +54,16 @@ def png_data_uri(color: tuple[int, int, int]) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def row(home: Path, task_id: str) -> sqlite3.Row:
-    with sqlite3.connect(home / "reelq.db") as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+def row(server: Server, task_id: str) -> dict[str, object]:
+    (upstream_id, upstream_credits) = server.query(
+        "SELECT upstream_id, upstream_credits FROM tasks WHERE id = :id", id=task_id
+    )[0]
+    return {"upstream_id": upstream_id, "upstream_credits": upstream_credits}
 
 
 def check_our_video(server: Server, client: httpx.Client, body: dict) -> None:
     assert body["status"] == "completed", body
-    assert body["video_url"].startswith(f"{server.base_url}/v1/files/{body['id']}.mp4?"), body["video_url"]
+    assert is_our_video_url(server, body["id"], body["video_url"]), body["video_url"]
     video = httpx.get(body["video_url"], timeout=30)
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     frames = decode_frames(video.content)
@@ -216,7 +216,7 @@ def test_vidu_relay_end_to_end(vidu_relay: Callable[..., Server], fake_vidu: Fak
     assert calls[ids["two"]]["route"] == "start-end2video"
     assert calls[ids["two"]]["images"] == [png_data_uri((255, 0, 0)), png_data_uri((0, 0, 255))]
     assert "callback_url" not in calls[ids["plain"]]  # no REELQ_PUBLIC_BASE_URL: polling only
-    stored = row(server.home, ids["plain"])
+    stored = row(server, ids["plain"])
     assert stored["upstream_id"] == next(
         t.id for t in fake_vidu.tasks.values() if t.body["payload"] == ids["plain"]
     )
@@ -300,9 +300,9 @@ def test_vidu_kill_9_while_waiting_creates_once(
             "id"
         ]
         deadline = time.monotonic() + 20
-        while row(server.home, task_id)["upstream_id"] is None and time.monotonic() < deadline:
+        while row(server, task_id)["upstream_id"] is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert row(server.home, task_id)["upstream_id"] is not None
+        assert row(server, task_id)["upstream_id"] is not None
         server.stop(signal.SIGKILL)
         server.start(workers=1)
         body = wait_terminal(client, task_id, timeout=60)
@@ -317,6 +317,8 @@ def test_reelq_upstream_full_chain_and_kill_9(make_server: Callable[..., Server]
     upstream = make_server(workers=1, REELQ_SYNTHETIC_DELAY="4")
     path = models_file(tmp_path / "relay.toml", "reelq", upstream.base_url)
     front = make_server(start=False, REELQ_MODELS=str(path), **{RELAY_KEY_ENV: upstream.keys[0]})
+    if SCALED:  # the upstream's videos are presigned links to the test's S3 server, on loopback
+        front.env["REELQ_ALLOW_PRIVATE_URLS"] = "true"
     front.start(workers=1)
     first, last = png_data_uri((250, 10, 10)), png_data_uri((10, 10, 250))
     with front.client() as client:
@@ -332,26 +334,23 @@ def test_reelq_upstream_full_chain_and_kill_9(make_server: Callable[..., Server]
             },
         ).json()["id"]
         deadline = time.monotonic() + 20
-        while row(front.home, task_id)["upstream_id"] is None and time.monotonic() < deadline:
+        while row(front, task_id)["upstream_id"] is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        upstream_id = row(front.home, task_id)["upstream_id"]
+        upstream_id = row(front, task_id)["upstream_id"]
         assert upstream_id is not None
         front.stop(signal.SIGKILL)  # the whole front server, relay worker included, mid-wait
         front.start(workers=1)
         body = wait_terminal(client, task_id, timeout=90)
     assert body["status"] == "completed", body
-    assert body["video_url"].startswith(f"{front.base_url}/v1/files/")
+    assert is_our_video_url(front, task_id, body["video_url"]), body["video_url"]
     frames = decode_frames(httpx.get(body["video_url"], timeout=30).content)
     assert len(frames) == 48 and frames[0].shape == (540, 960, 3)
     assert body["actualDuration"] == 2
     assert body["totalTokens"] == round(300 * 2 * 0.75)
     # Exactly one upstream task, made with our images, under our task id as its idempotency key.
-    with sqlite3.connect(upstream.home / "reelq.db") as conn:
-        tasks = conn.execute(
-            "SELECT id, idempotency_key, has_first_image, has_last_image FROM tasks"
-        ).fetchall()
+    tasks = upstream.query("SELECT id, idempotency_key, has_first_image, has_last_image FROM tasks")
     assert tasks == [(upstream_id, task_id, 1, 1)]
-    assert row(front.home, task_id)["upstream_credits"] == round(300 * 2 * 0.75)
+    assert row(front, task_id)["upstream_credits"] == round(300 * 2 * 0.75)
     assert upstream.keys[0] not in front.log()
 
 
@@ -404,9 +403,9 @@ def test_an_owners_cancel_stops_the_upstream_generation_too(
             "id"
         ]
         deadline = time.monotonic() + 20
-        while row(front.home, task_id)["upstream_id"] is None and time.monotonic() < deadline:
+        while row(front, task_id)["upstream_id"] is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        upstream_id = row(front.home, task_id)["upstream_id"]
+        upstream_id = row(front, task_id)["upstream_id"]
         assert upstream_id is not None
         cancelled = client.post(f"/v1/vidu/videos/{task_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["error"] == "Cancelled by user."

@@ -3,13 +3,14 @@ never reports progress again takes its worker process down, never the worker's l
 
 from __future__ import annotations
 
+import contextlib
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 
 from reelq.config import load_settings
 from reelq.domain import VideoSpec
@@ -23,8 +24,7 @@ def body(prompt: str, duration: int = 1, resolution: str = "540p") -> dict:
 
 
 def attempts(server: Server, task_id: str) -> int:
-    with sqlite3.connect(server.home / "reelq.db") as conn:
-        return conn.execute("SELECT attempts FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+    return server.query("SELECT attempts FROM tasks WHERE id = :id", id=task_id)[0][0]
 
 
 def temp_files(home: Path) -> list[Path]:
@@ -109,12 +109,13 @@ def test_embedded_cli_is_not_ended_by_a_stuck_render(tmp_path: Path) -> None:
     try:
         error = None
         deadline = time.monotonic() + 60
+        store = Server(home=tmp_path, port=0, env=env)  # only to read the command's database
         while error is None and time.monotonic() < deadline:
             time.sleep(0.2)
-            if (tmp_path / "reelq.db").exists():
-                with sqlite3.connect(tmp_path / "reelq.db") as conn:
-                    row = conn.execute("SELECT error FROM tasks WHERE status = 'failed'").fetchone()
-                error = row[0] if row else None
+            if "REELQ_DATABASE_URL" in env or (tmp_path / "reelq.db").exists():
+                with contextlib.suppress(sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+                    rows = store.query("SELECT error FROM tasks WHERE status = 'failed'")
+                    error = rows[0][0] if rows else None
         assert error == "Render exceeded its deadline of 1 s."
         time.sleep(1.5)
         assert proc.poll() is None  # the stuck render holds the command, but it was not killed

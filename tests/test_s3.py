@@ -108,6 +108,9 @@ def test_a_video_is_uploaded_and_served_by_a_presigned_url_with_ranges(
     with server.client() as client:
         assert client.get(f"/v1/result/{task['id']}").json()["video_url"] == url
     assert httpx.get(f"{server.base_url}/readyz").json() == {"status": "ready"}
+    # The web page may play it: the bucket's origin is a media source of its Content-Security-Policy.
+    csp = httpx.get(f"{server.base_url}/").headers["content-security-policy"]
+    assert f"media-src 'self' blob: {parts.scheme}://{parts.netloc};" in csp
 
 
 def test_the_sweeper_deletes_the_object_when_its_link_expires(

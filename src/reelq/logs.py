@@ -70,6 +70,9 @@ def setup_logging(settings: Settings) -> None:
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Python warnings (a library's, such as Celery's warning about running as root) go to stderr as
+    # bare text: in JSON they must be log records like any other line, or a collector chokes on them.
+    logging.captureWarnings(settings.log_format == "json")
     if settings.log_format == "json":
         # uvicorn's own loggers carry their own text handlers: send them to ours instead.
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -5,7 +5,8 @@ in the browser's sessionStorage, or localStorage when asked to remember it). Wha
 safe is served with every file: a Content-Security-Policy allowing nothing but this origin (no
 third-party script, style, font, frame or connection; no inline script), no referrer, no framing,
 no MIME sniffing. Video links may point elsewhere only where the operator set
-REELQ_PUBLIC_BASE_URL: that origin is then allowed as a media source too.
+REELQ_PUBLIC_BASE_URL, or where the videos are in S3 (presigned links to the bucket's endpoint): that
+origin is then allowed as a media source too.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def _read(name: str) -> bytes:
     return resources.files("reelq.api").joinpath("static", name).read_bytes()
 
 
-def security_headers(public_base_url: str | None) -> dict[str, str]:
+def security_headers(public_base_url: str | None, link_origin: str | None = None) -> dict[str, str]:
     media = "'self' blob:"
     if public_base_url:
         parts = urlsplit(public_base_url)
         media += f" {parts.scheme}://{parts.netloc}"
+    if link_origin:
+        media += f" {link_origin}"
     policy = (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         f"media-src {media}; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
@@ -54,7 +57,7 @@ def security_headers(public_base_url: str | None) -> dict[str, str]:
 
 
 def _file(name: str, services: ServicesDep) -> Response:
-    headers = security_headers(services.settings.public_base_url)
+    headers = security_headers(services.settings.public_base_url, services.storage.link_origin())
     return Response(_read(name), media_type=FILES[name], headers=headers)
 
 

@@ -219,6 +219,9 @@ def worker_main(settings: Settings, name: str) -> None:
     log.info("celery render worker %s ready on queue %s", ctx.worker_id, settings.queue)
     app.worker_main(
         [
+            # Celery's start-up banner is many lines of bare text on stdout: no JSON log may hold it
+            # (the line above says which worker and queue). A global option: before `worker`.
+            *(["--quiet"] if settings.log_format == "json" else []),
             "worker",
             "--pool=solo",
             "--concurrency=1",

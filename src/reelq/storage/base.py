@@ -41,6 +41,11 @@ class Storage(Protocol):
         """The link a client downloads the video from, valid until `expires` (Unix time)."""
         ...
 
+    def link_origin(self) -> str | None:
+        """The origin (`scheme://host[:port]`) of `video_url`'s links where they are not the API's own
+        (the web page's Content-Security-Policy must allow it as a media source), else None."""
+        ...
+
     def verify(self, task_id: str, expires: int, signature: str) -> bool:
         """Whether a `/v1/files` link is one this storage signed (False where it issues none)."""
         ...

@@ -103,6 +103,9 @@ class LocalStorage(TempFiles):
         signature = self.signature(task_id, expires)
         return f"{base_url}{file_path_for(task_id)}?expires={expires}&signature={signature}"
 
+    def link_origin(self) -> str | None:
+        return None  # `/v1/files` links on the API's own origin (or REELQ_PUBLIC_BASE_URL's)
+
     def verify(self, task_id: str, expires: int, signature: str) -> bool:
         # Compared as bytes: compare_digest refuses a str with non-ASCII characters (TypeError), and the
         # signature is whatever the client put in the query string. "replace" also covers lone surrogates.

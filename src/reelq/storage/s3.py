@@ -146,6 +146,16 @@ class S3Storage(TempFiles):
             ExpiresIn=seconds,
         )
 
+    @functools.lru_cache(maxsize=1)  # noqa: B019 - one storage per process; every page load asks
+    def link_origin(self) -> str | None:
+        # Read off a real presigned link (signed locally, no request): boto3 picks the host (path
+        # or virtual-hosted style, AWS_ENDPOINT_URL, region) and this is exactly what it picked.
+        url = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.object_key("origin")}, ExpiresIn=60
+        )
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
+
     def verify(self, task_id: str, expires: int, signature: str) -> bool:
         """Links to S3 are presigned by S3's rules; no `/v1/files` link is ever issued, so none verifies."""
         return False
