@@ -23,7 +23,7 @@ if os.environ.get("CI") != "true":  # under CI the extra is installed: a missing
 import torch
 
 from reelq.config import ConfigError, load_settings
-from reelq.database import NewTask, TaskStore, make_engine, migrate
+from reelq.database import NewTask, TaskRow, TaskStore, make_engine, migrate
 from reelq.domain import VideoSpec
 from reelq.engines import build_engines
 from reelq.engines.base import RenderAborted, RenderInputs
@@ -204,48 +204,117 @@ def test_progress_rises_step_by_step_and_a_render_stops_between_steps(engines: d
     assert len(calls) == 2 and not (tmp_path / "b.mp4").exists()
 
 
-def test_a_worker_survives_a_failing_pipeline_and_running_out_of_memory(
-    models_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def wan_worker(models_file: Path, tmp_path: Path) -> Iterator[tuple[WorkerContext, str]]:
+    """A render worker's context over the tiny Wan model, in this process, and the local key's id."""
     settings = load_settings(models_file=models_file, home=tmp_path / "home")
     settings.home_dir.mkdir()
     db = make_engine(settings.sqlalchemy_url)
     migrate(db)
     store = TaskStore(db)
-    key_id = store.ensure_local_key()
-    engines = build_engines(settings)
     ctx = WorkerContext(
         settings=settings,
         store=store,
         storage=LocalStorage(settings.videos_dir, b"k" * 32),
-        engines=engines,
+        engines=build_engines(settings),
         worker_id=make_worker_id("t"),
     )
-    pipe = engines["wan-t2v"].models["wan-t2v"].text
+    yield ctx, store.ensure_local_key()
+    db.dispose()
+
+
+def _inject(ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch, failures: list[BaseException]) -> None:
+    """The Wan pipeline's next calls raise `failures`, one each; later calls render."""
+    pipe = ctx.engines["wan-t2v"].models["wan-t2v"].text
     real_call = type(pipe).__call__
-    failures = iter([RuntimeError("injected"), torch.OutOfMemoryError("CUDA out of memory (injected)")])
+    pending = iter(failures)
 
     def failing_call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        failure = next(failures, None)
+        failure = next(pending, None)
         if failure is not None:
             raise failure
         return real_call(self, *args, **kwargs)
 
     monkeypatch.setattr(type(pipe), "__call__", failing_call)
+
+
+def _claim_one(ctx: WorkerContext, key_id: str) -> TaskRow:
+    new = NewTask(model="wan-t2v", prompt="a lake", duration=1, aspect_ratio="16:9", resolution="540p")
+    row, _ = ctx.store.create_task(key_id, new)
+    claimed = ctx.store.claim_next(ctx.worker_id, 30)
+    assert claimed is not None and claimed.id == row.id
+    return claimed
+
+
+def test_a_worker_survives_a_failing_pipeline_and_running_out_of_memory(
+    wan_worker: tuple[WorkerContext, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, key_id = wan_worker
+    _inject(
+        ctx, monkeypatch, [RuntimeError("injected"), torch.OutOfMemoryError("CUDA out of memory (injected)")]
+    )
     outcomes = []
     for _ in range(3):
-        new = NewTask(model="wan-t2v", prompt="a lake", duration=1, aspect_ratio="16:9", resolution="540p")
-        row, _ = store.create_task(key_id, new)
-        claimed = store.claim_next(ctx.worker_id, 30)
-        assert claimed is not None and claimed.id == row.id
-        outcomes.append((run_task(ctx, claimed), store.get_task(row.id)))
+        claimed = _claim_one(ctx, key_id)
+        outcomes.append((run_task(ctx, claimed), ctx.store.get_task(claimed.id)))
     (first, t1), (second, t2), (third, t3) = outcomes
     assert (
         first == Outcome.FAILED and t1.error == "Render failed: internal engine error." and t1.attempts == 1
     )
     assert second == Outcome.FAILED and "out of GPU memory" in t2.error and t2.attempts == 1
     assert third == Outcome.COMPLETED and t3.status == "completed"
-    db.dispose()
+
+
+class _ProcessEnded(Exception):
+    """Stands for os._exit in WorkerContext.hard_stop."""
+
+
+def test_a_cuda_error_ends_the_worker_process_and_a_fresh_one_retries_the_task(
+    wan_worker: tuple[WorkerContext, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An illegal memory access poisons the CUDA context: the worker must not render on with it.
+
+    It ends its process without settling the task (a crash, as far as the task knows), so the
+    supervisor's recovery requeues it, attempt spent, for a fresh process with a fresh context.
+    """
+    from reelq.engines.diffusers.engine import breaks_the_gpu_context
+
+    ctx, key_id = wan_worker
+    assert breaks_the_gpu_context(
+        torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    )
+    assert breaks_the_gpu_context(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not breaks_the_gpu_context(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+    illegal = torch.AcceleratorError(
+        "CUDA error: an illegal memory access was encountered\nCUDA kernel errors…"
+    )
+    _inject(ctx, monkeypatch, [illegal, RuntimeError("CUDA error: unspecified launch failure")])
+    ends: list[str] = []
+
+    def hard_stop() -> None:
+        ends.append(ctx.worker_id)
+        raise _ProcessEnded
+
+    ctx.hard_stop = hard_stop
+    claimed = _claim_one(ctx, key_id)
+    with pytest.raises(_ProcessEnded):
+        run_task(ctx, claimed)
+    row = ctx.store.get_task(claimed.id)
+    assert ends == [ctx.worker_id] and row.status == "processing" and row.worker == ctx.worker_id
+    assert not list(ctx.settings.videos_dir.glob(".tmp/*"))  # the attempt's file is gone
+    # What the supervisor does when the process is gone: its leases lapse, the sweep requeues.
+    assert ctx.store.expire_leases_of(ctx.worker_id) == 1
+    assert ctx.store.sweep(ctx.settings.max_attempts, 60).requeued == [claimed.id]
+    retry = ctx.store.claim_next(ctx.worker_id, 30)
+    assert retry is not None and retry.id == claimed.id and retry.attempts == 2
+    # Without a process of its own to end (a loop on a thread), the worker fails the task instead.
+    ctx.hard_stop = None
+    assert run_task(ctx, retry) == Outcome.FAILED
+    failed = ctx.store.get_task(claimed.id)
+    assert failed.error == "Render failed: GPU error (CUDA error: unspecified launch failure)"
+    # The engine itself is fine on the CPU: the next task renders.
+    assert run_task(ctx, _claim_one(ctx, key_id)) == Outcome.COMPLETED
 
 
 def test_a_model_that_cannot_load_fails_its_tasks_and_spares_the_others(

@@ -33,6 +33,17 @@ class RenderError(Exception):
     """A render failed for a reason worth showing to the client (it becomes the task's `error`)."""
 
 
+class EngineBroken(RenderError):
+    """The render failed in a way that leaves this process unable to render again: a CUDA error other
+    than running out of memory (an illegal memory access, a device-side assert, an Xid) corrupts the
+    process's GPU context, and every later call on it fails too.
+
+    The worker process then ends without settling the task, as if it had crashed: the supervisor
+    starts a fresh process (a fresh context) and the task is retried there, its attempt spent, so
+    a task that breaks the GPU every time fails after REELQ_MAX_ATTEMPTS instead of crash-looping.
+    """
+
+
 @dataclass(frozen=True)
 class RenderInputs:
     """Decoded input images (RGB) and their content digests (part of the determinism key)."""

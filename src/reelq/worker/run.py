@@ -18,7 +18,7 @@ from reelq import metrics
 from reelq.database import TaskRow
 from reelq.database.errors import is_storage_full
 from reelq.domain import CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
-from reelq.engines.base import RenderAborted, RenderCancelled, RenderError, RenderInputs
+from reelq.engines.base import EngineBroken, RenderAborted, RenderCancelled, RenderError, RenderInputs
 from reelq.fetch import FetchError, fetch_bytes
 from reelq.images import ImageError, decode_image, is_data_uri, parse_data_uri
 from reelq.logs import task_context
@@ -155,6 +155,16 @@ def _run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], No
         ctx.store.release(task.id, ctx.worker_id)
         log.info("task %s: handed back while draining", task.id)
         return Outcome.RELEASED
+    except EngineBroken as exc:
+        discard_temp(temp)
+        if ctx.hard_stop is not None:
+            log.critical(
+                "task %s: %s; ending this worker process, a fresh one retries the task", task.id, exc
+            )
+            ctx.hard_stop()  # does not return in a worker process
+        # No process of our own to end (a loop on a thread): the task must not wait on a broken engine.
+        ctx.store.fail(task.id, f"Render failed: {exc}", ctx.worker_id)
+        return Outcome.FAILED
     except (ImageError, FetchError, RenderError) as exc:
         discard_temp(temp)
         ctx.store.fail(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reelq.domain import VideoSpec
-from reelq.engines.base import ProgressCallback, RenderError, RenderInputs, derive_seed
+from reelq.engines.base import EngineBroken, ProgressCallback, RenderError, RenderInputs, derive_seed
 from reelq.engines.diffusers.frames import RenderPlan, conform, plan
 from reelq.engines.diffusers.options import parse_options
 from reelq.engines.diffusers.pipelines import LoadedModel, load_model, pick_device
@@ -86,6 +86,13 @@ class DiffusersEngine:
                 f"out of GPU memory rendering {render.width}x{render.height}, {render.num_frames} frames; "
                 "ask for a lower resolution or a shorter video"
             ) from None
+        except RuntimeError as exc:
+            if not breaks_the_gpu_context(exc):
+                raise
+            log.error(
+                "model %s: GPU error, this process's CUDA context is unusable", spec.model, exc_info=True
+            )
+            raise EngineBroken(f"GPU error ({str(exc).splitlines()[0][:200]})") from None
         finally:
             video = None
             if model.device.type == "cuda":
@@ -121,6 +128,18 @@ class DiffusersEngine:
                 writer.write(frame)
                 if i % spec.fps == 0:
                     progress(start + (1 - start) * i / total)
+
+
+def breaks_the_gpu_context(exc: BaseException) -> bool:
+    """A CUDA error after which this process's context is unusable (not out-of-memory, handled above).
+
+    torch raises these as `torch.AcceleratorError` (2.8 and later) or, before, as a RuntimeError
+    whose message starts with "CUDA error".
+    """
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).startswith("CUDA error")
 
 
 def call_arguments(
