@@ -21,18 +21,26 @@ pytestmark = pytest.mark.e2e
 BODY = {"model": "viduq3-turbo", "prompt": "a metered lighthouse", "duration": 1, "resolution": "540p"}
 
 
-def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    answer = httpx.get(f"{server.base_url}/metrics", timeout=10)
-    assert answer.status_code == 200
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(server: Server) -> Samples:
+    return scrape_url(f"{server.base_url}/metrics")
+
+
+def scrape_url(url: str) -> Samples:
+    """Every sample of a Prometheus text answer, by name and sorted labels."""
+    answer = httpx.get(url, timeout=10)
+    assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/plain")
-    samples = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(answer.text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
 
 
-def value(samples: dict, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 

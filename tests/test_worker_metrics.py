@@ -16,31 +16,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REELQ, Server, free_port, reelq_env, run_cli, wait_terminal
 from tests.test_hardening import wait_for
+from tests.test_metrics import Samples, scrape_url, value
 
 pytestmark = pytest.mark.e2e
 
 BODY = {"model": "viduq3-turbo", "prompt": "a node-local lighthouse", "duration": 1, "resolution": "540p"}
 MODEL = {"model": "viduq3-turbo", "engine": "synthetic"}
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(url: str) -> Samples:
-    answer = httpx.get(url, timeout=10)
-    assert answer.status_code == 200, answer.text
-    assert answer.headers["content-type"].startswith("text/plain")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(answer.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+scrape = scrape_url  # of a URL here: a worker node's port, or an API node's /metrics
 
 
 def run_dir(home: Path) -> Path:
