@@ -38,7 +38,7 @@ from reelq import metrics
 from reelq.config import Settings
 from reelq.database import TaskRow, TaskStore, ensure_schema, make_engine
 from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
-from reelq.engines import relayed_models
+from reelq.engines import RELAY_ENGINE, relayed_models
 from reelq.engines.relay.options import RelayOptions, parse_options
 from reelq.engines.relay.pokes import POKE_PREFIX, relay_socket_path
 from reelq.engines.relay.reelq_upstream import ReelqUpstream
@@ -63,7 +63,6 @@ log = logging.getLogger("reelq.relay")
 
 T = TypeVar("T")
 
-RELAY = "relay"  # the engine label of every task this worker holds (metrics.py)
 CLAIM_BATCH = 200  # tasks claimed per transaction when many are queued
 IDLE_CLAIM_SECONDS = 1.0  # look for work this often without a doorbell ring
 DOWNLOAD_TRIES = 3
@@ -214,10 +213,10 @@ class RelayWorker:
         held = _Held(row=row, spent_attempt=row.upstream_id is None, claimed_at=time.monotonic())
         self.held[row.id] = held
         if row.upstream_id is None and row.attempts == 1:  # a resumed wait is not a second queue wait
-            metrics.task_claimed(row.model, RELAY, time.time() - row.created_at)
-        metrics.render_started(row.model, RELAY)  # a relayed "render" is the upstream's, held here
+            metrics.task_claimed(row.model, RELAY_ENGINE, time.time() - row.created_at)
+        metrics.render_started(row.model, RELAY_ENGINE)  # a relayed "render" is the upstream's, held here
         held.coroutine = asyncio.create_task(self._relay(held), name=f"relay-{row.id}")
-        held.coroutine.add_done_callback(lambda _: metrics.render_ended(row.model, RELAY))
+        held.coroutine.add_done_callback(lambda _: metrics.render_ended(row.model, RELAY_ENGINE))
 
     async def _renew_loop(self) -> None:
         """Renew every held lease in one statement; stop the coroutines of tasks no longer ours."""
@@ -303,7 +302,7 @@ class RelayWorker:
     async def _settle_failed(self, row: TaskRow, error: str) -> None:
         try:
             if await asyncio.to_thread(self.store.fail, row.id, error, self.worker_id):
-                metrics.task_finished(row.model, RELAY, False)
+                metrics.task_finished(row.model, RELAY_ENGINE, False)
         except Exception:
             log.exception("task %s: could not record its failure; its lease will lapse", row.id)
 
@@ -486,7 +485,7 @@ class RelayWorker:
         key = await asyncio.to_thread(self.storage.commit, temp, row.id, row.attempts)
         if await asyncio.to_thread(self.store.complete, row.id, self.worker_id, key, info.duration, tokens):
             log.info("task %s: completed (%.2f s re-hosted)", row.id, info.duration)
-            metrics.task_finished(row.model, RELAY, True, time.monotonic() - held.claimed_at)
+            metrics.task_finished(row.model, RELAY_ENGINE, True, time.monotonic() - held.claimed_at)
             return
         # Someone else owns the task now: this file must never be served.
         self.storage.delete(key)
