@@ -52,6 +52,10 @@ class ChangeNotices(Protocol):
         """Like `value()`, but not moved by PROGRESS commits: what may have queued a webhook event."""
         ...
 
+    def fresh(self, version: int, task_id: str | None = None) -> bool:
+        """Is what was read after `value()` returned `version` still current (`task_id`'s row, or a key)?"""
+        ...
+
     def bump(self, change: Change = Change.ROWS, task_id: str | None = None) -> None:
         """Called by TaskStore after a commit that changed something (`task_id` with TASK, PROGRESS)."""
         ...
@@ -87,6 +91,9 @@ class ChangeCounter:
 
     def transitions(self) -> int:
         return self.value()  # one counter for everything here: heartbeats are one a second per worker
+
+    def fresh(self, version: int, task_id: str | None = None) -> bool:
+        return version == _COUNTER.unpack_from(self._map)[0]  # anything changed since: everything is stale
 
     def bump(self, change: Change = Change.ROWS, task_id: str | None = None) -> None:
         # One counter for everything: any change drops every cached row (misses are microseconds).

@@ -44,8 +44,6 @@ TASK_SQL = "SELECT {columns} FROM tasks WHERE id = {p} AND key_id = {p}"
 if TYPE_CHECKING:
     import psycopg
 
-    from reelq.database.pgnotify import PgChangeListener
-
 T = TypeVar("T")
 
 
@@ -96,16 +94,13 @@ class CachedReader:
 
     def __init__(self, changes: ChangeNotices) -> None:
         self._changes = changes
+        self._fresh = changes.fresh  # bound once: it runs on every cached read
         self._keys: dict[str, tuple[int, str]] = {}
         self._tasks: dict[tuple[str, str], tuple[int, TaskView]] = {}
 
     def version(self) -> int:
         """The shared change counter: it moves after any commit that changed a row."""
         return self._changes.value()
-
-    def _fresh(self, version: int, task_id: str | None) -> bool:
-        """Is an entry read at counter `version` still current? (Here: nothing changed since.)"""
-        return version == self._changes.value()
 
     def cached_key_id(self, plain: str) -> str | None:
         """The key's id if this process looked it up since the last change; else None (look it up)."""
@@ -115,9 +110,9 @@ class CachedReader:
     def key_id_for(self, plain: str) -> str | None:
         """The active key's id; a revocation anywhere is seen by the next lookup."""
         now = self._changes.value()
-        cached = self._keys.get(plain)
-        if cached is not None and self._fresh(cached[0], None):
-            return cached[1]
+        key_id = self.cached_key_id(plain)
+        if key_id is not None:
+            return key_id
         key_id = self._lookup_key(hash_key(plain))
         if key_id is not None:  # a miss is not cached: a key created a moment ago works at once
             _put(self._keys, plain, (now, key_id), MAX_CACHED_KEYS)
@@ -131,15 +126,14 @@ class CachedReader:
     def task(self, task_id: str, key_id: str) -> TaskView | None:
         """The task's status columns, or None when this key has no such task."""
         now = self._changes.value()
-        cache_key = (task_id, key_id)
-        cached = self._tasks.get(cache_key)
-        if cached is not None and self._fresh(cached[0], task_id):
-            return cached[1]
+        view = self.cached_task(task_id, key_id)
+        if view is not None:
+            return view
         row = self._lookup_task(task_id, key_id)
         if row is None:  # misses are not cached: creates do not bump the counter
             return None
         view = TaskView._make(row)  # only on a miss: a cached read returns the stored view as is
-        _put(self._tasks, cache_key, (now, view), MAX_CACHED_TASKS)
+        _put(self._tasks, (task_id, key_id), (now, view), MAX_CACHED_TASKS)
         return view
 
     async def off_loop(self, lookup: Callable[..., T], *args: Any) -> T:
@@ -197,9 +191,8 @@ class PgReader(CachedReader):
 
     inline = False
 
-    def __init__(self, conninfo: str, changes: PgChangeListener) -> None:
+    def __init__(self, conninfo: str, changes: ChangeNotices) -> None:
         super().__init__(changes)
-        self._listener = changes
         self._conninfo = conninfo
         self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []
@@ -207,9 +200,6 @@ class PgReader(CachedReader):
         self._pool = ThreadPoolExecutor(PG_READ_THREADS, thread_name_prefix="reelq-pg-read")
         self._key_sql = KEY_SQL.format(p="%s")
         self._task_sql = TASK_SQL.format(columns=TASK_COLUMNS, p="%s")
-
-    def _fresh(self, version: int, task_id: str | None) -> bool:
-        return self._listener.fresh(version, task_id)
 
     async def off_loop(self, lookup: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, lookup, *args)

@@ -17,8 +17,8 @@ and once more on reconnecting.
 API processes also cache rows under this counter (database/fastread.py), so a connection that
 died without telling (a network partition: no reset, no error) would keep serving cached
 answers. TCP keepalives, a TCP user timeout and a `SELECT 1` after PING_SECONDS without a
-notice turn that into an error within about KEEPALIVE_BOUND seconds, and the error moves the
-counter like any loss of the connection.
+notice turn that into an error within about 15 s (PING_SECONDS plus the TCP user timeout),
+and the error moves the counter like any loss of the connection.
 
 A notice says what changed (`Change` in database/changes.py, the payload's prefix). Most name
 the one task their transaction changed (`t:<id>`: a claim by id, completion, failure, cancel,
@@ -52,7 +52,6 @@ MAX_TASK_MARKS = 50_000  # per-task marks kept before they are folded into one g
 RECONNECT_SECONDS = 0.5
 _WAIT_SECONDS = 1.0  # how long one `notifies()` call blocks before the stop flag is looked at
 PING_SECONDS = 5.0
-KEEPALIVE_BOUND = 15  # seconds: PING_SECONDS + the TCP user timeout below
 # libpq connection parameters of the listening connection: a dead peer is an error, not a silence.
 LISTEN_CONNECTION = {
     "keepalives": 1,
