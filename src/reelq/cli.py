@@ -205,8 +205,7 @@ def serve(
         logging.getLogger("reelq").info("draining render workers")
         deliverer.stop()
         supervisor.stop()
-        if metrics_dir.name == f"metrics-{os.getpid()}":  # ours, not one the operator named
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        _remove_metrics_dir(metrics_dir)
     if not server.started:
         raise typer.Exit(1)
 
