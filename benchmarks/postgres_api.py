@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -61,7 +61,11 @@ from benchmarks.common import (
     wait_ready,
 )
 from benchmarks.creates import BODY, UNLIMITED
+from benchmarks.load_pollers import lua_script
 from benchmarks.status_reads import task_reaching
+
+if TYPE_CHECKING:
+    from reelq.database import TaskStore
 
 SIDES = ("baseline", "reelq")
 TARGETS = {"reads_x1": 0.8, "reads_x2": 0.8, "reads_churn": 0.8, "creates": 0.6}
@@ -174,41 +178,30 @@ def run_phase(
     }
 
 
-def completed_tasks(database_url: str, key: str, count: int) -> list[str]:
-    """`count` tasks of `key` made completed through the store (as a worker would), without rendering."""
-    from reelq.database import NewTask, TaskStore, make_engine
+def _claimed_task(store: TaskStore, key: str, worker: str, lease_seconds: float) -> str:
+    """A new task of `key`, claimed by `worker` through the store (as a render worker would)."""
+    from reelq.database import NewTask
 
-    store = TaskStore(make_engine(database_url))
     key_id = store.key_id_for(key)
     assert key_id is not None
-    new = NewTask(model="viduq3-turbo", prompt="churn", duration=1, aspect_ratio="16:9", resolution="540p")
+    new = NewTask(model="viduq3-turbo", prompt="bench", duration=1, aspect_ratio="16:9", resolution="540p")
+    task, _ = store.create_task(key_id, new)
+    assert store.claim_next(worker, lease_seconds, task.id) is not None
+    return task.id
+
+
+def completed_tasks(database_url: str, key: str, count: int) -> list[str]:
+    """`count` tasks of `key` made completed through the store (as a worker would), without rendering."""
+    from reelq.database import TaskStore, make_engine
+
+    store = TaskStore(make_engine(database_url))
     ids = []
     for _ in range(count):
-        task, _ = store.create_task(key_id, new)
-        assert store.claim_next("bench-setup", 60, task.id) is not None
-        assert store.complete(task.id, "bench-setup", f"{task.id}-1.mp4", 1.0, 150)
-        ids.append(task.id)
+        task_id = _claimed_task(store, key, "bench-setup", 60)
+        assert store.complete(task_id, "bench-setup", f"{task_id}-1.mp4", 1.0, 150)
+        ids.append(task_id)
     store.engine.dispose()
     return ids
-
-
-def walk_script(ids: list[str], path: Path) -> Path:
-    """wrk script: every request reads the next of `ids` (each thread from its own offset)."""
-    quoted = ",".join(f'"{task_id}"' for task_id in ids)
-    path.write_text(
-        f"""local ids = {{{quoted}}}
-local count = 0
-function setup(thread)
-  count = count + 1
-  thread:set("n", count * 97)
-end
-function request()
-  n = n + 1
-  return wrk.format("GET", "/v1/result/" .. ids[(n % #ids) + 1])
-end
-"""
-    )
-    return path
 
 
 @contextmanager
@@ -216,14 +209,10 @@ def churning(database_url: str, key: str, per_second: float) -> Iterator[Callabl
     """A thread committing progress of one processing task `per_second` times a second, through
     the store (each commit sends the notice a render worker's heartbeat sends); yields a function
     that reports the rate reached."""
-    from reelq.database import NewTask, TaskStore, make_engine
+    from reelq.database import TaskStore, make_engine
 
     store = TaskStore(make_engine(database_url))
-    key_id = store.key_id_for(key)
-    assert key_id is not None
-    new = NewTask(model="viduq3-turbo", prompt="busy", duration=1, aspect_ratio="16:9", resolution="540p")
-    task, _ = store.create_task(key_id, new)
-    assert store.claim_next("bench-churn", 3600, task.id) is not None
+    task_id = _claimed_task(store, key, "bench-churn", 3600)
     stop = threading.Event()
     done = [0]
     started = time.monotonic()
@@ -232,7 +221,7 @@ def churning(database_url: str, key: str, per_second: float) -> Iterator[Callabl
         interval = 1.0 / per_second
         next_at = time.monotonic()
         while not stop.is_set():
-            store.renew(task.id, "bench-churn", 3600, done[0] % 100)
+            store.renew(task_id, "bench-churn", 3600, done[0] % 100)
             done[0] += 1
             next_at += interval
             stop.wait(max(0.0, next_at - time.monotonic()))
@@ -286,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             phases[name] = run_phase(name, sides, headers, wrk, args, connections=args.connections)
         if wrk is not None:  # the phase walks 200 ids with a wrk script
             ids = completed_tasks(database_url, key, CHURN_TASKS)
-            script = walk_script(ids, home / "walk.lua")
+            script = lua_script(ids, key, home / "walk.lua")  # walks the ids, as 1,000 pollers do
             sides = {
                 "baseline": [(bases[0][0], bases[0][1] + "/")],
                 "reelq": [(reelqs[0][0], reelqs[0][1] + "/")],
