@@ -373,6 +373,14 @@ def worker_pids(server: Server) -> list[int]:
     return pids
 
 
+def wait_for_worker_pids(server: Server, count: int, timeout: float = 20) -> list[int]:
+    """The server's worker processes once there are `count` of them: a dead one comes back after a backoff."""
+    deadline = time.monotonic() + timeout
+    while len(pids := worker_pids(server)) != count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pids
+
+
 def test_video_sha_stable_across_downloads(shared_server: Server) -> None:
     done, data = render(shared_server, seed=11)
     again = httpx.get(done["video_url"]).content

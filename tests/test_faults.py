@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, free_port, reelq_env
-from tests.test_e2e_video import worker_pids
+from tests.test_e2e_video import wait_for_worker_pids, worker_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -219,4 +219,6 @@ def test_poison_task_fails_after_bounded_attempts_without_starving_others(make_s
     assert failed["status"] == "failed"
     assert "3 attempts" in failed["error"]
     assert server.query("SELECT attempts FROM tasks WHERE id = :id", id=poison[0]) == [(3,)]
-    assert len(worker_pids(server)) == 2  # the supervisor kept replacing the workers it killed
+    # The supervisor kept replacing the workers the drill killed. The last death settles the task
+    # before its replacement starts (quick deaths in a row back off), so wait for it.
+    assert len(wait_for_worker_pids(server, 2)) == 2
