@@ -231,32 +231,34 @@ def worker(
     metrics_port: Annotated[
         str | None,
         typer.Option(
-            help="Port of this node's Prometheus metrics (REELQ_METRICS_PORT; default 9720; 0 or off: none).",
+            help="Port of this node's metrics and probes (REELQ_METRICS_PORT; default 9720; 0 or off: none).",
             show_default=False,
         ),
     ] = None,
     metrics_host: Annotated[
         str | None,
         typer.Option(
-            help="Address the metrics listen on (REELQ_METRICS_HOST; default 0.0.0.0).", show_default=False
+            help="Address the metrics and probes listen on (REELQ_METRICS_HOST; default 0.0.0.0).",
+            show_default=False,
         ),
     ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run render workers without the API (they share the database with the API processes; with
-    REELQ_BROKER_URL they are Celery workers on REELQ_QUEUE). Their metrics are served on
-    REELQ_METRICS_PORT (any path; /metrics for Prometheus, /healthz for a liveness probe)."""
+    REELQ_BROKER_URL they are Celery workers on REELQ_QUEUE). REELQ_METRICS_PORT serves /metrics
+    (Prometheus), /healthz (liveness: the supervisor runs) and /readyz (readiness: database, storage,
+    temporary disk, broker and a live render worker; 503 with the reason)."""
     from reelq.metrics import prepare_multiprocess_dir
 
     settings = _settings(home=home, metrics_port=metrics_port, metrics_host=metrics_host)
     metrics_dir: Path | None = None
-    metrics_server = None
+    metrics_server = endpoint = None
     if settings.metrics_port:
         # Before anything imports prometheus-client, here and in the render workers (they inherit it).
         metrics_dir = prepare_multiprocess_dir(settings)
-        metrics_server = _serve_worker_metrics(settings, metrics_dir)
+        metrics_server, endpoint = _serve_worker_metrics(settings, metrics_dir)
     try:
-        _run_workers(settings, workers)
+        _run_workers(settings, workers, endpoint)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -264,13 +266,13 @@ def worker(
         _remove_metrics_dir(metrics_dir)
 
 
-def _serve_worker_metrics(settings: Settings, metrics_dir: Path) -> Any:
+def _serve_worker_metrics(settings: Settings, metrics_dir: Path) -> tuple[Any, Any]:
     """Bind the metrics port before any worker starts, so a busy port stops the node with one line."""
-    from reelq.metrics import serve_worker_metrics
+    from reelq.dispatch.probes import serve_node_endpoint
 
     host, port = settings.metrics_host, settings.metrics_port
     try:
-        return serve_worker_metrics(host, port)
+        return serve_node_endpoint(host, port)
     except OSError as exc:
         _remove_metrics_dir(metrics_dir)
         _error(
@@ -289,7 +291,7 @@ def _remove_metrics_dir(path: Path | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _run_workers(settings: Settings, workers: int | None) -> None:
+def _run_workers(settings: Settings, workers: int | None, endpoint: Any = None) -> None:
     from reelq.database import SchemaOutdated
     from reelq.dispatch.gpus import worker_gpus
     from reelq.dispatch.supervisor import Supervisor
@@ -305,9 +307,10 @@ def _run_workers(settings: Settings, workers: int | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     supervisor.start()
-    if settings.metrics_port:
+    if endpoint is not None:  # /readyz checks this node's supervisor from now on
+        endpoint.attach(supervisor)
         address = _address(settings.metrics_host, settings.metrics_port)
-        logging.getLogger("reelq").info("metrics on http://%s/metrics", address)
+        logging.getLogger("reelq").info("metrics on http://%s/metrics; probes: /healthz, /readyz", address)
     stop.wait()
     supervisor.stop()
 

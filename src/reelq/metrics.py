@@ -16,7 +16,7 @@ Two kinds of numbers, kept apart on purpose:
 Gauges are computed at scrape from the task rows, the truth for every process on every host:
 `reelq_queue_depth` (queued tasks) and `reelq_renders_running` (processing tasks). They are the
 deployment's totals, the same on every API replica, so only the API exports them: a render worker
-node (`reelq worker`, which serves its metrics on REELQ_METRICS_PORT: `serve_worker_metrics`)
+node (`reelq worker`, which serves its metrics on REELQ_METRICS_PORT: `dispatch/probes.py`)
 exports what happened on that node only. Everything else sums across instances without counting
 anything twice: each event is counted by the one process it happened in.
 
@@ -218,21 +218,15 @@ NODE = NodeCollector()
 # ---- `reelq worker`'s own endpoint -------------------------------------------------------------------------
 
 
-def serve_worker_metrics(host: str, port: int) -> Any:
-    """Serve this node's metrics (every worker process's files, plus `NODE`) on host:port with
-    prometheus-client's own server, on a daemon thread; the server (`shutdown()`, `server_close()`).
-
-    Any path answers with the metrics (prometheus-client's server does not route), so `/healthz`
-    doubles as a liveness probe: it answers while the supervisor, which restarts dead workers, runs.
-    Raises OSError when the address cannot be bound (in use, not this host's).
-    """
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+def node_registry() -> Any:
+    """The registry a `reelq worker` node's `/metrics` serves (dispatch/probes.py): every worker process's
+    files, plus `NODE`. Call after `prepare_multiprocess_dir`."""
+    from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(NODE)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
+    return registry
 
 
 # ---- the API process's hot counters (plain ints) ----------------------------------------------------------

@@ -43,6 +43,7 @@ log = logging.getLogger("reelq.dispatch")
 
 TASK_NAME = "reelq.run"
 REPUBLISH_MAX_INTERVAL = 60.0  # a row left queued is re-published at most this far apart, at worst
+READY_TIMEOUT = 1.5  # seconds a readiness check waits for the broker to accept a connection
 
 
 def make_app(settings: Settings) -> Celery:
@@ -102,10 +103,14 @@ class Publisher:
         return sent
 
     def problem(self) -> str | None:
-        """Readiness: None when the broker accepts a connection now, else why not (one short line)."""
+        """Readiness: None when the broker accepts a connection now, else why not (one short line).
+
+        One attempt, bounded by READY_TIMEOUT: a probe must answer within a couple of seconds, and a
+        retry would sleep kombu's 2 s interval first; the prober's own retries absorb a blip.
+        """
         try:
-            with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
+            with self.app.connection_for_write(connect_timeout=READY_TIMEOUT) as conn:
+                conn.ensure_connection(max_retries=0, timeout=READY_TIMEOUT)
         except Exception as exc:
             return f"broker unavailable: {type(exc).__name__}"
         return None

@@ -32,6 +32,7 @@ from reelq.worker import worker_marker
 log = logging.getLogger("reelq.dispatch")
 
 RESTART_BACKOFF_MAX = 10.0
+QUICK_DEATH_SECONDS = 5.0  # dying younger backs off; until a restart outlives it, not ready
 MONITOR_INTERVAL = 0.2
 TEMP_FILE_MAX_AGE_FACTOR = 4  # x lease: a temp file this old belongs to no live render
 
@@ -112,6 +113,43 @@ class Supervisor:
             alive[kind] = alive.get(kind, 0) + int(proc is not None and proc.poll() is None)
         return alive, dict(self._restarts)
 
+    def worker_problem(self) -> str | None:
+        """Readiness of the worker processes: why no process of a kind this node runs can take work, or None.
+
+        A process counts when it has not died quickly before, or has outlived the quick-death window
+        since: a crash-looping worker is alive for a moment between its restarts, and that moment must
+        not read as ready. Read from a probe's thread; the monitor thread owns the children.
+        """
+        now = time.monotonic()
+        configured: dict[str, int] = {}
+        steady: dict[str, int] = {}
+        for child in self.children:
+            kind = _kind(child)
+            configured[kind] = configured.get(kind, 0) + 1
+            proc = child.process
+            if (
+                proc is not None
+                and proc.poll() is None
+                and (child.failures == 0 or now - child.started >= QUICK_DEATH_SECONDS)
+            ):
+                steady[kind] = steady.get(kind, 0) + 1
+        for kind, n in configured.items():
+            if not steady.get(kind):
+                return (
+                    f"none of this node's {n} {kind} worker process{'es' if n > 1 else ''} is running "
+                    "(exited at start or crashing; see the node's log)"
+                )
+        return None
+
+    @property
+    def draining(self) -> bool:
+        """`stop` was called: the workers finish or hand back their renders and take no more."""
+        return self._stopping.is_set()
+
+    def healthy(self) -> bool:
+        """Liveness: the monitor thread, which restarts dead workers, runs (or the node is stopping)."""
+        return self._stopping.is_set() or all(thread.is_alive() for thread in self._threads)
+
     def start(self) -> None:
         # After a kill of the whole group, nobody saw those workers die: their half-written renders go
         # now rather than after the hour the age-based sweep waits (no worker of ours runs yet).
@@ -164,7 +202,7 @@ class Supervisor:
                     kind = _kind(child)
                     self._restarts[kind] = self._restarts.get(kind, 0) + 1
                     # Quick deaths in a row back off, so a broken install does not spin.
-                    quick = time.monotonic() - child.started < 5
+                    quick = time.monotonic() - child.started < QUICK_DEATH_SECONDS
                     child.failures = child.failures + 1 if quick else 0
                     child.next_start = time.monotonic() + min(RESTART_BACKOFF_MAX, 0.2 * 2**child.failures)
                     child.process = None
