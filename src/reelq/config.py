@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     queue: str = Field("reelq", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
 
-    # `reelq worker`'s own Prometheus endpoint (metrics.serve_worker_metrics): a node with no API process
+    # `reelq worker`'s own endpoint (dispatch/probes.py: metrics and probes): a node with no API process
     # has no /metrics of its own. 0 (or "off"): none. 9720 is clear of node_exporter (9100), NVIDIA's
     # DCGM exporter (9400) and the Celery exporter (9808) that GPU nodes often run too. `reelq serve`
     # ignores both: its workers' metrics are on its API port's /metrics.
