@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 small_fs = test_hardening.small_fs  # a real 20 MB tmpfs (needs root, as CI has)
 PROBE_BUDGET = 3.0  # seconds: /readyz waits for its checks at most 2 s (dispatch/probes.py READY_WAIT)
-REFUSED_BUDGET = 1.0  # seconds: a dependency that refuses at once is reported at once (no retry sleeps)
+REFUSED_BUDGET = 1.5  # seconds: a dependency that refuses at once is reported at once (no retry sleeps)
 
 
 def get(worker: Worker, path: str, method: str = "GET") -> tuple[httpx.Response, float]:

@@ -71,6 +71,7 @@ class _Child:
     started: float = 0.0
     failures: int = 0
     next_start: float = 0.0
+    replaced: bool = False  # a process of this slot died: its replacement must prove itself (readiness)
 
 
 def _kind(child: _Child) -> str:
@@ -116,8 +117,8 @@ class Supervisor:
     def worker_problem(self) -> str | None:
         """Readiness of the worker processes: why no process of a kind this node runs can take work, or None.
 
-        A process counts when it has not died quickly before, or has outlived the quick-death window
-        since: a crash-looping worker is alive for a moment between its restarts, and that moment must
+        A slot's first process counts at once; a replacement only once it has outlived the quick-death
+        window: a crash-looping worker is alive for a moment between its restarts, and that moment must
         not read as ready. Read from a probe's thread; the monitor thread owns the children.
         """
         now = time.monotonic()
@@ -130,7 +131,7 @@ class Supervisor:
             if (
                 proc is not None
                 and proc.poll() is None
-                and (child.failures == 0 or now - child.started >= QUICK_DEATH_SECONDS)
+                and (not child.replaced or now - child.started >= QUICK_DEATH_SECONDS)
             ):
                 steady[kind] = steady.get(kind, 0) + 1
         for kind, n in configured.items():
@@ -174,6 +175,8 @@ class Supervisor:
         if self.gpus and child.module == RENDER_WORKER_MODULE:
             # One GPU per worker: in the worker the model loads on `cuda`, which is this GPU.
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[self.children.index(child) % len(self.gpus)]
+        # Before the process is visible: a probe must never pair a new process with the last one's start.
+        child.started = time.monotonic()
         child.process = subprocess.Popen(
             [sys.executable, "-m", child.module, "--name", child.name],
             env=env,
@@ -183,7 +186,6 @@ class Supervisor:
         # The child reads this first thing; one that died before reading is the monitor's to restart.
         with contextlib.suppress(BrokenPipeError), child.process.stdin:
             child.process.stdin.write(self._settings_json)
-        child.started = time.monotonic()
         log.info("started %s worker %s (pid %d)", _kind(child), child.name, child.process.pid)
 
     def _monitor(self) -> None:
@@ -206,6 +208,7 @@ class Supervisor:
                     child.failures = child.failures + 1 if quick else 0
                     child.next_start = time.monotonic() + min(RESTART_BACKOFF_MAX, 0.2 * 2**child.failures)
                     child.process = None
+                    child.replaced = True
                 if (
                     child.process is None
                     and time.monotonic() >= child.next_start
