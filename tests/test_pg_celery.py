@@ -108,6 +108,18 @@ def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path, datab
         server.stop(signal.SIGKILL)
 
 
+def test_the_plain_postgresql_url_forms_work(tmp_path: Path, database_url: str) -> None:
+    """SPEC §5 writes `postgresql://…`; libpq and most hosting panels write `postgres://…`. Both mean
+    psycopg 3 (the `postgres` extra), whatever SQLAlchemy would pick for them by itself."""
+    rest = database_url.split("://", 1)[1]
+    upgraded = run_cli(
+        tmp_path, "db", "upgrade", env=reelq_env(tmp_path, REELQ_DATABASE_URL=f"postgres://{rest}")
+    )
+    assert upgraded.stdout.strip() == f"schema at {HEAD} (was empty)"
+    plain = reelq_env(tmp_path, REELQ_DATABASE_URL=f"postgresql://{rest}")
+    assert run_cli(tmp_path, "db", "current", env=plain).stdout.strip() == f"database {HEAD}, reelq {HEAD}"
+
+
 def test_embedded_sqlite_still_migrates_itself(tmp_path: Path) -> None:
     # No `db upgrade` on the embedded default: the first command creates and migrates the file.
     run_cli(tmp_path, "keys", "create", "--name", "x")

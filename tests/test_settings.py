@@ -23,6 +23,27 @@ def test_log_level_is_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p@db:5432/reelq", "postgresql+psycopg://u:p@db:5432/reelq"),
+        ("postgres://u@db/reelq?sslmode=require", "postgresql+psycopg://u@db/reelq?sslmode=require"),
+        ("postgresql+psycopg://u@db/reelq", "postgresql+psycopg://u@db/reelq"),  # a driver named: kept
+    ],
+)
+def test_plain_postgresql_urls_mean_psycopg_3(given: str, used: str) -> None:
+    assert Settings(database_url=given).sqlalchemy_url == used
+
+
+def test_pooled_postgresql_connections_time_out_unless_the_url_says_otherwise() -> None:
+    from reelq.database.db import _pg_connect_args
+
+    assert _pg_connect_args("postgresql+psycopg://u@db/reelq")["connect_timeout"] == 10
+    given = _pg_connect_args("postgresql+psycopg://u@db/reelq?connect_timeout=3&keepalives=0")
+    assert "connect_timeout" not in given and "keepalives" not in given  # the URL's own values stand
+    assert given["tcp_user_timeout"] == 30_000
+
+
 def test_settings_handed_to_a_child_ignore_its_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

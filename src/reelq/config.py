@@ -296,7 +296,15 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home_dir / 'reelq.db'}"
+        url = self.database_url
+        if url is None:
+            return f"sqlite:///{self.home_dir / 'reelq.db'}"
+        # The plain `postgresql://` (and libpq's `postgres://`) of SPEC §5 means psycopg 3, the driver the
+        # `postgres` extra installs: SQLAlchemy 2.0 would pick psycopg2 for it, and rejects `postgres://`.
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme in ("postgresql", "postgres"):
+            return f"postgresql+psycopg://{rest}"
+        return url
 
     @property
     def sqlite_path(self) -> Path | None:

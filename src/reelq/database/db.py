@@ -11,16 +11,34 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+# libpq parameters of every pooled PostgreSQL connection, unless the URL sets them: a database host
+# that stops answering (a partition, a blackholed address) fails a connect or a query in seconds
+# instead of the minutes of TCP's own retries, which would hold API threads, workers and probes.
+PG_CONNECTION = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: data sent and never acknowledged (a long query's answer is not that)
+}
+
+
+def _pg_connect_args(url: str) -> dict[str, object]:
+    given = make_url(url).query
+    return {name: value for name, value in PG_CONNECTION.items() if name not in given}
+
+
 def make_engine(url: str) -> Engine:
     """A SQLAlchemy engine; SQLite gets WAL, a busy timeout and write-locking transactions."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, future=True)
+        return create_engine(url, pool_pre_ping=True, future=True, connect_args=_pg_connect_args(url))
 
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
