@@ -224,6 +224,18 @@ def test_celery_workers_render_tasks_created_on_either_replica(
     assert len(_video_files(node.home)) == len(ids)
 
 
+def test_celery_on_a_redis_broker_renders_tasks(replicas: Callable[..., Server], queue_name: str) -> None:
+    """SPEC §5 allows `redis://…` as the broker too: the same dispatch over Celery's Redis transport."""
+    pytest.importorskip("redis")
+    node = replicas(workers=1, REELQ_BROKER_URL="redis://127.0.0.1:6379/0", REELQ_QUEUE=queue_name)
+    with node.client() as client:
+        ids = [client.post("/v1/vidu/videos", json=BODY).json()["id"] for _ in range(3)]
+        bodies = [wait_terminal(client, task_id, timeout=60) for task_id in ids]
+        assert [b["status"] for b in bodies] == ["completed"] * len(ids), bodies
+        assert client.get("/readyz").status_code == 200  # the readiness check speaks Redis too
+    assert len(_video_files(node.home)) == len(ids)
+
+
 def test_a_lost_message_is_recovered_by_the_reconciler(
     replicas: Callable[..., Server], database_url: str, queue_name: str
 ) -> None:
