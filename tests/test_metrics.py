@@ -60,8 +60,11 @@ def test_task_counts_histograms_and_gauges_across_the_worker_processes(make_serv
     model = {"model": "viduq3-turbo", "engine": "synthetic"}
 
     def scraped_with_both() -> dict | None:
+        # A render worker counts a task just after its row turns terminal (run_task), so a scrape at
+        # the moment the status is seen may lag by that count: wait for both outcomes' counts.
         found = scrape(server)
-        return found if value(found, "reelq_tasks_failed_total", **model) == 1 else None
+        completed = value(found, "reelq_tasks_completed_total", **model)
+        return found if completed >= 1 and value(found, "reelq_tasks_failed_total", **model) >= 1 else None
 
     samples = wait_for(scraped_with_both, 10)
     assert value(samples, "reelq_tasks_created_total", **model) == 2
@@ -101,9 +104,12 @@ def test_counts_survive_a_worker_that_dies_and_queue_depth_counts_waiting_tasks(
         int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), server.process.pid)
     ]
     assert len(worker_pids) == 1
+    completed = {"model": "viduq3-turbo", "engine": "synthetic"}
+    # Counted once written (the worker writes the count just after the row turns completed), then killed.
+    wait_for(lambda: value(scrape(server), "reelq_tasks_completed_total", **completed) == 1, 10)
     os.kill(worker_pids[0], signal.SIGKILL)  # its counts live on in its files
     samples = scrape(server)
-    assert value(samples, "reelq_tasks_completed_total", model="viduq3-turbo", engine="synthetic") == 1
+    assert value(samples, "reelq_tasks_completed_total", **completed) == 1
 
     idle: Server = make_server(workers=0)
     with idle.client() as client:

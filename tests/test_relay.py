@@ -22,7 +22,8 @@ from reelq.engines.relay.upstream import retry_after_seconds
 from reelq.engines.relay.vidu_upstream import failure_message
 from tests.conftest import SCALED, Server, is_our_video_url, wait_terminal
 from tests.fake_vidu import FakeVidu, make_mp4
-from tests.test_metrics import scrape
+from tests.test_hardening import wait_for
+from tests.test_metrics import Samples, scrape
 from tests.test_metrics import value as metric
 from tests.videos import decode_frames
 
@@ -223,9 +224,18 @@ def test_vidu_relay_end_to_end(vidu_relay: Callable[..., Server], fake_vidu: Fak
     assert stored["upstream_credits"] == 10
     # The upstream key never reaches the logs.
     assert VIDU_KEY not in server.log()
-    # The relay worker counts its tasks like a render worker does (GET /metrics, engine "relay").
-    samples = scrape(server)
+    # The relay worker counts its tasks like a render worker does (GET /metrics, engine "relay"): just
+    # after each row turns terminal, and its in-flight gauge once the task's coroutine is done, so wait
+    # for the last of those writes rather than scraping at the moment the statuses are seen.
     labels = {"model": "viduq3-pro", "engine": "relay"}
+
+    def settled() -> Samples | None:
+        found = scrape(server)
+        ended = sum(metric(found, f"reelq_tasks_{end}_total", **labels) for end in ("completed", "failed"))
+        idle = metric(found, "reelq_worker_renders_running", **labels) == 0
+        return found if ended >= len(ids) and idle else None
+
+    samples = wait_for(settled, 10)
     assert metric(samples, "reelq_tasks_completed_total", **labels) == 3
     assert metric(samples, "reelq_tasks_failed_total", **labels) == 4
     assert metric(samples, "reelq_render_seconds_count", **labels) == 3

@@ -59,9 +59,11 @@ def test_a_bucket_admits_its_burst_then_refuses_with_the_wait_for_one_token(pref
 
     limiter = RedisRateLimiter(link(prefix))
     limit = Limit(rate=2.0, burst=5)
+    started = time.monotonic()
     assert [limiter.acquire("k", limit) for _ in range(5)] == [0.0] * 5
     wait = limiter.acquire("k", limit)
-    assert 0.4 < wait <= 0.5  # one token at 2/s, minus what refilled since
+    # One token at 2/s, minus what refilled since the burst began (a stall of a loaded machine included).
+    assert 0.5 - (time.monotonic() - started) - 0.001 < wait <= 0.5
     time.sleep(0.55)
     assert limiter.acquire("k", limit) == 0.0  # refilled
     assert limiter.acquire("other", limit) == 0.0  # buckets are independent
