@@ -158,6 +158,30 @@ def test_quotas_and_idempotency(store: TaskStore) -> None:
     assert created and not created_again and again.id == first.id
 
 
+def test_purge_removes_videos_before_rows(store: TaskStore) -> None:
+    """A failed video delete keeps its row for the next purge: no video is left that no row points to."""
+    key, _ = store.create_key("k")
+    kept, _ = store.create_task(key.id, new())
+    expired, _ = store.create_task(key.id, new())
+    for task, video in ((kept, "kept.mp4"), (expired, "expired.mp4")):
+        store.claim_next("w", 30)
+        store.complete(task.id, "w", video, 5.0, 1500)
+    store.mark_video_deleted(expired.id)  # its link expired: the sweep already removed that file
+    time.sleep(0.05)
+
+    def storage_down(key: str) -> None:
+        raise OSError(f"cannot delete {key}")
+
+    with pytest.raises(OSError, match="kept.mp4"):
+        store.purge_finished(retention_seconds=0.01, remove_video=storage_down)
+    assert store.get_task(kept.id) is not None and store.get_task(expired.id) is not None
+    removed: list[str] = []
+    purged = store.purge_finished(retention_seconds=0.01, remove_video=removed.append)
+    assert sorted(purged) == sorted([(kept.id, "kept.mp4"), (expired.id, None)])
+    assert removed == ["kept.mp4"]  # never the one already gone
+    assert store.get_task(kept.id) is None and store.get_task(expired.id) is None
+
+
 def test_revoked_keys_and_purge(store: TaskStore) -> None:
     key, plain = store.create_key("k")
     assert store.key_id_for(plain) == key.id

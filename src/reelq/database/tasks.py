@@ -237,17 +237,19 @@ def expired_videos(conn: Connection, cutoff: float, limit: int) -> list[tuple[st
     return [(task_id, key) for task_id, key in rows]
 
 
-def purge_finished(conn: Connection, cutoff: float, limit: int) -> list[tuple[str, str | None]]:
-    """Delete tasks finished before `cutoff`; returns (id, video key) of each."""
+def finished_before(conn: Connection, cutoff: float, limit: int) -> list[tuple[str, str | None]]:
+    """Up to `limit` tasks finished before `cutoff`: (id, the key of a video still stored, else None)."""
     old = and_(
         tasks.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]), tasks.c.finished_at < cutoff
     )
-    rows = conn.execute(select(tasks.c.id, tasks.c.video_key).where(old).limit(limit)).all()
-    ids = [task_id for task_id, _ in rows]
-    if ids:
-        conn.execute(delete(task_inputs).where(task_inputs.c.task_id.in_(ids)))
-        conn.execute(delete(tasks).where(tasks.c.id.in_(ids)))
-    return [(task_id, key) for task_id, key in rows]
+    query = select(tasks.c.id, tasks.c.video_key, tasks.c.video_deleted).where(old).limit(limit)
+    return [(task_id, None if deleted else key) for task_id, key, deleted in conn.execute(query)]
+
+
+def delete_finished(conn: Connection, ids: list[str]) -> None:
+    """Delete these finished tasks and their inputs (terminal rows never change: no re-check needed)."""
+    conn.execute(delete(task_inputs).where(task_inputs.c.task_id.in_(ids)))
+    conn.execute(delete(tasks).where(tasks.c.id.in_(ids)))
 
 
 def mark_video_deleted(conn: Connection, task_id: str) -> None:

@@ -315,13 +315,29 @@ class TaskStore:
         with self._read() as conn:
             return tasks.expired_videos(conn, time.time() - ttl_seconds, limit)
 
-    def purge_finished(self, retention_seconds: float, limit: int = 500) -> list[tuple[str, str | None]]:
-        """Delete tasks finished more than `retention_seconds` ago; returns (id, video key) of each."""
-        with self._write_deciding() as pending:
-            purged = tasks.purge_finished(pending.conn, time.time() - retention_seconds, limit)
-            if purged:
-                pending.change = Change.ROWS
-            return purged
+    def purge_finished(
+        self,
+        retention_seconds: float,
+        limit: int = 500,
+        remove_video: Callable[[str], None] | None = None,
+    ) -> list[tuple[str, str | None]]:
+        """Delete tasks finished more than `retention_seconds` ago; (id, key of the video it still had) each.
+
+        Their videos go first (`remove_video`, outside any transaction: an S3 round trip must not hold
+        the database), the rows after: a process that dies in between, or a delete that fails, leaves
+        rows the next purge finds again, never a video that no row points to (nothing would remove it).
+        """
+        with self._read() as conn:
+            finished = tasks.finished_before(conn, time.time() - retention_seconds, limit)
+        if not finished:
+            return []
+        if remove_video is not None:
+            for _task_id, key in finished:
+                if key:
+                    remove_video(key)
+        with self._write(Change.ROWS) as conn:
+            tasks.delete_finished(conn, [task_id for task_id, _ in finished])
+        return finished
 
     def mark_video_deleted(self, task_id: str) -> None:
         with self._write(Change.TASK, task_id) as conn:

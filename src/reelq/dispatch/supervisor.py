@@ -246,9 +246,7 @@ class Supervisor:
         for task_id, key in self.store.expired_videos(self.settings.video_url_ttl):
             self.storage.delete(key)
             self.store.mark_video_deleted(task_id)
-        for _task_id, key in self.store.purge_finished(self.settings.task_retention):
-            if key:
-                self.storage.delete(key)
+        self.store.purge_finished(self.settings.task_retention, remove_video=self.storage.delete)
         self.storage.remove_temp_files(
             older_than=max(3600.0, self.settings.lease_seconds * TEMP_FILE_MAX_AGE_FACTOR)
         )
