@@ -172,7 +172,7 @@ def test_purge_removes_videos_before_rows(store: TaskStore) -> None:
     def storage_down(key: str) -> None:
         raise OSError(f"cannot delete {key}")
 
-    with pytest.raises(OSError, match="kept.mp4"):
+    with pytest.raises(OSError, match=r"kept\.mp4"):
         store.purge_finished(retention_seconds=0.01, remove_video=storage_down)
     assert store.get_task(kept.id) is not None and store.get_task(expired.id) is not None
     removed: list[str] = []

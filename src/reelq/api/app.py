@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp
@@ -190,14 +189,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     async def readyz(services: ServicesDep) -> Response:
         def check() -> str | None:
-            try:
-                with services.store.engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-            except Exception as exc:
-                return f"database unavailable: {type(exc).__name__}"
+            problem = services.store.problem()
             # A full disk (or an unreachable bucket) fails every render and every create: not ready,
             # so a balancer sends traffic elsewhere and an operator sees why.
-            problem = services.storage.problem()
+            if problem is None:
+                problem = services.storage.problem()
             if problem is None and services.publisher is not None:
                 problem = services.publisher.problem()  # creates would queue with nobody told
             sqlite_path = services.settings.sqlite_path

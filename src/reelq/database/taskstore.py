@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from reelq.database import keys, lifecycle, tasks, usage, webhooks
@@ -184,6 +184,15 @@ class TaskStore:
         if isinstance(outcome, QuotaExceeded):
             raise outcome
         return outcome
+
+    def problem(self) -> str | None:
+        """Readiness: None when the database answers a query now, else why not (one short line)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return f"database unavailable: {type(exc).__name__}"
+        return None
 
     def get_task(self, task_id: str, key_id: str | None = None) -> TaskRow | None:
         """A task by id; with key_id, only when that key owns it."""

@@ -48,21 +48,17 @@ Answer = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
 def node_checks(supervisor: Supervisor) -> list[Check]:
     """What a worker node needs to render, cheapest-to-explain first: the database and the disks before
     the workers, whose crash loop is more often their consequence than its own cause."""
-    from sqlalchemy import text
-
     from reelq.storage.local import room_problem
 
     settings = supervisor.settings
     storage = supervisor.storage
 
     def database() -> str | None:
-        try:
-            with supervisor.store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:
-            return f"database unavailable: {type(exc).__name__}"
+        problem = supervisor.store.problem()
         sqlite_path = settings.sqlite_path
-        return room_problem(sqlite_path.parent, "the database") if sqlite_path is not None else None
+        if problem is None and sqlite_path is not None:
+            problem = room_problem(sqlite_path.parent, "the database")
+        return problem
 
     def temporary_renders() -> str | None:
         # Every render is written to a local file first, S3 included: a full local disk fails them all.
