@@ -188,6 +188,23 @@ def test_delete_removes_the_task_and_its_video(make_server) -> None:  # type: ig
         assert client.get("/v1/usage").json()["totalTokens"] == done["totalTokens"]
 
 
+@pytest.mark.embedded_only  # makes a local video file undeletable
+def test_delete_answers_even_when_the_video_cannot_be_removed(make_server) -> None:  # type: ignore[no-untyped-def]
+    """The row goes first: the task is deleted for its owner whatever the storage says, never a 5xx."""
+    server: Server = make_server(workers=1)
+    with server.client() as client:
+        task = create(client)
+        wait_terminal(client, task["id"])
+        [video] = (server.home / "videos").glob(f"{task['id']}*.mp4")
+        video.unlink()
+        video.mkdir()  # unlink() of a directory fails, root or not
+        answer = client.delete(f"/v1/vidu/videos/{task['id']}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"id": task["id"], "object": "video.deleted", "deleted": True}
+        assert_error(client.get(f"/v1/result/{task['id']}"), 404, "id")
+    assert f"task {task['id']} deleted; video" in server.log()
+
+
 # --- server-sent events ------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ thread; no reader, an in-memory test database: SQLAlchemy in a thread).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -66,6 +67,8 @@ from reelq.service.schemas import (
 )
 from reelq.storage import Storage
 from reelq.webhooks.targets import literal_problem
+
+log = logging.getLogger("reelq.service")
 
 MAX_IDEMPOTENCY_KEY = 200
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -460,7 +463,10 @@ class TaskService:
         def remove() -> bool:
             row = self.store.delete_task(task_id, key_id)
             if row is not None and row.video_key:
-                self.storage.delete(row.video_key)
+                try:
+                    self.storage.delete(row.video_key)
+                except Exception:  # the task is gone either way: its owner is told so, the operator why
+                    log.exception("task %s deleted; video %s not removed", task_id, row.video_key)
             return row is not None
 
         if not await anyio.to_thread.run_sync(remove):
