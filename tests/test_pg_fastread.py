@@ -156,6 +156,18 @@ def test_a_broken_reader_connection_is_replaced(writer: TaskStore, reader: PgRea
     assert row is not None
 
 
+def test_reader_connections_time_out_like_the_pool(writer: TaskStore, reader: PgReader) -> None:
+    """A blackholed database fails a read miss in seconds, not after TCP's minutes of retries."""
+    from reelq.database.db import PG_CONNECTION
+
+    key, plain = writer.create_key("k")
+    assert reader.key_id_for(plain) == key.id  # opens this thread's connection
+    [conn] = reader._connections
+    parameters = conn.info.get_parameters()
+    for name in ("connect_timeout", "keepalives", "tcp_user_timeout"):
+        assert parameters[name] == str(PG_CONNECTION[name]), (name, parameters)
+
+
 def test_misses_are_looked_up_off_the_event_loop(writer: TaskStore, reader: PgReader) -> None:
     """A miss runs in a reader thread, so the loop keeps serving while the database answers."""
     key, _ = writer.create_key("k")

@@ -36,10 +36,10 @@ def test_plain_postgresql_urls_mean_psycopg_3(given: str, used: str) -> None:
 
 
 def test_pooled_postgresql_connections_time_out_unless_the_url_says_otherwise() -> None:
-    from reelq.database.db import _pg_connect_args
+    from reelq.database.db import pg_connect_args
 
-    assert _pg_connect_args("postgresql+psycopg://u@db/reelq")["connect_timeout"] == 10
-    given = _pg_connect_args("postgresql+psycopg://u@db/reelq?connect_timeout=3&keepalives=0")
+    assert pg_connect_args("postgresql+psycopg://u@db/reelq")["connect_timeout"] == 10
+    given = pg_connect_args("postgresql+psycopg://u@db/reelq?connect_timeout=3&keepalives=0")
     assert "connect_timeout" not in given and "keepalives" not in given  # the URL's own values stand
     assert given["tcp_user_timeout"] == 30_000
 

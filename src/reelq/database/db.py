@@ -17,9 +17,10 @@ SQLITE_BUSY_TIMEOUT_MS = 15_000
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-# libpq parameters of every pooled PostgreSQL connection, unless the URL sets them: a database host
-# that stops answering (a partition, a blackholed address) fails a connect or a query in seconds
-# instead of the minutes of TCP's own retries, which would hold API threads, workers and probes.
+# libpq parameters of every PostgreSQL connection but the listener's (the pool, the fast reader's),
+# unless the URL sets them: a database host that stops answering (a partition, a blackholed
+# address) fails a connect or a query in seconds instead of the minutes of TCP's own retries,
+# which would hold API threads, workers and probes.
 PG_CONNECTION = {
     "connect_timeout": 10,
     "keepalives": 1,
@@ -30,7 +31,8 @@ PG_CONNECTION = {
 }
 
 
-def _pg_connect_args(url: str) -> dict[str, object]:
+def pg_connect_args(url: str) -> dict[str, object]:
+    """`PG_CONNECTION` less what the URL's query sets itself."""
     given = make_url(url).query
     return {name: value for name, value in PG_CONNECTION.items() if name not in given}
 
@@ -38,7 +40,7 @@ def _pg_connect_args(url: str) -> dict[str, object]:
 def make_engine(url: str) -> Engine:
     """A SQLAlchemy engine; SQLite gets WAL, a busy timeout and write-locking transactions."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, future=True, connect_args=_pg_connect_args(url))
+        return create_engine(url, pool_pre_ping=True, future=True, connect_args=pg_connect_args(url))
 
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from reelq.database.changes import ChangeCounter, ChangeNotices
-from reelq.database.db import SQLITE_BUSY_TIMEOUT_MS
+from reelq.database.db import SQLITE_BUSY_TIMEOUT_MS, pg_connect_args
 from reelq.database.keys import hash_key
 
 MAX_CACHED_KEYS = 10_000
@@ -194,6 +194,8 @@ class PgReader(CachedReader):
     def __init__(self, conninfo: str, changes: ChangeNotices) -> None:
         super().__init__(changes)
         self._conninfo = conninfo
+        # The pool's timeouts and keepalives: a blackholed database fails a read miss in seconds.
+        self._connect_args = pg_connect_args(conninfo)
         self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []
         self._connections_lock = threading.Lock()
@@ -224,7 +226,7 @@ class PgReader(CachedReader):
         if conn is None or conn.closed:
             import psycopg
 
-            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            conn = psycopg.connect(self._conninfo, autocommit=True, **self._connect_args)
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
