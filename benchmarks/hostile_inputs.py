@@ -13,6 +13,11 @@
 (c) memory: VmRSS of the API process before any image create and after a burst of 40 hostile creates
     (8 at a time; the peak is sampled too). Bound: after within 200 MB of the start.
 (d) /healthz: a child process polls it back to back through (b) and (c). Bound: every answer within 50 ms.
+(e) floods (issue 19; `--floods` runs only these): VmRSS of `reelq serve --workers 0` before, at the
+    peak and after (1) 49 unauthenticated 48 MB posts to `/callbacks/vidu/{id}` and (2) 30 concurrent
+    45 MB creates from one key (at its default create limit); and of the relay worker while a hostile
+    upstream (tests/hostile_upstream.py) answers a status read with 800 MB. Bound: growth (after minus
+    before) within 200 MB each; the relay worker's peak within 200 MB of its start.
 
 The table marks each bound PASS or FAIL; the exit status does not depend on them.
 """
@@ -422,6 +427,181 @@ def measure_images(rounds: int) -> dict[str, Any]:
     return {"creates": creates, "memory": memory, "healthz": polls.summary()}
 
 
+# --- (e) floods ----------------------------------------------------------------------------------------
+
+CALLBACK_FLOOD = 49
+CALLBACK_BODY_MB = 48
+CREATE_FLOOD = 30
+CREATE_BODY_MB = 45
+HUGE_ANSWER_MB = 800
+
+
+def _post_all(base: str, path: str, body: bytes, count: int, headers: dict[str, str]) -> dict[str, int]:
+    """`count` POSTs of `body` at once (one connection each); how many got each status."""
+    statuses: dict[str, int] = {}
+
+    def post(_: int) -> None:
+        try:
+            answer = httpx.post(base + path, content=body, headers=headers, timeout=300)
+            code = str(answer.status_code)
+        except httpx.HTTPError as exc:
+            code = type(exc).__name__  # the server may close a connection whose body it will not read
+        statuses[code] = statuses.get(code, 0) + 1
+
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(post, range(count)))
+    return statuses
+
+
+def _flood(server_pid: int, send: Callable[[], dict[str, int]]) -> dict[str, Any]:
+    time.sleep(0.5)
+    before = vm_rss_mb(server_pid)
+    started = time.monotonic()
+    with rss_sampler(server_pid) as peak:
+        statuses = send()
+        time.sleep(1.0)
+        after = vm_rss_mb(server_pid)
+        top = peak()
+    return {
+        "rss_before_mb": round(before, 1),
+        "rss_peak_mb": round(top, 1),
+        "rss_after_mb": round(after, 1),
+        "growth_mb": round(after - before, 1),
+        "peak_growth_mb": round(top - before, 1),
+        "seconds": round(time.monotonic() - started, 1),
+        "statuses": statuses,
+        "pass": after - before <= RSS_BOUND_MB,
+    }
+
+
+def measure_body_floods() -> dict[str, Any]:
+    """(1) unauthenticated callback posts and (2) near-limit creates from one key, on one server."""
+    import uuid
+
+    results: dict[str, Any] = {}
+    with temp_home("rq-flood-") as home:
+        env = reelq_env(home, REELQ_CREATE_RATE="60")  # the default create limit: floods meet it
+        key = create_key(env)
+        with reelq_server(home, env, workers=0) as (server, base):
+            callback = f"/callbacks/vidu/video_{uuid.uuid4()}"
+            junk = b"x" * (CALLBACK_BODY_MB * 1024 * 1024)
+            results["callbacks"] = _flood(
+                server.pid,
+                lambda: _post_all(base, callback, junk, CALLBACK_FLOOD, {"Content-Type": "application/json"}),
+            )
+            print(f"  callbacks: {results['callbacks']}", file=sys.stderr, flush=True)
+            # A create whose image is 45 MB of base64 junk: read, parsed and decoded before it is refused.
+            raw = b"\0" * (CREATE_BODY_MB * 1024 * 1024 * 3 // 4 - 1024)
+            body = create_body("image/png", raw)
+            del raw
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+            results["creates"] = _flood(
+                server.pid, lambda: _post_all(base, "/v1/vidu/videos", body, CREATE_FLOOD, headers)
+            )
+            results["creates"]["body_mb"] = round(len(body) / 1024 / 1024, 1)
+            print(f"  creates: {results['creates']}", file=sys.stderr, flush=True)
+    return results
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found += [int(c) for c in children]
+    return found
+
+
+def _settled_rss(pid: int, within: float = 20.0) -> float:
+    """VmRSS once it stops moving (the worker has loaded its modules and made its first claims)."""
+    last = vm_rss_mb(pid)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = vm_rss_mb(pid)
+        if abs(now - last) < 1.0:
+            return now
+        last = now
+    return last
+
+
+def measure_relay_answer(answer_mb: int = HUGE_ANSWER_MB) -> dict[str, Any]:
+    """The relay worker's RSS while its upstream answers one status read with `answer_mb` MB."""
+    from tests.hostile_upstream import HostileUpstream
+
+    upstream = HostileUpstream("huge", huge_bytes=answer_mb * 1024 * 1024).start()
+    try:
+        with temp_home("rq-relayhuge-") as home:
+            models = home / "models.toml"
+            models.write_text(
+                "[models.viduq3-pro]\nengine = \"relay\"\nupstream = \"reelq\"\n"
+                f'base_url = "{upstream.base_url}"\napi_key_env = "HOSTILE_UPSTREAM_KEY"\n'
+                "poll_initial = 0.5\npoll_max = 1\nmax_wait = 120\nrequest_timeout = 120\n"
+            )
+            env = reelq_env(home, REELQ_MODELS=str(models), HOSTILE_UPSTREAM_KEY="k")
+            key = create_key(env)
+            with reelq_server(home, env, workers=0) as (server, base):
+                relay_pid = None
+                deadline = time.monotonic() + 30
+                while relay_pid is None and time.monotonic() < deadline:
+                    for child in _children(server.pid):
+                        if b"relay" in Path(f"/proc/{child}/cmdline").read_bytes():
+                            relay_pid = child
+                    time.sleep(0.2)
+                if relay_pid is None:
+                    raise RuntimeError("no relay worker process found")
+                before = _settled_rss(relay_pid)
+                client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+                with client, rss_sampler(relay_pid) as peak:
+                    body = {"model": "viduq3-pro", "prompt": PLAIN_PROMPT, "duration": 1}
+                    client.post("/v1/vidu/videos", json=body).raise_for_status()
+                    # The huge answer is sent (or refused) within the first reads; watch the worker for 20 s.
+                    until = time.monotonic() + 20
+                    while time.monotonic() < until and upstream.sent < upstream.huge_bytes:
+                        time.sleep(0.2)
+                    time.sleep(2.0)
+                    top = peak()
+                    after = vm_rss_mb(relay_pid)
+    finally:
+        upstream.stop()
+    return {
+        "answer_mb": answer_mb,
+        "upstream_sent_mb": round(upstream.sent / 1024 / 1024, 1),
+        "rss_before_mb": round(before, 1),
+        "rss_peak_mb": round(top, 1),
+        "rss_after_mb": round(after, 1),
+        "peak_growth_mb": round(top - before, 1),
+        "pass": top - before <= RSS_BOUND_MB,
+    }
+
+
+def flood_rows(floods: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    names = {
+        "callbacks": f"API RSS: {CALLBACK_FLOOD} x {CALLBACK_BODY_MB} MB unauthenticated callback posts",
+        "creates": f"API RSS: {CREATE_FLOOD} x {CREATE_BODY_MB} MB creates, one key, at once",
+    }
+    for name, label in names.items():
+        if name in floods:
+            f = floods[name]
+            value = (
+                f"{f['rss_before_mb']:.0f} -> {f['rss_peak_mb']:.0f} -> {f['rss_after_mb']:.0f} MB "
+                f"(+{f['growth_mb']:.0f}) {f['statuses']}"
+            )
+            rows.append(("flood", label, value, f"<= +{RSS_BOUND_MB} MB {verdict(f['pass'])}"))
+    if "relay_answer" in floods:
+        r = floods["relay_answer"]
+        rows.append(
+            (
+                "flood",
+                f"relay worker RSS: a {r['answer_mb']} MB status answer",
+                f"{r['rss_before_mb']:.0f} -> peak {r['rss_peak_mb']:.0f} MB (upstream sent "
+                f"{r['upstream_sent_mb']:.0f} MB)",
+                f"<= +{RSS_BOUND_MB} MB {verdict(r['pass'])}",
+            )
+        )
+    return rows
+
+
 # --- output ------------------------------------------------------------------------------------------
 
 
@@ -485,6 +665,10 @@ def parser() -> argparse.ArgumentParser:
         "--render-cap", type=float, default=20.0, help="seconds after which a render is stopped (default 20)"
     )
     p.add_argument("--skip-prompts", action="store_true", help="only the image, memory and /healthz parts")
+    p.add_argument(
+        "--floods", action="store_true", help="only (e): the body floods and the huge upstream answer"
+    )
+    p.add_argument("--huge-answer-mb", type=int, default=HUGE_ANSWER_MB, help="(e): the status answer's size")
     p.add_argument("--json", type=Path, default=RESULTS_DIR / "hostile_inputs.json")
     p.add_argument("--render-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--healthz-child", metavar="URL", help=argparse.SUPPRESS)
@@ -501,6 +685,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     install_signal_cleanup()
     started = time.monotonic()
+    if args.floods:
+        print("(e) floods", file=sys.stderr, flush=True)
+        floods = measure_body_floods()
+        floods["relay_answer"] = measure_relay_answer(args.huge_answer_mb)
+        flood_result: dict[str, Any] = {
+            "benchmark": "hostile_inputs --floods",
+            "machine": machine(),
+            "seconds": round(time.monotonic() - started, 1),
+            "floods": floods,
+            "table": flood_rows(floods),
+        }
+        print_table(flood_result["table"])
+        write_json(args.json.with_name("hostile_floods.json"), flood_result)
+        return flood_result
     print("(a) prompt shapes: 5 s 720p synthetic renders", file=sys.stderr, flush=True)
     prompts = (
         measure_prompts(args.rounds, args.render_cap)

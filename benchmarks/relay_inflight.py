@@ -58,7 +58,7 @@ def relay_worker_pid(server_pid: int, timeout: float = 20) -> int:
     while time.monotonic() < deadline:
         for child in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"reelq.engines.relay.worker" in cmdline:
+            if b"reelq.worker.relay" in cmdline:
                 return int(child)
         time.sleep(0.1)
     raise RuntimeError("no relay worker process found")

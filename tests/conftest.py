@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +20,18 @@ import pytest
 from tests import scaled as scaled_state
 
 REELQ = [sys.executable, "-m", "reelq"]
+
+# The tiny torch pipelines gain nothing from intra-op threads, and with several test processes on two
+# cores OpenMP's spinning threads only burn CPU the other tests wait for (set before torch is imported;
+# the servers and ranks the tests start inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# A pass started in the background by a non-interactive shell (./scripts/test runs the scaled pass
+# so) inherits SIGINT ignored, and an ignored signal stays ignored across exec: every process a test
+# starts could then not be interrupted (`reelq generate`'s Ctrl-C test). A handler is reset to the
+# default on exec, so installing Python's own here gives the children a normal SIGINT again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # REELQ_TEST_SCALED=1: every server a test starts runs scaled out (PostgreSQL, Celery on RabbitMQ,
 # S3 on moto's server, Redis), so the same tests prove the same behaviour (./scripts/test runs both).
 SCALED = os.environ.get("REELQ_TEST_SCALED") == "1"
@@ -63,9 +77,12 @@ def run_cli(
     )
 
 
-def create_key(home: Path, name: str = "test") -> str:
-    out = run_cli(home, "keys", "create", "--name", name).stdout
-    return out.strip().splitlines()[-1]
+def create_key(home: Path, name: str = "test", env: dict[str, str] | None = None) -> str:
+    """A new key in the store of `home` (or of `env`), made in this process: the same store call as
+    `reelq keys create` (tested as a command in test_cli.py) without a Python start-up per key."""
+    from tests.harness import store_key
+
+    return store_key(env or reelq_env(home), name)
 
 
 @dataclass
@@ -165,7 +182,7 @@ class Server:
         return code
 
     def new_key(self, name: str = "test") -> str:
-        key = create_key(self.home, name)
+        key = create_key(self.home, name, self.env)
         self.keys.append(key)
         return key
 
@@ -206,6 +223,43 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def make_app_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """make_server's in-process tier (tests/harness.py): the same factory and Server interface, the
+    node on threads of this process; `reelq serve` itself when REELQ_TEST_SCALED=1."""
+    from tests.harness import AppServer
+
+    servers: list[Server] = []
+
+    def factory(workers: int = 2, root_path: str = "", start: bool = True, **env: str) -> Server:
+        home = tmp_path / f"app{len(servers)}"
+        home.mkdir()
+        server = AppServer(home=home, port=free_port(), env=reelq_env(home, **env), root_path=root_path)
+        servers.append(server)
+        server.new_key("first")
+        if start:
+            server.start(workers=workers)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """shared_server's in-process tier: one node for a module's read-mostly checks, keys "a" and "b"."""
+    from tests.harness import AppServer
+
+    home = tmp_path_factory.mktemp("app")
+    server = AppServer(home=home, port=free_port(), env=reelq_env(home, REELQ_ALLOW_PRIVATE_URLS="true"))
+    server.new_key("a")
+    server.new_key("b")
+    server.start(workers=2)
+    yield server
+    server.stop(signal.SIGKILL)
+
+
 def is_our_video_url(server: Server, task_id: str, url: str) -> bool:
     """Whether `url` is the link this server hands out for `task_id`'s video: its own signed
     `/v1/files` link, or a presigned link to the task's object when the videos are in S3."""
@@ -225,10 +279,53 @@ def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 120) -> d
     raise AssertionError(f"task {task_id} not terminal after {timeout}s: {body}")
 
 
-# ---- scaled mode -----------------------------------------------------------------------------------
+# ---- tiers (docs/testing.md) and scaled mode --------------------------------------------------------
 
 
+# The tier of a test that names none, from the servers it asks for (docs/testing.md).
+PROCESS_FIXTURES = {"make_server", "shared_server"}
+SERVICE_FIXTURES = {"make_app_server", "app_server"}
+TIERS = ("unit", "service", "process")
+# The tier of a module's tests that neither name one nor ask for a server fixture (a new module marks
+# itself with `pytestmark`; tests here that need a process use make_server and are marked by it).
+MODULE_TIERS = {
+    "unit": {
+        "test_catalog", "test_docs", "test_domain", "test_gpus", "test_images",
+        "test_media", "test_prompt_layout", "test_ratelimit", "test_settings", "test_synthetic",
+        "test_validation_properties",
+    },
+    "service": {
+        "test_api", "test_batcher", "test_client", "test_doorbell", "test_e2e_video", "test_fastread",
+        "test_fetch",
+        "test_limits", "test_longpoll", "test_manage", "test_manage_store", "test_openai_surface",
+        "test_pg_fastread", "test_quota_counts", "test_sdk_e2e", "test_sdk_manage", "test_store",
+        "test_transports", "test_vidu_platform_surface", "test_webhook_outbox", "test_webhooks",
+    },
+    "process": {
+        "test_cli", "test_connections", "test_diffusers_engine", "test_faults", "test_fuzz",
+        "test_hardening", "test_image_costs", "test_lifecycle", "test_metrics", "test_operations",
+        "test_pg_celery", "test_relay", "test_render_deadline", "test_s3", "test_scaled_faults",
+        "test_shared_limits", "test_web_page", "test_worker_metrics", "test_worker_probes",
+    },
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        found = getattr(item, "module", None)
+        module = found.__name__.rsplit(".", 1)[-1] if found is not None else ""
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.process)
+        elif fixtures & SERVICE_FIXTURES:
+            item.add_marker(pytest.mark.service)
+        else:
+            for tier, modules in MODULE_TIERS.items():
+                if module in modules:
+                    item.add_marker(getattr(pytest.mark, tier))
     if not SCALED:
         return
     skip = pytest.mark.skip(reason="checks the embedded store or local files (REELQ_TEST_SCALED=1)")
@@ -273,15 +370,40 @@ def _scaled_services() -> Iterator[None]:
 
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        for home_env in scaled_state.HOMES.values():
-            name = home_env["REELQ_DATABASE_URL"].rsplit("/", 1)[1]
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        urls = [home_env["REELQ_DATABASE_URL"] for home_env in scaled_state.HOMES.values()]
+        if scaled_state.TEMPLATE is not None:
+            urls.append(scaled_state.TEMPLATE)
+        for url in urls:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
     admin.dispose()
 
 
+def _migrated_template(admin_url: str) -> str:
+    """The name of a database migrated once by `reelq db upgrade` (the operator's command, in a
+    subprocess), which every scaled home's database is then copied from (CREATE DATABASE ... TEMPLATE):
+    a copy costs PostgreSQL a file copy where a migration costs a Python process and Alembic."""
+    from sqlalchemy import create_engine, make_url, text
+
+    if scaled_state.TEMPLATE is not None:
+        return scaled_state.TEMPLATE.rsplit("/", 1)[1]
+    name = f"reelq_tpl_{os.getpid()}_{time.time_ns() % 10**9}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    url = make_url(admin_url).set(database=name).render_as_string(False)
+    scaled_state.TEMPLATE = url
+    migrate_env = {k: v for k, v in os.environ.items() if not k.startswith("REELQ_")}
+    home = Path(tempfile.mkdtemp(prefix="reelq-template-"))
+    migrate_env.update(REELQ_HOME=str(home), REELQ_DATABASE_URL=url)
+    subprocess.run([*REELQ, "db", "upgrade"], env=migrate_env, check=True, capture_output=True, timeout=120)
+    shutil.rmtree(home, ignore_errors=True)
+    return name
+
+
 def _scaled_home(home: Path) -> dict[str, str]:
-    """The scaled-out services of one REELQ_HOME: its own database (migrated), queue, bucket prefix and
-    Redis prefix, made the first time the home is used."""
+    """The scaled-out services of one REELQ_HOME: its own database (a copy of the migrated template),
+    queue, bucket prefix and Redis prefix, made the first time the home is used."""
     import hashlib
 
     from sqlalchemy import create_engine, make_url, text
@@ -293,9 +415,10 @@ def _scaled_home(home: Path) -> dict[str, str]:
         return found
     tag = hashlib.sha256(f"{home}{time.time_ns()}".encode()).hexdigest()[:12]
     name = f"reelq_t_{tag}"
+    template = _migrated_template(POSTGRES_ADMIN_URL)
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))
     admin.dispose()
     env = {
         **scaled_state.ENV,
@@ -305,8 +428,33 @@ def _scaled_home(home: Path) -> dict[str, str]:
         "REELQ_REDIS_PREFIX": f"reelq-t-{tag}:",
     }
     scaled_state.HOMES[str(home)] = env
-    migrate_env = {k: v for k, v in os.environ.items() if not k.startswith("REELQ_")}
-    migrate_env.update(env, REELQ_HOME=str(home))
     home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([*REELQ, "db", "upgrade"], env=migrate_env, check=True, capture_output=True, timeout=120)
     return env
+
+
+# ---- the browser ------------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright (never `playwright install`: no browser download).
+
+    The page's CSP has no 'unsafe-eval': give `page.wait_for_function` a function ("() => ..."),
+    never a bare expression, which Playwright evaluates with eval() from its second poll on (a test
+    that passes only when the first poll is already true).
+    """
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                "chromium is not installed (./scripts/test installs it): the browser test must run in CI"
+            )
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start.
+        instance = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield instance
+        instance.close()

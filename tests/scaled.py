@@ -20,6 +20,8 @@ BROKER_URL = os.environ.get("REELQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0
 # queue and prefixes. Kept here because test modules import tests.conftest as a second module.
 ENV: dict[str, str] = {}
 HOMES: dict[str, dict[str, str]] = {}
+# The URL of the migrated database every home's database is copied from (one per test process).
+TEMPLATE: str | None = None
 
 
 def _unavailable(what: str, exc: BaseException) -> None:
@@ -65,6 +67,30 @@ def fresh_queue() -> Iterator[str]:
     finally:
         with kombu.Connection(BROKER_URL, connect_timeout=2) as conn, suppress(Exception):
             conn.default_channel.queue_delete(name)
+
+
+@contextmanager
+def private_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of its own (deleted afterwards); yields its broker URL. For a test that
+    closes every broker connection (`rabbitmqctl close_all_connections --vhost`): only its own go,
+    never those of the tests running beside it."""
+    import subprocess
+
+    name = f"reelq-test-{uuid.uuid4().hex[:12]}"
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+    try:
+        ctl("add_vhost", name)
+        ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as exc:
+        _unavailable("rabbitmqctl", exc)
+    try:
+        yield f"{BROKER_URL.rstrip('/')}/{name}"
+    finally:
+        with suppress(OSError, subprocess.SubprocessError):
+            ctl("delete_vhost", name)
 
 
 def purge_queue(name: str) -> int:

@@ -127,10 +127,10 @@ def test_what_a_diffusers_model_can_do_is_read_from_its_checkpoint(tmp_path: Pat
 
 @pytest.mark.e2e
 def test_a_request_a_model_cannot_serve_is_refused_at_create_naming_the_field(
-    make_server, tmp_path: Path
+    make_app_server, tmp_path: Path
 ) -> None:
     path = _models(tmp_path, '[models.short]\nengine = "synthetic"\nmax_duration = 3\n')
-    server = make_server(workers=0, REELQ_MODELS=str(path))
+    server = make_app_server(workers=0, REELQ_MODELS=str(path))
     with server.client() as client:
         answer = client.post("/v1/vidu/videos", json={"model": "short", "prompt": "a cat", "duration": 4})
         assert answer.status_code == 400

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import Server, reelq_env, run_cli
 from tests.videos import decode_frames
 
 
+# The keys live in the store (PostgreSQL scaled out): created, listed and revoked there.
+@pytest.mark.scaled
 def test_keys_create_prints_id_then_the_key_alone_on_the_last_line(tmp_path: Path) -> None:
     out = run_cli(tmp_path, "keys", "create", "--name", "gateway").stdout
     lines = out.strip().splitlines()
@@ -47,6 +50,8 @@ def test_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
         assert name in lines[0] and "Traceback" not in result.stderr
 
 
+# The embedded command creates, claims and stores its task through the store and the video storage.
+@pytest.mark.scaled
 def test_generate_embedded_writes_a_real_mp4(tmp_path: Path) -> None:
     out = tmp_path / "clips" / "out.mp4"
     result = run_cli(

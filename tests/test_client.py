@@ -234,14 +234,15 @@ def stand_in(server: StandIn) -> StandIn:
 
 class SDK:
     """A Client or an AsyncClient behind one blocking face: coroutines run on one event loop (an
-    httpx.AsyncClient's pool belongs to the loop that opened it). Sleeps are recorded and shortened."""
+    httpx.AsyncClient's pool belongs to the loop that opened it). Sleeps are recorded, and shortened
+    unless `fast` is false (then the client's own sleep runs, for the full time asked)."""
 
     def __init__(self, client: Client | AsyncClient, runner: asyncio.Runner | None, fast: bool) -> None:
         self.client = client
         self.runner = runner
         self.sleeps: list[float] = []
-        if fast:
-            client._sleep = self._async_sleep if runner else self._sync_sleep  # type: ignore[method-assign]
+        self.real_sleep: Callable[[float], Any] | None = None if fast else client._sleep
+        client._sleep = self._async_sleep if runner else self._sync_sleep  # type: ignore[method-assign]
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.client, name)
@@ -262,11 +263,17 @@ class SDK:
 
     def _sync_sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        time.sleep(min(seconds, 0.01))
+        if self.real_sleep is not None:
+            self.real_sleep(seconds)
+        else:
+            time.sleep(min(seconds, 0.01))
 
     async def _async_sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        await asyncio.sleep(min(seconds, 0.01))
+        if self.real_sleep is not None:
+            await self.real_sleep(seconds)
+        else:
+            await asyncio.sleep(min(seconds, 0.01))
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -447,7 +454,10 @@ def test_real_sleeps_honour_retry_after(make_sdk: Callable[..., SDK], stand_in: 
     stand_in.rate_limit("result", retry_after="0.3")
     started = time.monotonic()
     assert sdk.get(task_id).status == "processing"
-    assert 0.3 <= time.monotonic() - started < 2
+    # The client's real sleep was asked for exactly the Retry-After (recorded, not timed), and it
+    # really slept (a lower bound: a slow machine only lengthens it).
+    assert sdk.sleeps == [0.3]
+    assert time.monotonic() - started >= 0.3
 
 
 def test_connection_errors_are_retried_then_raised(make_sdk: Callable[..., SDK]) -> None:
@@ -556,7 +566,11 @@ def test_wait_times_out(make_sdk: Callable[..., SDK], stand_in: StandIn) -> None
     started = time.monotonic()
     with pytest.raises(WaitTimeout) as caught:
         sdk.wait(task_id, timeout=0.3, poll_interval=0.05, max_interval=0.1)
-    assert 0.3 <= time.monotonic() - started < 1.5
+    assert time.monotonic() - started >= 0.3  # waited its timeout out (a slow machine only lengthens it)
+    # ...and no longer: every real sleep was capped by max_interval and by the time left, so together
+    # they never passed the deadline (read from what was asked of the sleep, not from a clock race).
+    assert sdk.sleeps and all(0 < s <= 0.1 for s in sdk.sleeps), sdk.sleeps
+    assert sum(sdk.sleeps) <= 0.3 + 1e-6, sdk.sleeps
     assert caught.value.task.status == "processing" and caught.value.task.progress == 12
     assert task_id in str(caught.value) and "processing" in str(caught.value)
 
@@ -593,7 +607,10 @@ def test_wait_deadline_covers_retry_after(make_sdk: Callable[..., SDK], stand_in
     started = time.monotonic()
     with pytest.raises(WaitTimeout) as caught:
         sdk.wait(task_id, timeout=0.3, poll_interval=0.05)
-    assert 0.3 <= time.monotonic() - started < 1.5  # slept to the deadline, not 30 s, then looked once more
+    # Slept to the deadline, not the 30 s asked, then looked once more: one real sleep, cut to the
+    # time left (what the sleep was asked for, not a clock race); the lower bound is safe.
+    assert time.monotonic() - started >= 0.3
+    assert len(sdk.sleeps) == 1 and 0 < sdk.sleeps[0] <= 0.3, sdk.sleeps
     assert caught.value.task.status == "processing"
     assert len(stand_in.seen(task_id)) == 2
 

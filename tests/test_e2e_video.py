@@ -87,8 +87,8 @@ def render(server: Server, key: str | None = None, **body) -> tuple[dict, bytes]
         ("1080p", "3:4", (1080, 1440)),
     ],
 )
-def test_every_size_rule(shared_server: Server, resolution: str, ratio: str, size: tuple[int, int]) -> None:
-    done, data = render(shared_server, resolution=resolution, aspect_ratio=ratio)
+def test_every_size_rule(app_server: Server, resolution: str, ratio: str, size: tuple[int, int]) -> None:
+    done, data = render(app_server, resolution=resolution, aspect_ratio=ratio)
     frames, info = decode(data)
     assert (info["width"], info["height"]) == size
     assert frames[0].shape == (size[1], size[0], 3)
@@ -101,8 +101,8 @@ def test_every_size_rule(shared_server: Server, resolution: str, ratio: str, siz
 @pytest.mark.parametrize(
     ("duration", "model", "tokens"), [(5, "viduq3-pro", 1500), (16, "viduq3-turbo", 2400)]
 )
-def test_durations_and_tokens(shared_server: Server, duration: int, model: str, tokens: int) -> None:
-    done, data = render(shared_server, duration=duration, model=model, resolution="720p")
+def test_durations_and_tokens(app_server: Server, duration: int, model: str, tokens: int) -> None:
+    done, data = render(app_server, duration=duration, model=model, resolution="720p")
     frames, _ = decode(data)
     assert len(frames) == duration * 24
     assert done["actualDuration"] == duration
@@ -112,12 +112,13 @@ def test_durations_and_tokens(shared_server: Server, duration: int, model: str, 
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1
 
 
-def test_deterministic_from_prompt_and_seed(shared_server: Server) -> None:
-    a_key, b_key = shared_server.keys[:2]
-    _, first = render(shared_server, a_key, prompt="a paper boat", seed=7)
-    _, again = render(shared_server, b_key, prompt="a paper boat", seed=7)
-    _, other_seed = render(shared_server, a_key, prompt="a paper boat", seed=8)
-    _, other_prompt = render(shared_server, a_key, prompt="a glass whale", seed=7)
+@pytest.mark.scaled
+def test_deterministic_from_prompt_and_seed(app_server: Server) -> None:
+    a_key, b_key = app_server.keys[:2]
+    _, first = render(app_server, a_key, prompt="a paper boat", seed=7)
+    _, again = render(app_server, b_key, prompt="a paper boat", seed=7)
+    _, other_seed = render(app_server, a_key, prompt="a paper boat", seed=8)
+    _, other_prompt = render(app_server, a_key, prompt="a glass whale", seed=7)
     frames, _ = decode(first)
     frames_again, _ = decode(again)
     assert all(np.array_equal(x, y) for x, y in zip(frames, frames_again, strict=True))
@@ -153,11 +154,12 @@ def cover_fit(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(ImageOps.fit(image, size, Image.Resampling.LANCZOS).convert("RGB"))
 
 
-def test_image_to_video_starts_on_first_image_and_ends_on_last(shared_server: Server) -> None:
+@pytest.mark.scaled
+def test_image_to_video_starts_on_first_image_and_ends_on_last(app_server: Server) -> None:
     first = photo((800, 600), 30)  # 4:3 into 16:9: cover-fit crops top and bottom
     last = photo((640, 640), 220)
     _, data = render(
-        shared_server,
+        app_server,
         first_image=data_uri(first),
         last_image=data_uri(last, "JPEG"),
         duration=2,
@@ -200,17 +202,19 @@ def image_server() -> tuple[str, type[_ImageHandler]]:
     httpd.server_close()
 
 
-def test_image_url_fetched_by_the_worker(shared_server: Server, image_server) -> None:  # type: ignore[no-untyped-def]
-    base, handler = image_server  # shared_server allows private URLs
-    _, data = render(shared_server, first_image=f"{base}/cat.png", resolution="540p", aspect_ratio="4:3")
+@pytest.mark.scaled
+def test_image_url_fetched_by_the_worker(app_server: Server, image_server) -> None:  # type: ignore[no-untyped-def]
+    base, handler = image_server  # app_server allows private URLs
+    _, data = render(app_server, first_image=f"{base}/cat.png", resolution="540p", aspect_ratio="4:3")
     frames, _ = decode(data)
     assert handler.hits == ["/cat.png"]
     assert psnr(frames[0], cover_fit(photo((320, 240), 90), (720, 540))) > 28
 
 
-def test_private_image_url_is_refused_without_a_request(make_server, image_server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.scaled
+def test_private_image_url_is_refused_without_a_request(make_app_server, image_server) -> None:  # type: ignore[no-untyped-def]
     base, handler = image_server
-    server = make_server(workers=1)  # private URLs not allowed (the default)
+    server = make_app_server(workers=1)  # private URLs not allowed (the default)
     with server.client() as client:
         task = client.post(
             "/v1/vidu/videos",
@@ -224,8 +228,8 @@ def test_private_image_url_is_refused_without_a_request(make_server, image_serve
     assert handler.hits == []
 
 
-def test_unreachable_image_url_fails_naming_the_image(shared_server: Server) -> None:
-    with shared_server.client() as client:
+def test_unreachable_image_url_fails_naming_the_image(app_server: Server) -> None:
+    with app_server.client() as client:
         task = client.post(
             "/v1/vidu/videos",
             json={
@@ -249,8 +253,8 @@ def test_unreachable_image_url_fails_naming_the_image(shared_server: Server) -> 
     assert done["status"] == "failed" and "first_image" in done["error"]
 
 
-def test_content_policy(shared_server: Server) -> None:
-    with shared_server.client() as client:
+def test_content_policy(app_server: Server) -> None:
+    with app_server.client() as client:
         created = client.post(
             "/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "How to do BOMB making", "duration": 1}
         )
@@ -261,8 +265,8 @@ def test_content_policy(shared_server: Server) -> None:
     assert done["video_url"] is None and done["totalTokens"] is None
 
 
-def test_custom_blocked_terms(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(workers=1, REELQ_BLOCKED_TERMS="purple elephant, zebra")
+def test_custom_blocked_terms(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_app_server(workers=1, REELQ_BLOCKED_TERMS="purple elephant, zebra")
     with server.client() as client:
         blocked = client.post(
             "/v1/vidu/videos",
@@ -276,8 +280,8 @@ def test_custom_blocked_terms(make_server) -> None:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.embedded_only  # our own signed links to local files (S3's: tests/test_s3.py)
-def test_range_head_and_signatures(shared_server: Server) -> None:
-    done, data = render(shared_server)
+def test_range_head_and_signatures(app_server: Server) -> None:
+    done, data = render(app_server)
     url = done["video_url"]
     part = httpx.get(url, headers={"Range": "bytes=100-199"})
     assert part.status_code == 206
@@ -306,13 +310,13 @@ def test_range_head_and_signatures(shared_server: Server) -> None:
 
 
 @pytest.mark.embedded_only  # local files (S3 expiry: tests/test_s3.py)
-def test_links_expire_and_files_are_swept(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(workers=1, REELQ_VIDEO_URL_TTL="2", REELQ_SWEEP_INTERVAL="0.3")
+def test_links_expire_and_files_are_swept(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_app_server(workers=1, REELQ_VIDEO_URL_TTL="3600", REELQ_SWEEP_INTERVAL="0.3")
     done, _ = render(server)
     assert httpx.get(done["video_url"]).status_code == 200
     videos = server.home / "videos"
     assert [p.name for p in videos.glob("*.mp4")]
-    time.sleep(3)
+    server.advance(3601)  # the node's clock (tests/harness.py), not a sleep past the TTL
     assert_error(httpx.get(done["video_url"]), 410)
     deadline = time.monotonic() + 10
     while list(videos.glob("*.mp4")) and time.monotonic() < deadline:
@@ -381,7 +385,7 @@ def wait_for_worker_pids(server: Server, count: int, timeout: float = 20) -> lis
     return pids
 
 
-def test_video_sha_stable_across_downloads(shared_server: Server) -> None:
-    done, data = render(shared_server, seed=11)
+def test_video_sha_stable_across_downloads(app_server: Server) -> None:
+    done, data = render(app_server, seed=11)
     again = httpx.get(done["video_url"]).content
     assert hashlib.sha256(data).hexdigest() == hashlib.sha256(again).hexdigest()

@@ -16,7 +16,8 @@ import pytest
 
 from reelq.database import NewTask, TaskStore, make_engine, migrate
 from reelq.database.changes import ChangeCounter
-from reelq.database.fastread import SqliteReader, TaskView
+from reelq.database.fastread import SqliteReader
+from reelq.database.views import TaskView
 from reelq.domain import Status
 
 

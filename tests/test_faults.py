@@ -17,7 +17,9 @@ import pytest
 from tests.conftest import Server, free_port, reelq_env
 from tests.test_e2e_video import wait_for_worker_pids, worker_pids
 
-pytestmark = pytest.mark.e2e
+# Every test here is recovery through the store and the dispatch (kill -9, SIGTERM, restarts, two API
+# processes on one store, bounded attempts): each depends on the backend, so all run in the scaled pass.
+pytestmark = [pytest.mark.e2e, pytest.mark.scaled]
 
 ORDER = {"queued": 0, "processing": 1, "completed": 2, "failed": 2}
 

@@ -47,7 +47,11 @@ def test_gpus_come_from_the_setting_then_cuda_visible_devices_then_nvidia_smi(
     assert default_worker_count(load_settings(models_file=models, workers=5), ["0"]) == 5  # as asked
 
 
-def test_each_render_worker_sees_only_its_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def visible_devices(
+    sup: supervisor.Supervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[str | None]:
+    """Spawn each of the supervisor's children with a stand-in for Popen; the CUDA_VISIBLE_DEVICES
+    each was given, in order."""
     seen: list[str | None] = []
 
     class FakeProcess:
@@ -58,9 +62,13 @@ def test_each_render_worker_sees_only_its_gpu(tmp_path: Path, monkeypatch: pytes
             self.stdin = open(tmp_path / f"stdin{len(seen)}", "wb")  # noqa: SIM115 - closed by _spawn
 
     monkeypatch.setattr(supervisor.subprocess, "Popen", FakeProcess)
+    for child in sup.children:
+        sup._spawn(child)
+    return seen
+
+
+def test_each_render_worker_sees_only_its_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(home=tmp_path / "home", models_file=_diffusers_models(tmp_path))
     settings.home_dir.mkdir()
     sup = supervisor.Supervisor(settings, 3, ["0", "1"])
-    for child in sup.children:
-        sup._spawn(child)
-    assert seen == ["0", "1", "0"]
+    assert visible_devices(sup, tmp_path, monkeypatch) == ["0", "1", "0"]

@@ -37,29 +37,22 @@ ODD_SIGNATURES = ["%C3%A9", "%FF", "%00", "%E2%80%8B" * 64, "%F0%9F%8E%AC", "%ED
 
 
 @pytest.mark.parametrize("signature", ODD_SIGNATURES)
-def test_non_ascii_signature_is_403_without_a_traceback(shared_server: Server, signature: str) -> None:
-    before = shared_server.log()
+def test_non_ascii_signature_is_403_without_a_traceback(app_server: Server, signature: str) -> None:
+    before = app_server.log()
     path = f"/v1/files/video_{uuid.uuid4()}.mp4?expires=4102444800&signature={signature}"
     for method in ("GET", "HEAD"):
-        response = httpx.request(method, f"{shared_server.base_url}{path}")
+        response = httpx.request(method, f"{app_server.base_url}{path}")
         assert response.status_code == 403
         if method == "GET":
             assert assert_error(response, 403, None)["code"] == "invalid_signature"
-    assert "Traceback" not in shared_server.log()[len(before) :]
-
-
-def test_verify_refuses_any_string(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path, b"k" * 32)
-    task_id = f"video_{uuid.uuid4()}"
-    good = storage.signature(task_id, 100)
-    assert storage.verify(task_id, 100, good)
-    for bad in ("é", "\udcff", good[:-1] + "é", good.upper(), "", good + "0", "\x00" * 64):
-        assert not storage.verify(task_id, 100, bad)
+    assert "Traceback" not in app_server.log()[len(before) :]
 
 
 # --- dead workers' temporary files -----------------------------------------------------------------------
 
 
+# The restart finds the lapsed lease in the store and the task renders again (a Celery worker scaled out).
+@pytest.mark.scaled
 def test_kill_9_of_everything_leaves_no_part_file_after_restart(make_server) -> None:  # type: ignore[no-untyped-def]
     server: Server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="30", REELQ_LEASE_SECONDS="2")
     tmp_dir = server.home / "videos" / ".tmp"
@@ -71,17 +64,19 @@ def test_kill_9_of_everything_leaves_no_part_file_after_restart(make_server) -> 
     assert stale[0].exists()  # nobody was left to clean up
 
     server.env["REELQ_SYNTHETIC_DELAY"] = "1"
+    server.env["REELQ_LOG_LEVEL"] = "INFO"  # to read the start-up clean-up's line
     server.start(workers=1)
-    started = time.monotonic()
-    wait_for(lambda: not stale[0].exists(), 2)
-    assert time.monotonic() - started < 2
+    # Removed by the supervisor's start-up clean-up, which runs before the server listens: gone once it
+    # is ready, not an hour later by the age-based sweep. Seen (and logged), not timed.
+    assert not stale[0].exists()
+    assert "removed 1 temporary file(s) of dead render workers" in server.log()
     with server.client() as client:
         assert wait_terminal(client, task["id"], timeout=60)["status"] == "completed"
     assert not list(tmp_dir.glob("*.part"))
 
 
 def test_start_up_keeps_the_part_files_of_live_processes(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path, b"k" * 32)
+    storage = LocalStorage(tmp_path)
     host = socket.gethostname()
     task = f"video_{uuid.uuid4()}"
     live = storage.temp_path(task, f"{host}:{os.getpid()}:w0")
@@ -167,7 +162,7 @@ def test_a_render_without_disk_space_is_handed_back(
     ctx = WorkerContext(
         settings=settings,
         store=store,
-        storage=LocalStorage(small_fs / "videos", b"k" * 32),  # only the videos on the small filesystem
+        storage=LocalStorage(small_fs / "videos"),  # only the videos on the small filesystem
         engines=build_engines(settings),
         worker_id=make_worker_id("t"),
     )
@@ -192,10 +187,15 @@ def test_a_render_without_disk_space_is_handed_back(
 
 # The SQLite file and the videos share the API's disk; scaled out, neither PostgreSQL nor S3 is on it (the
 # workers' temporary renders on a full disk: test_a_render_without_disk_space_is_handed_back).
+# The in-process node (tests/harness.py): the API, its worker and the checks of the disk are the same code
+# on threads; nothing here is about processes.
 @pytest.mark.embedded_only
+@pytest.mark.service
 def test_a_full_disk_refuses_creates_reports_not_ready_and_resumes(small_fs: Path) -> None:
+    from tests.harness import AppServer
+
     home = small_fs / "home"
-    server = Server(
+    server = AppServer(
         home=home,
         port=free_port(),
         env=reelq_env(home, REELQ_SYNTHETIC_DELAY="2", REELQ_LEASE_SECONDS="30"),

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,7 +25,7 @@ import pytest
 from PIL import Image
 
 from reelq import images
-from reelq.images import DECODE_BUDGET_BYTES, ImageError, check_image
+from reelq.images import DECODE_BUDGET_BYTES, ImageError, check_image, webp
 from reelq.service.errors import InvalidRequest
 from reelq.service.schemas import validate_create_off_loop
 from tests.conftest import Server
@@ -58,81 +59,24 @@ def vm_rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-class Poller:
-    """Polls /healthz back to back on its own connection; records how long each answer took."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.seconds: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=30) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                assert client.get("/healthz").status_code == 200
-                self.seconds.append(time.monotonic() - started)
-                time.sleep(0.005)
-
-    @property
-    def count(self) -> int:
-        return len(self.seconds)
-
-    @property
-    def worst(self) -> float:
-        return max(self.seconds, default=0.0)
-
-    def slower_than(self, seconds: float) -> int:
-        return sum(1 for s in self.seconds if s > seconds)
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+# How long /healthz waits while images are checked is a latency figure: benchmarks/hostile_inputs.py
+# measures it (its part (d)). The tests below prove why it stays short, without a clock: a data-URI
+# image is validated on a worker thread, never the event loop
+# (test_validation_with_a_data_uri_image_runs_off_the_event_loop), and a large WebP, whose decoder
+# holds the GIL, in a child process (test_large_webps_are_checked_in_a_child_and_small_ones_here).
 
 
-def test_decoding_images_does_not_hold_up_the_event_loop(make_server: Callable[..., Server]) -> None:
-    # The probe's case: a 4.9 KB 1-bit PNG of 7000x5700 pixels was validated on the event loop (its body
-    # is under 64 KB) and froze /healthz for 1.4 s per create.
-    server = make_server(workers=0)
-    image = png_data_uri(Image.new("1", (7000, 5700)))
-    assert len(image) < 10_000
-    with server.client() as client, Poller(server.base_url) as poller:
-        time.sleep(0.1)
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _i: create(client, image), range(8)))
-        time.sleep(0.1)
-    assert [a.status_code for a in answers] == [200] * 8
-    assert poller.count > 10
-    assert poller.worst < 0.3, f"/healthz took {poller.worst:.3f} s while images were decoded"
-
-
-def test_checking_a_large_webp_does_not_hold_up_the_event_loop(
+def test_large_webps_through_a_server_are_checked_and_its_pool_stops_with_it(
     make_server: Callable[..., Server], big_webp: bytes
 ) -> None:
-    # Pillow's WebP reader copies the decoded frame into a bytes object holding the GIL: from a thread,
-    # each create of this image stalled the event loop ~90 ms (on an idle 2-core box: 6 /healthz answers
-    # of 80-115 ms here, one per create). Now it is checked in a child process (the first create starts
-    # it): measured worst 6-16 ms, 20-50 ms with the CPUs busy. Counting the slow answers, not just the
-    # slowest, tells a stall per create from the odd scheduling hiccup of a loaded machine.
     server = make_server(workers=0)
     image = "data:image/webp;base64," + base64.b64encode(big_webp).decode()
-    with server.client() as client, Poller(server.base_url) as poller:
-        time.sleep(0.1)
+    with server.client() as client:
         answers = [create(client, image) for _ in range(2)]
         with ThreadPoolExecutor(2) as pool:
             answers += pool.map(lambda _i: create(client, image), range(4))
-        time.sleep(0.1)
     assert [a.status_code for a in answers] == [200] * 6
-    assert poller.count > 20
-    slowest = [round(s * 1000) for s in sorted(poller.seconds)[-8:]]
-    assert poller.slower_than(0.05) <= 2, f"slowest /healthz answers (ms): {slowest}"
-    assert poller.worst < 0.25, f"slowest /healthz answers (ms): {slowest}"
-    assert server.stop() == 0  # the pool is shut down with the server
+    assert server.stop() == 0  # the check's child pool is shut down with the server
 
 
 def test_a_burst_of_large_images_stays_within_the_budget_and_is_given_back(
@@ -177,36 +121,28 @@ def test_a_burst_of_large_images_stays_within_the_budget_and_is_given_back(
 MODELS = ["viduq3-turbo"]
 
 
-async def _longest_loop_stall(work: Callable[[], object]) -> tuple[object, float]:
-    """Await `work()` while a ticker measures the longest the event loop went without running it."""
-    worst = 0.0
-    done = asyncio.Event()
+def test_validation_with_a_data_uri_image_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Which thread decoded each image, seen directly: a stall of the loop measured in milliseconds would be
+    # a race with a loaded machine, and would not say where the decode ran.
+    from reelq.service import schemas
 
-    async def tick() -> None:
-        nonlocal worst
-        last = time.monotonic()
-        while not done.is_set():
-            await asyncio.sleep(0.002)
-            now = time.monotonic()
-            worst = max(worst, now - last)
-            last = now
+    decoded_on: list[int] = []
+    real = schemas.validate_image_reference
 
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.01)
-    try:
-        result = await work()  # type: ignore[misc]
-    finally:
-        done.set()
-        await ticker
-    return result, worst
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        decoded_on.append(threading.get_ident())
+        return real(*args, **kwargs)
 
-
-def test_validation_with_a_data_uri_image_runs_off_the_event_loop() -> None:
+    monkeypatch.setattr(schemas, "validate_image_reference", recorded)
     image = png_data_uri(Image.new("1", (7000, 5700)))
     body = {"model": "viduq3-turbo", "prompt": "a fox", "first_image": image, "last_image": image}
-    new, worst = asyncio.run(_longest_loop_stall(lambda: validate_create_off_loop(body, MODELS)))
+
+    async def main() -> tuple[object, int]:
+        return await validate_create_off_loop(body, MODELS), threading.get_ident()
+
+    new, loop_thread = asyncio.run(main())
     assert new.first_image == image and new.last_image == image  # type: ignore[attr-defined]
-    assert worst < 0.2, f"the event loop stalled {worst:.3f} s"
+    assert len(decoded_on) == 2 and loop_thread not in decoded_on, (loop_thread, decoded_on)
 
 
 def test_validation_without_a_data_uri_needs_no_thread() -> None:
@@ -244,7 +180,7 @@ def kill_pool_children(until: threading.Event, killed: list[int], most: int = 2)
     """Kill each child of the WebP pool as soon as it appears (as the OOM killer would), at most `most`
     of them, until `until`."""
     while not until.is_set() and len(killed) < most:
-        for pid in images._WEBP_CHECKER.pids():
+        for pid in webp.WEBP_CHECKER.pids():
             if pid not in killed:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -256,9 +192,9 @@ def test_large_webps_are_checked_in_a_child_and_small_ones_here(fresh_pool: None
     small = io.BytesIO()
     Image.new("RGB", (200, 100)).save(small, "WEBP", lossless=True)
     check_image(small.getvalue(), "first_image")
-    assert images._WEBP_CHECKER.pids() == []
+    assert webp.WEBP_CHECKER.pids() == []
     check_image(big_webp, "first_image")
-    assert len(images._WEBP_CHECKER.pids()) == 1
+    assert len(webp.WEBP_CHECKER.pids()) == 1
     # A broken file gets the same answer from the child as it would here.
     with pytest.raises(ImageError, match=r"^first_image could not be decoded: "):
         check_image(big_webp[:-200], "first_image")
@@ -271,13 +207,13 @@ def test_a_child_that_dies_mid_check_is_replaced_and_the_check_retried(
     killer = threading.Thread(target=kill_pool_children, args=(done, killed, 1))
     with ThreadPoolExecutor(1) as pool:
         checking = pool.submit(check_image, big_webp, "first_image")
-        while not images._WEBP_CHECKER.pids():  # the fresh pool's child is starting: kill it mid-check
+        while not webp.WEBP_CHECKER.pids():  # the fresh pool's child is starting: kill it mid-check
             time.sleep(0.001)
         killer.start()
         killer.join()
         checking.result(timeout=60)  # the death is not this image's fault until it happens twice
     assert len(killed) == 1
-    assert images._WEBP_CHECKER.pids() and killed[0] not in images._WEBP_CHECKER.pids()
+    assert webp.WEBP_CHECKER.pids() and killed[0] not in webp.WEBP_CHECKER.pids()
 
 
 def test_a_child_that_keeps_dying_refuses_the_image_clearly_and_the_next_check_works(
@@ -295,13 +231,13 @@ def test_a_child_that_keeps_dying_refuses_the_image_clearly_and_the_next_check_w
         killer.join()
     assert len(killed) == 2
     check_image(big_webp, "first_image")  # a fresh pool
-    assert images._WEBP_CHECKER.pids()
+    assert webp.WEBP_CHECKER.pids()
 
 
 def test_a_stuck_check_is_stopped_and_the_next_check_works(
     fresh_pool: None, big_webp: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(images, "WEBP_CHECK_TIMEOUT", 0.05)  # shorter than starting a child
+    monkeypatch.setattr(webp, "WEBP_CHECK_TIMEOUT", 0.05)  # shorter than starting a child
     with pytest.raises(ImageError, match=r"^first_image could not be decoded: it took longer than 0\.05 s"):
         check_image(big_webp, "first_image")
     monkeypatch.undo()

@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import REELQ, Server, wait_terminal
 
-pytestmark = pytest.mark.e2e
+# Every test here is the node recovering or draining through the store and the dispatch (the hand-back,
+# leases after kill -9, `reelq worker` beside an API, attempts, long-polls held at SIGTERM): all scaled.
+pytestmark = [pytest.mark.e2e, pytest.mark.scaled]
 
 BODY = {"model": "viduq3-turbo", "prompt": "a slow sunrise", "duration": 1, "resolution": "540p"}
 
@@ -115,26 +117,37 @@ def test_max_attempts_then_failed_with_a_clear_error(make_server) -> None:  # ty
 
 def test_sigterm_answers_held_long_polls_at_once(make_server) -> None:  # type: ignore[no-untyped-def]
     """A shutdown answers every held `?wait=` with the task's current state, not a cancelled request."""
-    server: Server = make_server(workers=0)
+    server: Server = make_server(workers=0, REELQ_MAX_HELD_PER_KEY="5")
     with server.client() as client:
         task = client.post("/v1/vidu/videos", json=BODY).json()
     answers: list[tuple[int, str, float]] = []
 
     def hold() -> None:
         with server.client() as client:
-            started = time.monotonic()
-            got = client.get(f"/v1/result/{task['id']}", params={"wait": 30}, timeout=40)
+            while True:  # refused only while the probe below holds the fifth slot: take it once it is free
+                started = time.monotonic()
+                got = client.get(f"/v1/result/{task['id']}", params={"wait": 60}, timeout=90)
+                if got.status_code != 429:
+                    break
+                time.sleep(0.02)
             answers.append((got.status_code, got.json()["status"], time.monotonic() - started))
 
     holders = [threading.Thread(target=hold) for _ in range(5)]
     for holder in holders:
         holder.start()
-    time.sleep(1.0)  # all five are held by now
+    # All five are held once a sixth is refused for the key's REELQ_MAX_HELD_PER_KEY=5: seen, not slept on.
+    deadline = time.monotonic() + 30
+    with server.client() as probe:
+        while probe.get(f"/v1/result/{task['id']}", params={"wait": 1}).status_code != 429:
+            assert time.monotonic() < deadline, "the five long-polls were never all held"
+            time.sleep(0.3)  # the holders retry sooner: the slot the probe held goes to them
     assert server.process is not None
     server.process.send_signal(signal.SIGTERM)
     for holder in holders:
         holder.join(20)
     assert server.process.wait(timeout=30) == 0
     assert [(code, status) for code, status, _ in answers] == [(200, "queued")] * 5
-    assert max(seconds for _, _, seconds in answers) < 5  # well before the 30 s wait or the grace period
+    # Answered (200, the current state) rather than cut at the 5 s graceful-shutdown limit; and not at the
+    # end of the 60 s wait: the bound is far from it, so a slow machine cannot fail it.
+    assert max(seconds for _, _, seconds in answers) < 30
     assert "Traceback" not in server.log() and "CancelledError" not in server.log()

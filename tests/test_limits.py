@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import Server
 from tests.test_api import assert_error
 
-pytestmark = pytest.mark.e2e
+# Every test here reads or writes tasks, videos, limits or deliveries: the backend's behaviour.
+pytestmark = [pytest.mark.e2e, pytest.mark.scaled]
 
 BODY = {"model": "viduq3-turbo", "prompt": "rate limited fox", "duration": 1, "resolution": "540p"}
 
@@ -20,8 +21,8 @@ def task_count(server: Server) -> int:
     return server.query("SELECT count(*) FROM tasks")[0][0]
 
 
-def test_status_reads_are_limited_per_key_and_task(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=0, REELQ_POLL_RATE="1", REELQ_POLL_BURST="3")
+def test_status_reads_are_limited_per_key_and_task(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=0, REELQ_POLL_RATE="1", REELQ_POLL_BURST="3")
     other_key = server.new_key("other")
     with server.client() as client, server.client(other_key) as other:
         task = client.post("/v1/vidu/videos", json=BODY).json()
@@ -36,8 +37,8 @@ def test_status_reads_are_limited_per_key_and_task(make_server) -> None:  # type
         assert other.get(f"/v1/result/{task['id']}").status_code == 404
 
 
-def test_creates_per_minute(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=0, REELQ_CREATE_RATE="5")
+def test_creates_per_minute(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=0, REELQ_CREATE_RATE="5")
     with server.client() as client:
         codes = [client.post("/v1/vidu/videos", json=BODY).status_code for _ in range(6)]
         assert codes == [200] * 5 + [429]
@@ -47,8 +48,8 @@ def test_creates_per_minute(make_server) -> None:  # type: ignore[no-untyped-def
     assert task_count(server) == 5
 
 
-def test_active_tasks_per_key(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=0, REELQ_MAX_ACTIVE_PER_KEY="3")
+def test_active_tasks_per_key(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=0, REELQ_MAX_ACTIVE_PER_KEY="3")
     other_key = server.new_key("other")
     with server.client() as client, server.client(other_key) as other:
         for _ in range(3):
@@ -60,8 +61,8 @@ def test_active_tasks_per_key(make_server) -> None:  # type: ignore[no-untyped-d
     assert task_count(server) == 4
 
 
-def test_queue_depth_answers_503(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=0, REELQ_MAX_QUEUE="2")
+def test_queue_depth_answers_503(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=0, REELQ_MAX_QUEUE="2")
     with server.client() as client:
         assert [client.post("/v1/vidu/videos", json=BODY).status_code for _ in range(2)] == [200, 200]
         full = client.post("/v1/vidu/videos", json=BODY)
@@ -69,8 +70,8 @@ def test_queue_depth_answers_503(make_server) -> None:  # type: ignore[no-untype
         assert full.headers["retry-after"].isdigit()
 
 
-def test_idempotency_key_returns_the_same_task(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=0)
+def test_idempotency_key_returns_the_same_task(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=0)
     other_key = server.new_key("other")
     with server.client() as client, server.client(other_key) as other:
         first = client.post("/v1/vidu/videos", json=BODY, headers={"Idempotency-Key": "abc-1"}).json()
@@ -95,8 +96,8 @@ def test_idempotency_key_returns_the_same_task(make_server) -> None:  # type: ig
     assert task_count(server) == 2
 
 
-def test_concurrent_retries_with_one_idempotency_key_make_one_task(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=0)
+def test_concurrent_retries_with_one_idempotency_key_make_one_task(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=0)
     ids: list[str] = []
     errors: list[str] = []
     barrier = threading.Barrier(12)
@@ -120,16 +121,16 @@ def test_concurrent_retries_with_one_idempotency_key_make_one_task(make_server) 
     assert task_count(server) == 1
 
 
-def test_unauthenticated_requests_are_not_rate_limited_into_other_keys(shared_server: Server) -> None:
-    with httpx.Client(base_url=shared_server.base_url) as anonymous:
+def test_unauthenticated_requests_are_not_rate_limited_into_other_keys(app_server: Server) -> None:
+    with httpx.Client(base_url=app_server.base_url) as anonymous:
         for _ in range(5):
             assert_error(anonymous.post("/v1/vidu/videos", json=BODY), 401)
-    with shared_server.client() as client:
+    with app_server.client() as client:
         assert client.post("/v1/vidu/videos", json=BODY).status_code == 200
 
 
-def test_default_poll_limit_allows_one_read_a_second_and_refuses_hammering(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=0, start=False)
+def test_default_poll_limit_allows_one_read_a_second_and_refuses_hammering(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=0, start=False)
     for name in ("REELQ_POLL_RATE", "REELQ_POLL_BURST"):  # the shipped defaults, not the test's
         server.env.pop(name)
     server.start(workers=0)
@@ -142,9 +143,9 @@ def test_default_poll_limit_allows_one_read_a_second_and_refuses_hammering(make_
         assert 429 in codes and codes[0] == 200
 
 
-def test_a_concurrent_burst_admits_exactly_the_quota(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_concurrent_burst_admits_exactly_the_quota(make_app_server) -> None:  # type: ignore[no-untyped-def]
     """Creates in one burst are stored in shared transactions (group commit); quotas stay exact."""
-    server: Server = make_server(workers=0, REELQ_MAX_ACTIVE_PER_KEY="7")
+    server: Server = make_app_server(workers=0, REELQ_MAX_ACTIVE_PER_KEY="7")
     other_key = server.new_key("other")
     codes: dict[str, list[int]] = {"mine": [], "other": []}
 

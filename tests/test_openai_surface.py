@@ -14,10 +14,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Server, free_port, reelq_env, wait_terminal
+from tests.harness import AppServer
 from tests.videos import decode_frames
 from tests.webhook_receiver import Receiver
 
-pytestmark = pytest.mark.e2e
+# Every test here reads or writes tasks, videos, limits or deliveries: the backend's behaviour.
+pytestmark = [pytest.mark.e2e, pytest.mark.scaled]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("openai")
     # Polls faster than the SDK's helper does; a second key to check isolation.
     env = reelq_env(home, REELQ_POLL_RATE="5", REELQ_ALLOW_PRIVATE_URLS="true")  # the local webhook receiver
-    srv = Server(home=home, port=free_port(), env=env)
+    srv = AppServer(home=home, port=free_port(), env=env)
     srv.new_key("a")
     srv.new_key("b")
     srv.start(workers=2)

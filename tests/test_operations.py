@@ -16,8 +16,9 @@ pytestmark = pytest.mark.e2e
 BODY = {"model": "viduq3-turbo", "prompt": "kept for a while", "duration": 1, "resolution": "540p"}
 
 
-def test_finished_tasks_are_purged_after_retention(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=1, REELQ_TASK_RETENTION="2", REELQ_SWEEP_INTERVAL="0.3")
+@pytest.mark.scaled  # the purge is the store's, then the video storage's deletes (S3 objects scaled out)
+def test_finished_tasks_are_purged_after_retention(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=1, REELQ_TASK_RETENTION="2", REELQ_SWEEP_INTERVAL="0.3")
     with server.client() as client:
         task = client.post("/v1/vidu/videos", json=BODY).json()
         done = wait_terminal(client, task["id"])
@@ -38,8 +39,9 @@ def test_finished_tasks_are_purged_after_retention(make_server) -> None:  # type
         assert httpx.get(done["video_url"]).status_code == 404
 
 
-def test_a_storage_write_error_fails_the_task_and_the_service_keeps_serving(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=1)
+@pytest.mark.scaled  # the video storage's write path (S3 stages its uploads in the same local directory)
+def test_a_storage_write_error_fails_the_task_and_the_service_keeps_serving(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=1)
     tmp_dir = server.home / "videos" / ".tmp"
     shutil.rmtree(tmp_dir)
     tmp_dir.write_text("not a directory: every write under it fails")  # an unwritable volume
@@ -57,6 +59,8 @@ def test_a_storage_write_error_fails_the_task_and_the_service_keeps_serving(make
         assert wait_terminal(client, healthy["id"])["status"] == "completed"
 
 
+# Scaled out, the log holds more (Celery's workers, the database and S3 clients): none may leak the key.
+@pytest.mark.scaled
 def test_secrets_never_appear_in_logs_answers_or_listings(make_server) -> None:  # type: ignore[no-untyped-def]
     server: Server = make_server(
         workers=1, REELQ_LOG_LEVEL="DEBUG", REELQ_SIGNING_SECRET="s3cr3t-signing-value"

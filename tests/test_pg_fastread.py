@@ -4,7 +4,9 @@ The same cache as on SQLite (database/fastread.py), dropped by LISTEN/NOTIFY ins
 shared-memory counter. Writes come from separate stores (their own engines and connections,
 as render workers and other API replicas are); the reader is the one an API process builds.
 Notices travel after their commit, so "the next read" here is "a read a few milliseconds
-later": each check waits for the reader to catch up, bounded at 2 s, and says how long it took.
+later": each check waits for the reader to catch up, up to a 30 s deadline. A deadline, not a
+speed test: nothing expires the cache, so a change whose notice is missed is never seen at all, and
+a check fails however long it waits; one that is seen passes at once, however slow the machine.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from sqlalchemy import text
 from reelq.database import NewTask, TaskStore, make_engine
 from reelq.database.changes import Change
 from reelq.database.db import migrate
-from reelq.database.fastread import PgReader, TaskView
+from reelq.database.fastread import PgReader
 from reelq.database.pgnotify import PgChangeListener, listen_conninfo
+from reelq.database.views import TaskView
 from reelq.domain import Status
 from tests.scaled import fresh_postgres_database
 
@@ -54,7 +57,7 @@ def _new() -> NewTask:
     return NewTask(model="viduq3-turbo", prompt="cache", duration=1, aspect_ratio="16:9", resolution="540p")
 
 
-def _eventually(read: Callable[[], T], ok: Callable[[T], bool], within: float = 2.0) -> T:
+def _eventually(read: Callable[[], T], ok: Callable[[T], bool], within: float = 30.0) -> T:
     deadline = time.monotonic() + within
     while True:
         value = read()
@@ -87,15 +90,16 @@ def test_reader_sees_every_transition_written_by_another_store(writer: TaskStore
     assert reader.task(task.id, "someone-else") is None  # another key's task reads as absent
 
 
-def test_revocation_elsewhere_is_seen_within_milliseconds(writer: TaskStore, reader: PgReader) -> None:
+def test_revocation_elsewhere_is_seen_by_the_next_lookups(writer: TaskStore, reader: PgReader) -> None:
     key, plain = writer.create_key("k")
     for _ in range(3):
         assert reader.key_id_for(plain) == key.id
     assert reader.cached_key_id(plain) == key.id
     writer.revoke_key(plain)
-    started = time.monotonic()
-    _eventually(lambda: reader.key_id_for(plain), lambda k: k is None, within=1.0)
-    assert time.monotonic() - started < 1.0
+    # The revocation's notice drops the cached key (nothing else would: the cache has no expiry), so
+    # lookups after it miss the cache and find no active key. Seen, not timed: the deadline is far.
+    _eventually(lambda: reader.key_id_for(plain), lambda k: k is None)
+    assert reader.cached_key_id(plain) is None
     # A key created after the reader started works at once (misses are not cached).
     other, other_plain = writer.create_key("new")
     assert reader.key_id_for(other_plain) == other.id
@@ -150,7 +154,7 @@ def test_a_broken_reader_connection_is_replaced(writer: TaskStore, reader: PgRea
     key, plain = writer.create_key("k")
     task, _ = writer.create_task(key.id, _new())
     assert reader.key_id_for(plain) == key.id  # opens this thread's connection
-    assert _terminate(writer, "SELECT id FROM api_keys%") >= 1
+    assert _terminate(writer, "SELECT id, expires_at FROM api_keys%") >= 1  # fastread.KEY_SQL
     writer.fail(task.id, "boom")  # moves the counter: the next read is a lookup on the dead connection
     row = _eventually(lambda: reader.task(task.id, key.id), lambda r: r is not None and r.status == "failed")
     assert row is not None

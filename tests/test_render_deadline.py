@@ -46,6 +46,7 @@ def test_deadline_grows_with_the_work_and_the_delay() -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.scaled  # the dispatch's worker (Celery's scaled out) fails the task and takes the next
 def test_render_past_its_deadline_fails_and_the_worker_runs_the_next_task(make_server) -> None:  # type: ignore[no-untyped-def]
     # The deadline (4 s) is far shorter than a 16 s 1080p render (~10 s) and far longer than a 1 s 540p one.
     server: Server = make_server(workers=1, REELQ_RENDER_DEADLINE_BASE="4", REELQ_RENDER_DEADLINE_FACTOR="0")
@@ -63,6 +64,7 @@ def test_render_past_its_deadline_fails_and_the_worker_runs_the_next_task(make_s
 
 
 @pytest.mark.e2e
+@pytest.mark.scaled  # the hard stop ends a worker process of the dispatch in use, which must replace it
 def test_render_stuck_without_progress_ends_its_worker_and_the_next_task_completes(make_server) -> None:  # type: ignore[no-untyped-def]
     server: Server = make_server(
         workers=1,
@@ -70,6 +72,8 @@ def test_render_stuck_without_progress_ends_its_worker_and_the_next_task_complet
         REELQ_RENDER_DEADLINE_BASE="3",
         REELQ_RENDER_DEADLINE_FACTOR="0",
         REELQ_RENDER_DEADLINE_GRACE="1",
+        # A lease lapse (the end this test rules out) comes two minutes on, far from the 30 s bound below.
+        REELQ_LEASE_SECONDS="120",
     )
     pids = worker_pids(server)
     with server.client() as client:
@@ -89,6 +93,7 @@ def test_render_stuck_without_progress_ends_its_worker_and_the_next_task_complet
 
 
 @pytest.mark.e2e
+@pytest.mark.scaled  # the watchdog writes the failure through the store the command uses
 def test_embedded_cli_is_not_ended_by_a_stuck_render(tmp_path: Path) -> None:
     """`reelq generate` runs the render in its own process: the watchdog fails the task, never exits."""
     env = reelq_env(

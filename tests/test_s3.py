@@ -107,6 +107,15 @@ def test_a_video_is_uploaded_and_served_by_a_presigned_url_with_ranges(
     # Polls of the finished task hand out the same link (cached, same expiry).
     with server.client() as client:
         assert client.get(f"/v1/result/{task['id']}").json()["video_url"] == url
+        # OpenAI's `/content` sends the client to the same link; the cover is decoded from a download
+        # of the object, behind our own signed link; no `/v1/files` video link of ours opens anything.
+        content = client.get(f"/v1/videos/{task['id']}/content")
+        assert content.status_code == 302 and content.headers["location"] == url
+        cover_url = client.get("/v1/vidu/videos").json()["data"][0]["cover_url"]
+        cover = httpx.get(cover_url, timeout=30)
+        assert cover.status_code == 200 and cover.content.startswith(b"\xff\xd8\xff")
+        ours = cover_url.replace("/covers/", "/").replace(".jpg", ".mp4")
+        assert httpx.get(ours, timeout=30).status_code == 403
     assert httpx.get(f"{server.base_url}/readyz").json() == {"status": "ready"}
     # The web page may play it: the bucket's origin is a media source of its Content-Security-Policy.
     csp = httpx.get(f"{server.base_url}/").headers["content-security-policy"]

@@ -25,7 +25,7 @@ import pytest
 
 from reelq.database import TaskStore, make_engine
 from tests.conftest import Server, free_port, reelq_env, run_cli
-from tests.scaled import BROKER_URL, fresh_postgres_database, fresh_queue
+from tests.scaled import fresh_postgres_database, private_vhost
 from tests.test_s3 import aws_env
 from tests.videos import decode_frames
 
@@ -99,14 +99,14 @@ def test_forty_tasks_survive_a_killed_worker_a_broker_reset_and_an_api_restart(
     bucket = f"reelq-{uuid.uuid4().hex[:12]}"
     aws = aws_env(s3_endpoint)
     boto3.client("s3", **_client_args(aws)).create_bucket(Bucket=bucket)
-    with fresh_postgres_database() as database_url, fresh_queue() as queue:
+    with fresh_postgres_database() as database_url, private_vhost() as broker_url:
         home = tmp_path / "home"
         home.mkdir()
         env = reelq_env(
             home,
             REELQ_DATABASE_URL=database_url,
-            REELQ_BROKER_URL=BROKER_URL,
-            REELQ_QUEUE=queue,
+            REELQ_BROKER_URL=broker_url,
+            REELQ_QUEUE="reelq-faults",
             REELQ_STORAGE_URL=f"s3://{bucket}/videos",
             REELQ_REDIS_URL=redis_url,
             REELQ_REDIS_PREFIX=f"reelq-test-{uuid.uuid4().hex[:8]}:",
@@ -139,9 +139,11 @@ def test_forty_tasks_survive_a_killed_worker_a_broker_reset_and_an_api_restart(
                 # 1. A render worker dies mid-render.
                 victim = _wait_for_processing(store, watcher.ids)
                 os.kill(int(victim.split(":")[1]), signal.SIGKILL)
-                # 2. The broker drops every connection.
+                # 2. The broker drops every connection (of this test's virtual host: the tests
+                # running beside it keep theirs).
+                vhost = broker_url.rsplit("/", 1)[1]
                 subprocess.run(
-                    ["rabbitmqctl", "close_all_connections", "reelq fault test"],
+                    ["rabbitmqctl", "close_all_connections", "--vhost", vhost, "reelq fault test"],
                     check=True,
                     capture_output=True,
                     timeout=60,

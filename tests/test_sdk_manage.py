@@ -7,19 +7,23 @@ import signal
 import subprocess
 import time
 
+import httpx
 import pytest
 
 from reelq.client import AsyncClient, Client, ConflictError, NotFoundError, Task
 from tests.conftest import REELQ, Server, run_cli
 
-pytestmark = pytest.mark.e2e
+# Every test here reads or writes tasks, videos, limits or deliveries: the backend's behaviour.
+pytestmark = [pytest.mark.e2e, pytest.mark.scaled]
 
 PARAMS = {"prompt": "a kite over dunes", "duration": 1, "resolution": "540p"}
 
 
-def test_sync_sdk_manages_tasks_and_waits_by_long_poll(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="2")
-    with Client(base_url=server.base_url, api_key=server.keys[0]) as client:
+def test_sync_sdk_manages_tasks_and_waits_by_long_poll(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=1, REELQ_SYNTHETIC_DELAY="2")
+    reads: list[httpx.Request] = []
+    http = httpx.Client(timeout=90, event_hooks={"request": [reads.append]})
+    with http, Client(base_url=server.base_url, api_key=server.keys[0], http_client=http) as client:
         first = client.create(**PARAMS)
         second = client.create(**PARAMS)
         page = client.list(limit=1)
@@ -30,10 +34,14 @@ def test_sync_sdk_manages_tasks_and_waits_by_long_poll(make_server) -> None:  # 
         assert (cancelled.status, cancelled.error) == ("failed", "Cancelled by user.")
         assert client.cancel(second.id) == cancelled
         assert [t.id for t in client.list(status="failed").data] == [second.id]
-        # wait() long-polls: one held read sees the end, with no polling interval to wait out.
-        started = time.monotonic()
+        # wait() long-polls: its reads are held by the server (`?wait=`) until the task ends, so one
+        # read sees the end (two if this machine takes longer than a held read), never a poll spaced
+        # by poll_interval. Counted by request, not timed: a slow machine cannot fail it.
+        del reads[:]
         done = client.wait(first.id, timeout=60, poll_interval=5, max_interval=5)
-        assert done.ok and time.monotonic() - started < 4.5
+        assert done.ok
+        assert 1 <= len(reads) <= 2, [str(r.url) for r in reads]
+        assert all(int(r.url.params["wait"]) >= 1 for r in reads), [str(r.url) for r in reads]
         with pytest.raises(ConflictError):
             client.cancel(first.id)
         assert client.delete(first.id) is None
@@ -43,8 +51,8 @@ def test_sync_sdk_manages_tasks_and_waits_by_long_poll(make_server) -> None:  # 
             client.delete(first.id)
 
 
-def test_sdk_events_follow_a_task_to_its_end(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="2")
+def test_sdk_events_follow_a_task_to_its_end(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=1, REELQ_SYNTHETIC_DELAY="2")
     with Client(base_url=server.base_url, api_key=server.keys[0]) as client:
         task = client.create(**PARAMS)
         seen = list(client.events(task.id))
@@ -58,8 +66,8 @@ def test_sdk_events_follow_a_task_to_its_end(make_server) -> None:  # type: igno
             list(client.events("video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"))
 
 
-def test_async_sdk_list_cancel_delete_wait_events(make_server) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=1)
+def test_async_sdk_list_cancel_delete_wait_events(make_app_server) -> None:  # type: ignore[no-untyped-def]
+    server: Server = make_app_server(workers=1)
 
     async def scenario() -> None:
         async with AsyncClient(base_url=server.base_url, api_key=server.keys[0]) as client:
@@ -81,8 +89,9 @@ def test_async_sdk_list_cancel_delete_wait_events(make_server) -> None:  # type:
     asyncio.run(scenario())
 
 
-def test_cli_generate_cancels_on_ctrl_c_and_manages_tasks(make_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    server: Server = make_server(workers=1, REELQ_SYNTHETIC_DELAY="30")
+def test_cli_generate_cancels_on_ctrl_c_and_manages_tasks(make_app_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The render outlasts any wait of this test however slow the machine (Ctrl-C must find it running).
+    server: Server = make_app_server(workers=1, REELQ_SYNTHETIC_DELAY="600")
     env = {**server.env, "REELQ_BASE_URL": server.base_url, "REELQ_API_KEY": server.keys[0]}
     out = tmp_path / "never.mp4"
     generate = subprocess.Popen(
@@ -93,13 +102,17 @@ def test_cli_generate_cancels_on_ctrl_c_and_manages_tasks(make_server, tmp_path)
         text=True,
     )
     with Client(base_url=server.base_url, api_key=server.keys[0]) as client:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not (tasks := client.list().data) or tasks[0].status != "processing":
             assert time.monotonic() < deadline and generate.poll() is None
-            time.sleep(0.1)
+            time.sleep(0.25)
         time.sleep(1.0)  # progress is showing
         generate.send_signal(signal.SIGINT)
-        _, stderr = generate.communicate(timeout=30)
+        try:
+            _, stderr = generate.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            generate.kill()
+            raise AssertionError(f"reelq generate ignored Ctrl-C: {generate.communicate()}") from None
         assert generate.returncode == 130, stderr
         assert "cancelled" in stderr
         task = client.get(tasks[0].id)
@@ -108,7 +121,8 @@ def test_cli_generate_cancels_on_ctrl_c_and_manages_tasks(make_server, tmp_path)
         # The management subcommands, against the same server.
         queued = client.create(**PARAMS)
     listed = run_cli(server.home, "list", "--limit", "5", env=env).stdout.splitlines()
-    assert listed[0].startswith(f"{queued.id}\t") and listed[1].startswith(f"{task.id}\tfailed")
+    assert listed[0].startswith("ID\tSTATUS\t")  # a header names the columns
+    assert listed[1].startswith(f"{queued.id}\t") and listed[2].startswith(f"{task.id}\tfailed")
     assert run_cli(server.home, "cancel", queued.id, env=env).stdout.startswith(f"{queued.id}\tfailed")
     assert run_cli(server.home, "delete", queued.id, env=env).stdout.strip() == f"deleted {queued.id}"
     gone = run_cli(server.home, "delete", queued.id, env=env, check=False)

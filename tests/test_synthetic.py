@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from reelq.domain import ASPECT_RATIOS, RESOLUTIONS, VideoSpec, frame_size
+from reelq.engines import synthetic
 from reelq.engines.base import Engine, RenderAborted, RenderInputs
 from reelq.engines.synthetic import SyntheticEngine, request_seed
 from reelq.media import cover_fit, probe
@@ -216,30 +218,61 @@ def test_abort_from_progress_propagates_and_leaves_no_file(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_delay_stretches_the_render_and_keeps_reporting(tmp_path: Path) -> None:
+class DelayClock:
+    """The synthetic engine's clock (its `time` module), moved only by the engine's own sleeps: time spent
+    encoding frames, or lost to a loaded machine, does not count. `real` sleeps for real as well."""
+
+    def __init__(self, real: bool) -> None:
+        self.now = 0.0
+        self.real = real
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        if self.real:
+            time.sleep(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def delay_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], DelayClock]:
+    def install(real: bool) -> DelayClock:
+        clock = DelayClock(real)
+        monkeypatch.setattr(synthetic, "time", clock)
+        return clock
+
+    return install
+
+
+def test_delay_stretches_the_render_and_keeps_reporting(
+    tmp_path: Path, delay_clock: Callable[[bool], DelayClock]
+) -> None:
+    clock = delay_clock(True)
     seen: list[tuple[float, float]] = []
     start = time.monotonic()
     SyntheticEngine(delay_seconds=1.5).render(
-        spec_of(), RenderInputs(), tmp_path / "slow.mp4", lambda f: seen.append((time.monotonic(), f))
+        spec_of(), RenderInputs(), tmp_path / "slow.mp4", lambda f: seen.append((clock.now, f))
     )
-    elapsed = time.monotonic() - start
-    assert elapsed >= 1.5
+    assert time.monotonic() - start >= 1.5  # really slept (a lower bound: safe on a slow machine)
+    assert clock.now == pytest.approx(1.5)  # ...and slept the delay, no more
     assert seen[-1][1] == 1.0
-    # Reports keep coming while the delay runs: no silent gap much longer than the reporting interval.
-    times = [start] + [t for t, _ in seen]
+    # Reports keep coming while the delay runs: no silent gap much longer than the reporting interval,
+    # counted on the delay's own clock, so a slow frame encode cannot widen it.
+    times = [0.0] + [t for t, _ in seen]
     assert max(b - a for a, b in itertools.pairwise(times)) < 0.6
     assert len(seen) >= 6
 
 
-def test_abort_during_delay_is_prompt(tmp_path: Path) -> None:
-    start = time.monotonic()
+def test_abort_during_delay_is_prompt(tmp_path: Path, delay_clock: Callable[[bool], DelayClock]) -> None:
+    clock = delay_clock(False)  # the delay's sleeps are counted, not slept: exact on any machine
 
     def progress(fraction: float) -> None:
-        if time.monotonic() - start > 0.3:
+        if clock.now > 0.3:
             raise RenderAborted("drain")
 
     out = tmp_path / "slow.mp4"
     with pytest.raises(RenderAborted):
         SyntheticEngine(delay_seconds=60).render(spec_of(), RenderInputs(), out, progress)
-    assert time.monotonic() - start < 1.5  # not the 60 s, nor even one frame's 2.5 s share of it
+    assert clock.now < 1.5  # slept: not the 60 s, nor even one frame's 2.5 s share of it
     assert not out.exists()

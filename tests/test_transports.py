@@ -32,7 +32,7 @@ from PIL import Image
 
 from reelq.api import create_app, create_asgi
 from reelq.api.app import build_services
-from reelq.api.services import Services
+from reelq.api.deps import Services
 from reelq.config import Settings, load_settings
 from reelq.database import NewTask, TaskStore, make_engine, migrate
 from reelq.database.fastread import SqliteReader
@@ -134,7 +134,7 @@ def _no_reader(settings: Settings) -> Services:
     return Services(
         settings=settings,
         store=TaskStore(make_engine(settings.sqlalchemy_url)),
-        storage=LocalStorage(settings.videos_dir, settings.secret_bytes()),
+        storage=LocalStorage(settings.videos_dir),
         reader=None,
     )
 
@@ -170,6 +170,13 @@ async def make_transports(
             await client.aclose()
         for services in transports.services:
             services.close()
+
+
+def _stop_the_buckets_clock(both: Transports) -> None:
+    """Rate-limit buckets on a clock that stands still, so Retry-After is exact however slow the
+    machine is between two requests (on the wall clock, a limited read 1 s late answers 999, not 1000)."""
+    for services in both.services:
+        services.tasks.limiter = MemoryRateLimiter(clock=lambda: 0.0)
 
 
 @pytest.fixture
@@ -300,6 +307,7 @@ async def test_rate_limited_reads_answer_the_same(
     make_transports: Callable[..., Awaitable[Transports]],
 ) -> None:
     both = await make_transports(poll_rate=0.001, poll_burst=1)
+    _stop_the_buckets_clock(both)
     key = both.key()
     task_id, other = both.task(key), both.task(key)
     assert (await both.same("GET", f"/v1/result/{task_id}", key=key)).status_code == 200
@@ -546,6 +554,7 @@ async def test_bad_idempotency_keys_answer_the_same(both: Transports, value: str
 
 async def test_create_rate_limit_answers_alike(make_transports: Callable[..., Awaitable[Transports]]) -> None:
     both = await make_transports(create_rate=1.0)
+    _stop_the_buckets_clock(both)
     key = both.key()
     assert all(
         a.status_code == 200
@@ -609,7 +618,7 @@ async def test_the_task_service_answers_without_any_http(tmp_path: Path) -> None
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     store = TaskStore(engine)
-    storage = LocalStorage(settings.videos_dir, settings.secret_bytes())
+    storage = LocalStorage(settings.videos_dir)
     assert settings.sqlite_path is not None
     rung: list[bool] = []
     tasks = TaskService(

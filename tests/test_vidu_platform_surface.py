@@ -19,9 +19,11 @@ from PIL import Image
 from reelq.engines.relay.upstream import COMPLETED
 from reelq.engines.relay.vidu_upstream import parse_status
 from tests.conftest import Server, free_port, reelq_env
+from tests.harness import AppServer
 from tests.videos import decode_frames
 
-pytestmark = pytest.mark.e2e
+# Every test here reads or writes tasks, videos, limits or deliveries: the backend's behaviour.
+pytestmark = [pytest.mark.e2e, pytest.mark.scaled]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("vidu-platform")
     # A second of render latency: a task can be cancelled before it finishes.
     env = reelq_env(home, REELQ_POLL_RATE="5", REELQ_SYNTHETIC_DELAY="1")
-    srv = Server(home=home, port=free_port(), env=env)
+    srv = AppServer(home=home, port=free_port(), env=env)
     srv.new_key("a")
     srv.new_key("b")
     srv.start(workers=2)

@@ -1,7 +1,9 @@
 """The web page at `/`, end to end in real headless Chromium (Debian's `chromium`, driven by Playwright
 with `executable_path`; nothing is downloaded): paste a key, submit a real task with an uploaded
 first image, watch it complete over server-sent events, play it, cancel and delete another. The
-run with REELQ_UPDATE_SCREENSHOT=1 saves docs/screenshot.png, which the README shows (otherwise the
+node serving the page is the in-process one (tests/harness.py: the same app, workers and sweeper on
+threads; `reelq serve` itself when REELQ_TEST_SCALED=1): nothing here is about processes. The
+run with REELQ_UPDATE_SCREENSHOT=1 saves docs/screenshot.png, which docs/api.md shows (otherwise the
 screenshot goes to the test's temporary directory: a test run leaves the checkout as it found it).
 
 ./scripts/test installs chromium when it is missing; under CI=true a missing browser fails the test
@@ -11,7 +13,6 @@ instead of skipping it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Server, free_port, reelq_env
+from tests.harness import AppServer
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "screenshot.png"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -34,30 +35,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("web")
     # Renders take a second or two more than the work: there is time to see progress and to cancel.
     env = reelq_env(home, REELQ_SYNTHETIC_DELAY="2", REELQ_POLL_RATE="5")
-    srv = Server(home=home, port=free_port(), env=env)
+    srv = AppServer(home=home, port=free_port(), env=env)
     srv.new_key("web")
     srv.start(workers=1)
     yield srv
     srv.stop(signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(
-                "chromium is not installed (./scripts/test installs it): the browser test must run in CI"
-            )
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start.
-        instance = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield instance
-        instance.close()
-
-
+@pytest.mark.service  # the node in this process; no browser
+@pytest.mark.scaled  # scaled out, the CSP must let the videos play from the S3 endpoint
 def test_headers_keep_the_key_safe(server: Server) -> None:
     page = httpx.get(f"{server.base_url}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -74,6 +60,9 @@ def test_headers_keep_the_key_safe(server: Server) -> None:
     assert httpx.get(f"{server.base_url}/static/nope.js").status_code == 404
 
 
+# The browser (a Chromium process) against the node: SSE from the store's changes, the video from the
+# storage's links (presigned S3 scaled out), a cancel and a delete through the store.
+@pytest.mark.scaled
 def test_submit_watch_play_cancel_delete(server: Server, browser: object, tmp_path: Path) -> None:
     image = tmp_path / "first.png"
     Image.new("RGB", (640, 360), (30, 90, 200)).save(image)
@@ -110,10 +99,12 @@ def test_submit_watch_play_cancel_delete(server: Server, browser: object, tmp_pa
     # Live status over SSE: it passes through processing with progress, then completes.
     page.wait_for_selector(f'li.task[data-id="{task_id}"][data-status="processing"]', timeout=60_000)
     page.wait_for_selector(f'li.task[data-id="{task_id}"][data-status="completed"]', timeout=120_000)
-    video = page.locator(f'li.task[data-id="{task_id}"] video')
+    # The card opens the video in the player.
+    task.get_by_role("button", name="Play").click()
+    video = page.locator("#player-video")
     # It plays: the element loads the MP4 and reports its duration, and time moves on.
     page.wait_for_function(
-        "id => { const v = document.querySelector(`li.task[data-id='${id}'] video`); "
+        "id => { const v = document.querySelector('#player-video'); "
         "return v && v.readyState >= 1 && v.duration > 0; }",
         arg=task_id,
         timeout=30_000,
@@ -122,13 +113,14 @@ def test_submit_watch_play_cancel_delete(server: Server, browser: object, tmp_pa
     assert abs(duration - 2) < 0.1, duration
     video.evaluate("v => { v.muted = true; return v.play(); }")
     page.wait_for_function(
-        "id => document.querySelector(`li.task[data-id='${id}'] video`).currentTime > 0.2",
+        "id => document.querySelector('#player-video').currentTime > 0.2",
         arg=task_id,
         timeout=30_000,
     )
     download = page.locator(f'li.task[data-id="{task_id}"] a.download')
     assert download.get_attribute("download") == f"{task_id}.mp4"
     video.evaluate("v => { v.pause(); v.currentTime = 1.0; }")
+    page.keyboard.press("Escape")  # closes the player
     shot = SCREENSHOT if os.environ.get("REELQ_UPDATE_SCREENSHOT") == "1" else tmp_path / "screenshot.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000  # a real page, not a blank one
@@ -152,7 +144,9 @@ def test_submit_watch_play_cancel_delete(server: Server, browser: object, tmp_pa
 
     # The key never left for anywhere else: every request went to this server, but for the video's
     # own presigned links when the videos are in S3 (those carry no key).
-    origins = (server.base_url, server.env.get("AWS_ENDPOINT_URL") or server.base_url)
+    # (blob: URLs of this origin are the image previews: the browser's own memory, no request out.)
+    s3 = server.env.get("AWS_ENDPOINT_URL") or server.base_url
+    origins = (server.base_url, f"blob:{server.base_url}/", s3)
     assert requests and all(url.startswith(origins) for url in requests), requests
     assert not [url for url, key_sent in sent if key_sent and not url.startswith(server.base_url)], sent
     assert not failures, failures

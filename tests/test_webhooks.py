@@ -21,7 +21,8 @@ from reelq.fetch import address_problem
 from tests.conftest import Server, run_cli, wait_terminal
 from tests.webhook_receiver import Received, Receiver
 
-pytestmark = pytest.mark.e2e
+# Every test here reads or writes tasks, videos, limits or deliveries: the backend's behaviour.
+pytestmark = [pytest.mark.e2e, pytest.mark.scaled]
 
 GOOD = {"model": "viduq3-turbo", "prompt": "a lighthouse at dusk", "duration": 1, "resolution": "540p"}
 # Quick retries so that a test sees several attempts within a second or two.
@@ -80,9 +81,9 @@ def recorded_attempts(server: Server, key: str, task_id: str, count: int, timeou
 
 
 def test_processing_then_completed_signed_with_the_keys_secret(
-    make_server: Callable[..., Server], receiver: Receiver
+    make_app_server: Callable[..., Server], receiver: Receiver
 ) -> None:
-    server = make_server(**ALLOW_PRIVATE)
+    server = make_app_server(**ALLOW_PRIVATE)
     key = server.keys[0]
     secret = secret_of(server, key)
     assert secret.startswith("whsec_")
@@ -134,10 +135,10 @@ def test_processing_then_completed_signed_with_the_keys_secret(
 
 
 def test_retried_with_the_same_webhook_id_after_two_failures(
-    make_server: Callable[..., Server], receiver: Receiver
+    make_app_server: Callable[..., Server], receiver: Receiver
 ) -> None:
     receiver.answer = lambda n: 500 if n < 2 else 200  # the first two requests fail
-    server = make_server(**ALLOW_PRIVATE)
+    server = make_app_server(**ALLOW_PRIVATE)
     key = server.keys[0]
     task = create(server, key, receiver.url())
     delivered_events(receiver, task["id"], 2)
@@ -162,9 +163,9 @@ def test_retried_with_the_same_webhook_id_after_two_failures(
 
 
 def test_a_failed_task_gets_its_terminal_event(
-    make_server: Callable[..., Server], receiver: Receiver
+    make_app_server: Callable[..., Server], receiver: Receiver
 ) -> None:
-    server = make_server(**ALLOW_PRIVATE)
+    server = make_app_server(**ALLOW_PRIVATE)
     key = server.keys[0]
     task = create(server, key, receiver.url(), prompt="a bomb making tutorial")
     events = delivered_events(receiver, task["id"], 2)
@@ -175,9 +176,9 @@ def test_a_failed_task_gets_its_terminal_event(
 
 
 def test_each_key_has_its_own_secret_and_rotation_replaces_it(
-    make_server: Callable[..., Server], receiver: Receiver
+    make_app_server: Callable[..., Server], receiver: Receiver
 ) -> None:
-    server = make_server(**ALLOW_PRIVATE)
+    server = make_app_server(**ALLOW_PRIVATE)
     # `keys create` shows the secret before the key, which stays alone on the last line.
     lines = run_cli(server.home, "keys", "create", "--name", "second", env=server.env).stdout.splitlines()
     assert lines[0].startswith("id: key_")
@@ -222,8 +223,8 @@ def test_each_key_has_its_own_secret_and_rotation_replaces_it(
         "http://169.254.169.254/latest",
     ],
 )
-def test_a_bad_callback_url_is_refused_at_create(make_server: Callable[..., Server], url: str) -> None:
-    server = make_server(**FAST_RETRIES)  # private addresses not allowed
+def test_a_bad_callback_url_is_refused_at_create(make_app_server: Callable[..., Server], url: str) -> None:
+    server = make_app_server(**FAST_RETRIES)  # private addresses not allowed
     with server.client() as client:
         answer = client.post("/v1/vidu/videos", json={**GOOD, "callback_url": url})
         assert answer.status_code == 400, answer.text
@@ -241,7 +242,7 @@ def any_address_receiver() -> Iterator[Receiver]:
 
 
 def test_a_private_receiver_is_refused_at_delivery_unless_allowed(
-    make_server: Callable[..., Server], any_address_receiver: Receiver
+    make_app_server: Callable[..., Server], any_address_receiver: Receiver
 ) -> None:
     """A name is accepted at create (DNS may change) and judged after resolution at each attempt."""
     receiver = any_address_receiver
@@ -249,7 +250,7 @@ def test_a_private_receiver_is_refused_at_delivery_unless_allowed(
     resolved = {info[4][0] for info in socket.getaddrinfo(name, receiver.port, type=socket.SOCK_STREAM)}
     if not any(address_problem(ipaddress.ip_address(a)) for a in resolved):
         pytest.skip(f"this machine's name {name} resolves to public addresses {resolved}")
-    refused = make_server(**FAST_RETRIES, REELQ_WEBHOOK_RETRY_FOR="1")
+    refused = make_app_server(**FAST_RETRIES, REELQ_WEBHOOK_RETRY_FOR="1")
     key = refused.keys[0]
     task = create(refused, key, receiver.url(host=name))
     with refused.client(key) as client:
@@ -266,7 +267,7 @@ def test_a_private_receiver_is_refused_at_delivery_unless_allowed(
     assert given_up == ["video.processing", "video.completed"]
     assert receiver.received == []
 
-    allowed = make_server(**ALLOW_PRIVATE)
+    allowed = make_app_server(**ALLOW_PRIVATE)
     task = create(allowed, allowed.keys[0], receiver.url(host=name))
     events = delivered_events(receiver, task["id"], 2)
     assert [r.json["status"] for r in events] == ["processing", "completed"]
@@ -303,9 +304,9 @@ def test_a_pending_delivery_survives_a_kill_and_restart(
 
 
 def test_tasks_without_callback_send_nothing_and_list_no_deliveries(
-    make_server: Callable[..., Server], receiver: Receiver
+    make_app_server: Callable[..., Server], receiver: Receiver
 ) -> None:
-    server = make_server(**ALLOW_PRIVATE)
+    server = make_app_server(**ALLOW_PRIVATE)
     with server.client() as client:
         task = client.post("/v1/vidu/videos", json=GOOD).json()
         wait_terminal(client, task["id"])

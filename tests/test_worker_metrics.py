@@ -158,12 +158,15 @@ def _render_on_the_worker_node(server: Server, worker: Worker, kill_mid_render: 
     # A stop drains the node, closes the port and removes its metric files.
     assert worker.metrics_dir.is_dir()
     worker.process.send_signal(signal.SIGTERM)
-    assert worker.process.wait(timeout=30) == 0
+    # Nothing is in flight, so this is quick; but 30 s is also the drain window's default, so wait
+    # well past it (a loaded machine must not turn a drain into a failure here).
+    assert worker.process.wait(timeout=120) == 0
     assert not worker.metrics_dir.exists()
     with pytest.raises(httpx.TransportError):
         httpx.get(worker.url, timeout=2)
 
 
+@pytest.mark.scaled  # `reelq worker` runs the dispatch in use (Celery scaled out): its node's metrics
 def test_a_worker_node_serves_its_render_metrics_and_a_dead_process_stops_counting(
     make_server: Callable[..., Server], workers: Callable[..., Worker]
 ) -> None:
@@ -207,8 +210,10 @@ def test_a_busy_metrics_port_stops_the_worker_with_one_line(tmp_path: Path) -> N
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = reelq_env(home, REELQ_METRICS_PORT=str(port), REELQ_METRICS_HOST="127.0.0.1")
-        started = time.monotonic()
+        # At INFO a node logs each render worker it starts ("started render worker w0 (pid ...)").
+        env = reelq_env(
+            home, REELQ_METRICS_PORT=str(port), REELQ_METRICS_HOST="127.0.0.1", REELQ_LOG_LEVEL="INFO"
+        )
         done = run_cli(home, "worker", "-n", "1", env=env, check=False, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -216,7 +221,10 @@ def test_a_busy_metrics_port_stops_the_worker_with_one_line(tmp_path: Path) -> N
         f"reelq: cannot serve metrics on 127.0.0.1:{port}: Address already in use (choose another with "
         "--metrics-port/REELQ_METRICS_PORT or --metrics-host/REELQ_METRICS_HOST, or port 0 to serve none)"
     ], done.stderr
-    assert time.monotonic() - started < 30  # refused before any render worker started
+    # Refused before any render worker started: read from what the node said (that one line, even at
+    # INFO) and left (no database opened), not from how long it took.
+    assert "render worker" not in done.stdout + done.stderr
+    assert not (home / "reelq.db").exists()
     assert not list(run_dir(home).glob("metrics-*"))  # the metric files' directory went with it
 
 

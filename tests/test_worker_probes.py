@@ -28,13 +28,16 @@ from tests.test_worker_metrics import Worker
 pytestmark = pytest.mark.e2e
 
 small_fs = test_hardening.small_fs  # a real 20 MB tmpfs (needs root, as CI has)
-PROBE_BUDGET = 3.0  # seconds: /readyz waits for its checks at most 2 s (dispatch/probes.py READY_WAIT)
-REFUSED_BUDGET = 1.5  # seconds: a dependency that refuses at once is reported at once (no retry sleeps)
+# /readyz waits for its checks at most 2 s (dispatch/probes.py READY_WAIT). The bound a probe's answer is
+# held to only rules out waiting for the checks themselves (a hung database: for good), so it is far
+# from those 2 s, which a loaded machine stretches. That the wait was the 2 s is read from the answers:
+# a round still running says "... did not answer within 2 s"; one that ended in time gives its own reason.
+PROBE_BUDGET = 10.0
 
 
 def get(worker: Worker, path: str, method: str = "GET") -> tuple[httpx.Response, float]:
     started = time.monotonic()
-    answer = httpx.request(method, f"http://127.0.0.1:{worker.port}{path}", timeout=10)
+    answer = httpx.request(method, f"http://127.0.0.1:{worker.port}{path}", timeout=30)
     return answer, time.monotonic() - started
 
 
@@ -77,16 +80,16 @@ def wait_unready(worker: Worker, timeout: float = 30, each: Callable[[], None] =
     return reason
 
 
-def uncached_latency(worker: Worker, rounds: int = 3) -> float:
-    """The slowest of a few /readyz answers that each ran the checks anew (past the 1 s cache)."""
-    slowest = 0.0
+def uncached(worker: Worker, rounds: int = 3) -> list[tuple[str, float]]:
+    """(reason, seconds) of a few /readyz answers that each ran the checks anew (past the 1 s cache)."""
+    answers = []
     for _ in range(rounds):
         time.sleep(1.1)
         answer, took = get(worker, "/readyz")
         assert answer.status_code == 503
-        slowest = max(slowest, took)
-    print(f"/readyz uncached, slowest of {rounds}: {slowest * 1000:.0f} ms")
-    return slowest
+        answers.append((str(answer.json()["reason"]), took))
+    print(f"/readyz uncached, slowest of {rounds}: {max(t for _, t in answers) * 1000:.0f} ms")
+    return answers
 
 
 @pytest.fixture
@@ -152,6 +155,7 @@ class Relay:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+@pytest.mark.scaled  # ready means its store and, scaled out, its broker answer
 def test_a_healthy_node_is_live_and_ready_and_serves_three_paths(node: Callable[..., Worker]) -> None:
     worker = node()
     wait_ready(worker)
@@ -177,6 +181,7 @@ def test_a_healthy_node_is_live_and_ready_and_serves_three_paths(node: Callable[
     assert refused.json()["error"]["code"] == "method_not_allowed"
 
 
+@pytest.mark.scaled  # the S3 storage's readiness must check the local temporary renders too
 def test_readyz_says_when_the_temporary_renders_disk_is_full(
     node: Callable[..., Worker], small_fs: Path, tmp_path: Path
 ) -> None:
@@ -215,11 +220,23 @@ def test_readyz_says_when_the_database_is_unreachable(
         if failure == "cut":
             relay.cut()
             assert wait_unready(worker) == "database unavailable: OperationalError"
-            assert uncached_latency(worker) < REFUSED_BUDGET
+            # Refused at once, reported at once: each fresh round ended with its own reason within the
+            # probe's 2 s wait (a round with retry sleeps would still be running: "did not answer").
+            answers = uncached(worker)
+            assert {reason for reason, _ in answers} == {"database unavailable: OperationalError"}, answers
+            assert max(took for _, took in answers) < PROBE_BUDGET
         else:
             relay.hang()  # the round of checks waits on the database for good; each probe for 2 s
             assert wait_unready(worker) == "the database did not answer within 2 s"
-            assert 2.0 <= uncached_latency(worker) < PROBE_BUDGET
+            # A probe that found the round hung waited its 2 s (a lower bound: safe however slow the
+            # machine) and answered without it: the reason says so. (A round can also end by the
+            # connection's own timeouts meanwhile; the next probe then has that round's reason.)
+            hung = "the database did not answer within 2 s"
+            answers = uncached(worker)
+            assert {r for r, _ in answers} <= {hung, "database unavailable: OperationalError"}, answers
+            assert any(reason == hung for reason, _ in answers), answers
+            assert all(took >= 2.0 for reason, took in answers if reason == hung), answers
+            assert max(took for _, took in answers) < PROBE_BUDGET, answers
         assert get(worker, "/healthz")[0].status_code == 200  # alive: restarting the pod would not help
         worker.kill()  # before its database is dropped
 
@@ -228,12 +245,16 @@ def test_readyz_says_when_the_broker_is_unreachable(node: Callable[..., Worker])
     pytest.importorskip("celery")
     worker = node(REELQ_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     assert wait_unready(worker, timeout=60) == "broker unavailable: OperationalError"
-    assert uncached_latency(worker) < REFUSED_BUDGET
+    # Refused at once, reported at once: each fresh round ended within the probe's 2 s wait (its reason is
+    # the broker's, not "did not answer within 2 s"); counted by reason, not timed.
+    answers = uncached(worker)
+    assert {reason for reason, _ in answers} == {"broker unavailable: OperationalError"}, answers
     # The Celery worker itself waits the broker out (it retries forever): alive, so only the probe's
     # own connection attempt can tell.
     assert worker.render_pids() and get(worker, "/healthz")[0].status_code == 200
 
 
+@pytest.mark.scaled  # the render worker processes are the dispatch's (Celery's scaled out)
 def test_readyz_says_when_no_render_worker_stays_up(node: Callable[..., Worker]) -> None:
     worker = node()
     wait_ready(worker)

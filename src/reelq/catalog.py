@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,13 +20,15 @@ from reelq.domain import MAX_DURATION, MIN_DURATION, ModelLimits
 
 # A GPU model takes minutes a clip (Wan 14B at 720p: tens of minutes on one H100), not seconds.
 ENGINE_DEADLINE_FACTOR = {"diffusers": 600.0}
-SHARED_KEYS = ("tokens_per_second", "max_duration", "render_deadline_factor")
+SHARED_KEYS = ("tokens_per_second", "max_duration", "render_deadline_factor", "pool")
+# SPEC §7: a model names the pool of workers that serves it; workers run `--pool NAME`.
+DEFAULT_POOL = "default"
+POOL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 # SPEC §5: tokens_per_second defaults to 300 for *-pro models, 150 otherwise.
 PRO_RATE, DEFAULT_RATE = 300.0, 150.0
 MAX_MODEL_NAME = 100
 
 
-_Options = TypeVar("_Options", bound=BaseModel)
 
 
 class CatalogError(ValueError):
@@ -44,19 +46,10 @@ class ModelEntry(BaseModel):
     max_duration: int | None = Field(None, ge=MIN_DURATION, le=MAX_DURATION)
     # Seconds of render deadline per second of 720p video (REELQ_RENDER_DEADLINE_FACTOR when None).
     render_deadline_factor: float | None = Field(None, gt=0)
+    # The workers that load and claim this model: those started with `--pool <this>` (SPEC §7).
+    pool: str = Field(DEFAULT_POOL, pattern=POOL_PATTERN)
     options: dict[str, Any] = Field(default_factory=dict)
     limits: ModelLimits = Field(default_factory=ModelLimits)
-
-
-def validate_options(model: type[_Options], options: dict[str, Any]) -> _Options:
-    """An engine's options model from a models-file table; an error is one ValueError line naming the key."""
-    try:
-        return model.model_validate(options)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "options"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise ValueError(message if message.startswith(f"{key}:") else f"{key}: {message}") from None
 
 
 def default_rate(name: str) -> float:

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import base64
 import gc
+import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reelq.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:  # imported where used: a CLI command loads only what it needs
+    from reelq.database import TaskStore
 
 app = typer.Typer(help="reelq: a self-hosted, Vidu-compatible video-generation API.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -28,8 +31,33 @@ db_app = typer.Typer(help="The database's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 err = Console(stderr=True)
 
+def _version(value: bool) -> None:
+    if value:
+        from reelq import __version__
+
+        typer.echo(f"reelq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print reelq's version and exit."),
+    ] = False,
+) -> None:
+    """reelq: a self-hosted, Vidu-compatible video-generation API."""
+
+
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="Data directory (REELQ_HOME).", show_default=False)
+]
+# SPEC §7: repeatable; the workers load and claim only these pools' models (REELQ_POOLS).
+PoolOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pool", help="Serve only this pool's models (repeatable; REELQ_POOLS).", show_default=False
+    ),
 ]
 
 
@@ -52,7 +80,7 @@ def _logging(settings: Settings) -> None:
     setup_logging(settings)
 
 
-def _store(settings: Settings):  # type: ignore[no-untyped-def]
+def _store(settings: Settings) -> TaskStore:
     from reelq.database import SchemaOutdated, TaskStore, ensure_schema, make_engine
 
     settings.home_dir.mkdir(parents=True, exist_ok=True)
@@ -110,23 +138,6 @@ def db_current(home: HomeOpt = None) -> None:
         raise typer.Exit(1)
 
 
-def _uvicorn_server_class():  # type: ignore[no-untyped-def]
-    import uvicorn
-
-    class DrainingServer(uvicorn.Server):
-        """uvicorn's server, which also tells the app when a shutdown begins (held long-polls answer)."""
-
-        def __init__(self, config: uvicorn.Config, draining: threading.Event) -> None:
-            super().__init__(config)
-            self.draining = draining
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            self.draining.set()
-            super().handle_exit(sig, frame)
-
-    return DrainingServer
-
-
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -136,6 +147,7 @@ def serve(
         typer.Option(help="Render worker processes (REELQ_WORKERS; 2, or one per GPU with diffusers)."),
     ] = None,
     root_path: Annotated[str | None, typer.Option(help="Also serve every route under this prefix.")] = None,
+    pool: PoolOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Run the API and N supervised render workers on the embedded store."""
@@ -143,14 +155,14 @@ def serve(
 
     from reelq.metrics import prepare_multiprocess_dir
 
-    settings = _settings(workers=workers, root_path=root_path, home=home)
+    settings = _settings(workers=workers, root_path=root_path, home=home, pools=pool or None)
     # Before anything imports prometheus-client, here and in the render workers (they inherit it).
     metrics_dir = prepare_multiprocess_dir(settings)
     from reelq.api import create_asgi
     from reelq.api.app import build_services
-    from reelq.api.server import server_options
+    from reelq.api.server import DrainingServer, server_options
     from reelq.database import SchemaOutdated
-    from reelq.dispatch.gpus import default_worker_count, worker_gpus
+    from reelq.dispatch.gpus import default_worker_count, worker_gpu_groups
     from reelq.dispatch.supervisor import Supervisor
     from reelq.webhooks.delivery import WebhookDeliverer
 
@@ -163,8 +175,14 @@ def serve(
     except Exception as exc:
         _error(f"cannot start: {type(exc).__name__}: {exc}")
         raise typer.Exit(2) from None
-    gpus = worker_gpus(settings)
-    supervisor = Supervisor(settings, default_worker_count(settings, gpus), gpus)
+    try:
+        gpus = worker_gpu_groups(settings)
+        supervisor = Supervisor(settings, default_worker_count(settings, gpus), gpus)
+    except ConfigError as exc:
+        _error(f"{exc}")
+        raise typer.Exit(2) from None
+    if supervisor.awaits_models:  # /readyz: ready once the render workers have loaded their models
+        services.workers_problem = supervisor.worker_problem
     deliverer = WebhookDeliverer(
         settings, services.store, services.tasks.render, _webhook_link_base(settings, host, port)
     )
@@ -176,25 +194,24 @@ def serve(
         port=port,
         log_level=settings.log_level.lower(),
         # JSON logs: uvicorn's lines go through our handler (logs.py) rather than its text ones.
-        **({"log_config": None} if settings.log_format == "json" else {}),
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=5,
-        # The stdlib event loop, not uvloop: measured here (docs/performance.md), uvloop served
-        # established connections first and left new ones in the accept queue for seconds under
-        # load (p99 1-1.3 s and wrk timeouts at 256 connections, a fifth of 1,000 pollers never
-        # answered in 30 s), while asyncio accepted them at once for about the same req/s.
+        # The stdlib event loop, not uvloop: under load uvloop served established connections first
+        # and left new ones in the accept queue for seconds, while asyncio accepted them at once for
+        # about the same throughput (docs/performance.md, "Tail latency at 256 connections").
         loop="asyncio",
     )
-    server = _uvicorn_server_class()(config, services.draining)
+    server = DrainingServer(config, services.draining)
     # uvicorn re-raises the signal it caught once it has shut down; with our own handler in
     # place that re-raise is harmless and we get to drain the workers afterwards.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     config.load()  # imports the protocol and loop modules now, so the freeze below covers them
-    # Everything alive now (FastAPI, SQLAlchemy, pydantic: ~130,000 objects) lives as long as the
-    # process. Frozen, the collector stops re-scanning it: full collections under load took up
-    # to 73 ms each and set the p99 at 256 connections (75 ms; 46 ms frozen, docs/performance.md).
+    # Everything alive now (FastAPI, SQLAlchemy, pydantic) lives as long as the process. Frozen, the
+    # collector stops re-scanning it: under load, full collections of it set the tail latency
+    # (docs/performance.md, "Tail latency at 256 connections").
     gc.collect()
     gc.freeze()
     supervisor.start()
@@ -211,15 +228,10 @@ def serve(
 
 
 def _webhook_link_base(settings: Settings, host: str, port: int) -> str:
-    """Where video links in webhook payloads point: REELQ_PUBLIC_BASE_URL, else this server's address (a
-    webhook has no request whose Host header could say better)."""
-    if settings.public_base_url:
-        return settings.public_base_url
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.getfqdn()
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}{settings.root_path}"
+    """Where video links in webhook payloads point (service/links.py `server_base`)."""
+    from reelq.service.links import server_base
+
+    return server_base(settings.public_base_url, host, port, settings.root_path)
 
 
 @app.command()
@@ -242,6 +254,7 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    pool: PoolOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Run render workers without the API (they share the database with the API processes; with
@@ -250,7 +263,7 @@ def worker(
     temporary disk, broker and a live render worker; 503 with the reason)."""
     from reelq.metrics import prepare_multiprocess_dir
 
-    settings = _settings(home=home, metrics_port=metrics_port, metrics_host=metrics_host)
+    settings = _settings(home=home, metrics_port=metrics_port, metrics_host=metrics_host, pools=pool or None)
     metrics_dir: Path | None = None
     metrics_server = endpoint = None
     if settings.metrics_port:
@@ -293,14 +306,15 @@ def _remove_metrics_dir(path: Path | None) -> None:
 
 def _run_workers(settings: Settings, workers: int | None, endpoint: Any = None) -> None:
     from reelq.database import SchemaOutdated
-    from reelq.dispatch.gpus import worker_gpus
+    from reelq.dispatch.gpus import default_worker_count, worker_gpu_groups
     from reelq.dispatch.supervisor import Supervisor
 
     _logging(settings)
-    gpus = worker_gpus(settings)
     try:
-        supervisor = Supervisor(settings, workers if workers is not None else max(1, len(gpus)), gpus)
-    except SchemaOutdated as exc:
+        gpus = worker_gpu_groups(settings)
+        count = workers if workers is not None else default_worker_count(settings, gpus, fallback=1)
+        supervisor = Supervisor(settings, count, gpus)
+    except (SchemaOutdated, ConfigError) as exc:
         _error(f"{exc}")
         raise typer.Exit(2) from None
     stop = threading.Event()
@@ -315,20 +329,169 @@ def _run_workers(settings: Settings, workers: int | None, endpoint: Any = None) 
     supervisor.stop()
 
 
+# The per-key settings (SPEC §6) as flags, the same for `create` and `update`. Values are text so that
+# `none` can lift a limit on `update`; service/admin.py's KeySettings validates them like the admin API.
+BudgetOpt = Annotated[str | None, typer.Option(help="Tokens the key may spend; 'none': unlimited.")]
+MaxActiveOpt = Annotated[
+    str | None, typer.Option(help="Tasks waiting or running at once [REELQ_MAX_ACTIVE_PER_KEY].")
+]
+MaxProcessingOpt = Annotated[str | None, typer.Option(help="Tasks rendering at once [no limit].")]
+WeightOpt = Annotated[str | None, typer.Option(help="Fair share weight [1].")]
+ModelOpt = Annotated[
+    list[str] | None, typer.Option("--model", help="A model the key may use (repeat; 'none': all) [all].")
+]
+CreateRateOpt = Annotated[str | None, typer.Option(help="Creates per minute [REELQ_CREATE_RATE].")]
+PollRateOpt = Annotated[str | None, typer.Option(help="Status reads per second per task [REELQ_POLL_RATE].")]
+ExpiresOpt = Annotated[str | None, typer.Option(help="Unix seconds or ISO 8601 time; after it: 401.")]
+_INTEGER_SETTINGS = ("budget", "max_active", "max_processing")
+
+
+def _flag_settings(name: str | None, *, partial: bool, **flags: Any) -> dict[str, Any]:
+    """The settings the given flags set, validated like the admin API's body (exit 2 on a bad one)."""
+    from reelq.service.admin import parse_settings
+    from reelq.service.errors import InvalidRequest
+
+    data: dict[str, Any] = {} if name is None else {"name": name}
+    for field, value in flags.items():
+        if value is None:
+            continue
+        if field == "models":
+            data[field] = None if value == ["none"] else list(value)
+        elif value.lower() == "none":
+            data[field] = None
+        elif field == "expires_at":
+            data[field] = float(value) if value.replace(".", "", 1).isdigit() else value
+        else:
+            try:
+                data[field] = int(value) if field in _INTEGER_SETTINGS else float(value)
+            except ValueError:
+                _error(f"--{field.replace('_', '-')}: not a number: {value!r}")
+                raise typer.Exit(2) from None
+    try:
+        return parse_settings(data, partial=partial)
+    except InvalidRequest as exc:
+        _error(exc.message)
+        raise typer.Exit(2) from None
+
+
+def _show(record: Any) -> None:
+    from reelq.service.admin import key_object
+
+    typer.echo(json.dumps(key_object(record), indent=2))
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="May call /v1/admin/* (SPEC §6).")] = False,
+    budget: BudgetOpt = None,
+    max_active: MaxActiveOpt = None,
+    max_processing: MaxProcessingOpt = None,
+    weight: WeightOpt = None,
+    model: ModelOpt = None,
+    create_rate: CreateRateOpt = None,
+    poll_rate: PollRateOpt = None,
+    expires_at: ExpiresOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Create an API key. Prints its id and webhook signing secret, then the key alone on the last line
-    (the key is shown only once; the secret again with `reelq keys secret`)."""
+    """Create an API key. Prints `id: …` and `webhook secret: …`, then the key alone on the last line of
+    stdout (shown only this once: `reelq keys create | tail -n 1` captures it)."""
+    settings = _flag_settings(
+        name,
+        partial=False,
+        budget=budget,
+        max_active=max_active,
+        max_processing=max_processing,
+        weight=weight,
+        models=model,
+        create_rate=create_rate,
+        poll_rate=poll_rate,
+        expires_at=expires_at,
+    )
     store = _store(_settings(home=home))
-    record, plain = store.create_key(name)
-    found = store.webhook_secret(record.id)
-    assert found is not None
+    record, plain, secret = store.create_key_with(settings, admin=admin)
     typer.echo(f"id: {record.id}")
-    typer.echo(f"webhook secret: {found[1]}")
+    typer.echo(f"webhook secret: {secret}")
+    typer.echo("reelq: the API key is the last line of stdout; it is shown only this once", err=True)
     typer.echo(plain)
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="The key's id.")],
+    name: Annotated[str | None, typer.Option(help="A new label.")] = None,
+    budget: BudgetOpt = None,
+    max_active: MaxActiveOpt = None,
+    max_processing: MaxProcessingOpt = None,
+    weight: WeightOpt = None,
+    model: ModelOpt = None,
+    create_rate: CreateRateOpt = None,
+    poll_rate: PollRateOpt = None,
+    expires_at: ExpiresOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Change a key's settings (`none` lifts a limit); prints the key object."""
+    from reelq.database.keys import BudgetInUse
+
+    settings = _flag_settings(
+        name,
+        partial=True,
+        budget=budget,
+        max_active=max_active,
+        max_processing=max_processing,
+        weight=weight,
+        models=model,
+        create_rate=create_rate,
+        poll_rate=poll_rate,
+        expires_at=expires_at,
+    )
+    try:
+        record = _store(_settings(home=home)).update_key(key_id, settings)
+    except BudgetInUse:
+        _error("the budget cannot be lower than what the key has spent and holds for live tasks")
+        raise typer.Exit(1) from None
+    if record is None:
+        _error("no such key")
+        raise typer.Exit(1)
+    _show(record)
+
+
+@keys_app.command("credit")
+def keys_credit(
+    key_id: Annotated[str, typer.Argument(help="The key's id.")],
+    tokens: Annotated[int, typer.Argument(help="Tokens to add to the budget (negative: take away).")],
+    note: Annotated[str | None, typer.Option(help="Why (an invoice number…), kept in the ledger.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Add tokens to a key's budget, recorded in its credit ledger; prints the key object."""
+    from reelq.database.keys import BudgetInUse
+
+    try:
+        record = _store(_settings(home=home)).credit_key(key_id, tokens, note, None)
+    except ValueError as exc:
+        _error(f"{exc}")
+        raise typer.Exit(1) from None
+    except BudgetInUse:
+        _error("the budget cannot go below what the key has spent and holds for live tasks")
+        raise typer.Exit(1) from None
+    if record is None:
+        _error("no such key")
+        raise typer.Exit(1)
+    _show(record)
+
+
+@keys_app.command("show")
+def keys_show(key_id: Annotated[str, typer.Argument(help="The key's id.")], home: HomeOpt = None) -> None:
+    """Print a key object (settings, budget, spent, reserved, available) and its latest credits."""
+    store = _store(_settings(home=home))
+    record = store.key_record(key_id)
+    if record is None:
+        _error("no such key")
+        raise typer.Exit(1)
+    _show(record)
+    for credit in store.key_credits(key_id, 20):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(credit.at))
+        typer.echo(f"credit\t{when} UTC\t{credit.tokens:+d}\t{credit.by or 'cli'}\t{credit.note or ''}")
 
 
 @keys_app.command("list")
@@ -408,20 +571,48 @@ def _progress_bar() -> Progress:
     )
 
 
+# A server's address and key: flags first, else REELQ_BASE_URL / REELQ_API_KEY (client/_settings.py).
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option("--base-url", help="The server's address (REELQ_BASE_URL).", show_default=False),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", help="Your API key (REELQ_API_KEY).", show_default=False),
+]
+
+
+def _server(base_url: str | None, api_key: str | None) -> tuple[str | None, str | None]:
+    """(base URL, key): each flag, else its variable."""
+    from reelq.client._settings import ClientSettings
+
+    remote = ClientSettings()
+    return base_url or remote.base_url, api_key or remote.api_key
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the MP4.")] = Path("out.mp4"),
-    model: Annotated[str, typer.Option(help="viduq3-pro or viduq3-turbo.")] = "viduq3-turbo",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A model the server serves (`reelq models`); default: its first.",
+            show_default=False,
+        ),
+    ] = None,
     duration: Annotated[int, typer.Option(help="Seconds, 1..16.")] = 5,
     aspect_ratio: Annotated[str, typer.Option(help="16:9, 9:16, 1:1, 4:3 or 3:4.")] = "16:9",
     resolution: Annotated[str, typer.Option(help="540p, 720p or 1080p.")] = "720p",
     first_image: Annotated[str | None, typer.Option(help="Image file, URL or data URI.")] = None,
     last_image: Annotated[str | None, typer.Option(help="Image file, URL or data URI.")] = None,
     seed: Annotated[int | None, typer.Option(help="Same inputs + seed give the same video.")] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Generate one video with a progress bar: remote with REELQ_BASE_URL + REELQ_API_KEY, else embedded."""
+    """Generate one video with a progress bar: on a server with --base-url/--api-key (or REELQ_BASE_URL
+    + REELQ_API_KEY), else embedded in this command (REELQ_HOME)."""
     body: dict[str, Any] = {
         "model": model,
         "prompt": prompt,
@@ -432,13 +623,18 @@ def generate(
         "last_image": _image_argument(last_image),
         "seed": seed,
     }
-    from reelq.client._settings import ClientSettings
-
-    remote = ClientSettings()
-    if remote.base_url and remote.api_key:
-        _generate_remote(remote.base_url, remote.api_key, body, output)
+    url, key = _server(base_url, api_key)
+    if url and key:
+        _generate_remote(url, key, body, output)
+    elif base_url or api_key:  # a flag says "a server", but half of what reaching it takes is missing
+        missing = "--api-key (or REELQ_API_KEY)" if base_url else "--base-url (or REELQ_BASE_URL)"
+        _error(f"generating on a server needs {missing} too")
+        raise typer.Exit(2)
     else:
-        _generate_embedded(_settings(home=home), body, output)
+        settings = _settings(home=home)
+        if body["model"] is None:
+            body["model"] = settings.models[0]  # the models file's first (SPEC §5), or viduq3-pro
+        _generate_embedded(settings, body, output)
 
 
 def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: Path) -> None:
@@ -450,6 +646,8 @@ def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: 
     try:
         with Client(base_url=base_url, api_key=api_key) as client, _progress_bar() as bar:
             try:
+                if body["model"] is None:
+                    body["model"] = _first_model(client)
                 task = client.create(**{k: v for k, v in body.items() if v is not None})
                 bar_id = bar.add_task(f"{task.id} {task.status}", total=100)
 
@@ -471,6 +669,21 @@ def _generate_remote(base_url: str, api_key: str, body: dict[str, Any], output: 
         _error(f"{exc}")
         raise typer.Exit(1) from None
     _report(output, task.actual_duration, task.total_tokens)
+
+
+def _first_model(client: Any) -> str:
+    """The first model the server serves this key (GET /v1/models): what `generate` asks for by default."""
+    from reelq.client import NotFoundError
+
+    try:
+        models = client.models()
+    except NotFoundError:
+        _error("this server does not list its models (no GET /v1/models): name one with --model")
+        raise typer.Exit(2) from None
+    if not models:
+        _error("the server serves no model to this key")
+        raise typer.Exit(1)
+    return str(models[0]["id"])
 
 
 def _follow(client: Any, task: Any, update: Any) -> Any:
@@ -548,26 +761,114 @@ def _report(output: Path, duration: float | None, tokens: int | None) -> None:
 # --- task management against a server (REELQ_BASE_URL + REELQ_API_KEY) ---------------------------
 
 
-def _remote_client() -> Any:
+def _remote_client(base_url: str | None, api_key: str | None) -> Any:
     from reelq.client import Client
-    from reelq.client._settings import ClientSettings
 
-    remote = ClientSettings()
-    if not (remote.base_url and remote.api_key):
-        _error("set REELQ_BASE_URL and REELQ_API_KEY to manage a server's tasks")
+    url, key = _server(base_url, api_key)
+    if not (url and key):
+        _error(
+            "set REELQ_BASE_URL and REELQ_API_KEY (or pass --base-url and --api-key) "
+            "to manage a server's tasks"
+        )
         raise typer.Exit(2)
-    return Client(base_url=remote.base_url, api_key=remote.api_key)
+    return Client(base_url=url, api_key=key)
 
 
-def _remote(action: Any) -> None:
+def _remote(action: Any, base_url: str | None = None, api_key: str | None = None) -> None:
     from reelq.client import ReelqError
 
     try:
-        with _remote_client() as client:
+        with _remote_client(base_url, api_key) as client:
             action(client)
     except ReelqError as exc:
         _error(f"{exc}")
         raise typer.Exit(1) from None
+
+
+def _one_line(text: str, width: int) -> str:
+    """A prompt on one table cell: newlines and tabs as spaces, cut with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@app.command("models")
+def list_models(base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None) -> None:
+    """List the models the server serves your key, with what each accepts (the first is the default)."""
+
+    def show(client: Any) -> None:
+        typer.echo("MODEL\tMAX_DURATION\tRESOLUTIONS\tFIRST_IMAGE\tLAST_IMAGE")
+        for model in client.models():
+            resolutions = ",".join(model.get("resolutions") or [])
+            typer.echo(
+                f"{model['id']}\t{model.get('max_duration')}\t{resolutions}\t"
+                f"{_yes(model.get('first_image'))}\t{_yes(model.get('last_image'))}"
+            )
+
+    _remote(show, base_url, api_key)
+
+
+def _yes(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+@app.command("get")
+def get_task(
+    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the task object as JSON.")] = False,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Show one task on the server: its status, video link, duration, tokens or error."""
+
+    def show(client: Any) -> None:
+        import json
+
+        task = client.get(task_id)
+        if json_output:
+            typer.echo(json.dumps(dict(task.raw), indent=2))
+            return
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(task.created))
+        lines = [("id", task.id), ("status", task.status), ("model", task.model)]
+        lines.append(("created", f"{created} UTC"))
+        if task.progress is not None and not task.done:
+            lines.append(("progress", f"{task.progress}%"))
+        if task.status == "completed":
+            lines += [
+                ("duration", f"{task.actual_duration} s"),
+                ("tokens", str(task.total_tokens)),
+                ("video_url", task.video_url or "-"),
+            ]
+        if task.error:
+            lines.append(("error", task.error))
+        for name, value in lines:
+            typer.echo(f"{name + ':':<11}{value}")
+
+    _remote(show, base_url, api_key)
+
+
+@app.command("download")
+def download_task(
+    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the MP4 [ID.mp4].", show_default=False),
+    ] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Download a completed task's video (an unfinished task: exit 1 with its status)."""
+
+    def fetch(client: Any) -> None:
+        task = client.get(task_id)
+        if task.status != "completed":
+            detail = f": {task.error}" if task.error else " (not finished: `reelq get` shows its progress)"
+            _error(f"task {task.id} is {task.status}{detail}")
+            raise typer.Exit(1)
+        target = output or Path(f"{task.id}.mp4")
+        client.download(task, target)
+        _report(target, task.actual_duration, task.total_tokens)
+
+    _remote(fetch, base_url, api_key)
 
 
 @app.command("list")
@@ -575,38 +876,60 @@ def list_tasks(
     limit: Annotated[int, typer.Option(help="Tasks per page, 1..100.")] = 20,
     status: Annotated[str | None, typer.Option(help="queued, processing, completed or failed.")] = None,
     cursor: Annotated[str | None, typer.Option(help="The cursor printed after the previous page.")] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
-    """List your tasks on the server, newest first (one line each; then the next page's cursor)."""
+    """List your tasks on the server, newest first: a header, one line each, then the next page's cursor.
+    The full video link and error: `reelq get ID`."""
 
     def show(client: Any) -> None:
         page = client.list(limit=limit, status=status, cursor=cursor)
+        typer.echo("ID\tSTATUS\tMODEL\tCREATED (UTC)\tDURATION\tRESOLUTION\tTOKENS\tPROMPT")
         for task in page.data:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(task.created))
-            detail = (
-                task.error or task.video_url or (f"{task.progress}%" if task.progress is not None else "")
+            raw = task.raw
+            running = task.status == "processing" and task.progress is not None
+            shown = f"{task.status} {task.progress}%" if running else task.status
+            duration = task.actual_duration if task.actual_duration is not None else raw.get("duration", "-")
+            tokens = task.total_tokens if task.total_tokens is not None else "-"
+            prompt = _one_line(str(raw.get("prompt") or "-"), 60)
+            typer.echo(
+                f"{task.id}\t{shown}\t{task.model}\t{created}\t{duration}\t{raw.get('resolution', '-')}"
+                f"\t{tokens}\t{prompt}"
             )
-            typer.echo(f"{task.id}\t{task.status}\t{task.model}\t{created} UTC\t{detail}")
         if page.next_cursor:
             typer.echo(f"next: --cursor {page.next_cursor}", err=True)
 
-    _remote(show)
+    _remote(show, base_url, api_key)
 
 
 @app.command("cancel")
-def cancel_task(task_id: Annotated[str, typer.Argument(help="The task's id.")]) -> None:
+def cancel_task(
+    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
     """Cancel a queued or rendering task on the server (never charged)."""
-    _remote(lambda client: typer.echo(f"{task_id}\t{client.cancel(task_id).status}\tCancelled by user."))
+    _remote(
+        lambda client: typer.echo(f"{task_id}\t{client.cancel(task_id).status}\tCancelled by user."),
+        base_url,
+        api_key,
+    )
 
 
 @app.command("delete")
-def delete_task(task_id: Annotated[str, typer.Argument(help="The task's id.")]) -> None:
+def delete_task(
+    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
     """Delete a task and its video on the server (a running task is cancelled first)."""
 
     def delete(client: Any) -> None:
         client.delete(task_id)
         typer.echo(f"deleted {task_id}")
 
-    _remote(delete)
+    _remote(delete, base_url, api_key)
 
 
 def main() -> None:

@@ -26,7 +26,13 @@ from pydantic_settings import (
 )
 
 from reelq.catalog import CatalogError, ModelEntry, implicit_catalog, load_catalog
-from reelq.domain import DEFAULT_MODEL_RATES, DEFAULT_RESOLUTION_FACTORS, RESOLUTIONS, ModelLimits
+from reelq.domain import (
+    DEFAULT_MODEL_RATES,
+    DEFAULT_RESOLUTION_FACTORS,
+    RESOLUTIONS,
+    ModelLimits,
+    total_tokens,
+)
 from reelq.engines import DEFAULT_ENGINE, ENGINES
 
 # Kept short on purpose: operators replace it with their own list (REELQ_BLOCKED_TERMS).
@@ -45,11 +51,15 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     database_url: str | None = None
     storage_url: str | None = None
-    # Shared rate limits and quota counts (ratelimit_redis.py); None: in this process's memory.
+    # The S3 endpoint clients download from, when it is not the one reelq uploads to (AWS_ENDPOINT_URL):
+    # in a compose network reelq reaches `http://minio:9000` while clients reach `http://host:9000`.
+    # Links are presigned for this host (signing is local: nothing is sent there).
+    s3_public_url: str | None = None
+    # Shared rate limits and quota counts (sharedlimits.py); None: in this process's memory.
     redis_url: str | None = None
     # Every Redis key reelq writes starts with this, so deployments (and tests) can share a Redis.
     redis_prefix: str = "reelq:"
-    # Celery dispatch (dispatch/celery.py): a create publishes "run <id>" to this broker's `queue`;
+    # Celery dispatch (dispatch/broker.py): a create publishes "run <id>" to this broker's `queue`;
     # None: the embedded dispatch (doorbells and supervised worker processes).
     broker_url: str | None = None
     queue: str = Field("reelq", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -100,7 +110,15 @@ class Settings(BaseSettings):
     # short render runs are not refused at once; sustained hammering still is.
     poll_burst: float = Field(5.0, ge=1)
     create_rate: float = Field(60.0, gt=0)
+    # Every other read a key makes (lists, usage, `/content` downloads, thumbnails) and each signed
+    # cover link: per second, with a burst. Those reads cost more than a status read (a cover is tens
+    # of ms of decoding), so they have a budget of their own rather than none.
+    read_rate: float = Field(10.0, gt=0)
+    read_burst: float = Field(50.0, ge=1)
     max_active_per_key: int = Field(16, ge=1)
+    # SPEC §6 off-peak tier: the share of the tokens an off-peak task costs, and how long it may wait.
+    off_peak_factor: float = Field(0.5, ge=0, le=1)
+    off_peak_window: float = Field(172800.0, gt=0)
     max_queue: int = Field(10000, ge=1)
     # Long-polls (`?wait=N`, N <= 60) are held at most this long: lower it behind proxies with
     # shorter idle timeouts. Larger N are accepted and clamped.
@@ -108,6 +126,10 @@ class Settings(BaseSettings):
     # Server-sent event streams (`/v1/result/{id}/events`) send a comment line after this many idle
     # seconds, so proxies and load balancers do not close a stream waiting on a long render.
     sse_heartbeat: float = Field(15.0, gt=0, le=300)
+    # Long-polls and event streams one API key may hold open at once in one API process: each holds a
+    # connection for up to a minute (a stream, for the whole render), so without a bound one key could
+    # hold every connection slot. Over it: 429 with Retry-After.
+    max_held_per_key: int = Field(32, ge=1)
     # Slow clients (api/server.py): request headers must be complete this long after the
     # connection opens or the previous answer ends; a body gets body_timeout plus a second per
     # body_min_rate bytes received; connections beyond max_connections are answered 503.
@@ -115,15 +137,21 @@ class Settings(BaseSettings):
     body_timeout: float = Field(30.0, gt=0)
     body_min_rate: float = Field(32768.0, gt=0)
     max_connections: int = Field(4096, ge=1)
+    # Request bodies being read and handled at once in one API process, in MB (api/bodies.py): a body
+    # that does not fit waits a moment, then is answered 503. One body alone always fits.
+    body_budget_mb: float = Field(64.0, gt=0)
     # Webhooks (reelq/webhooks/delivery.py): each attempt may take `timeout` seconds; a failed one is
     # retried after backoff_base x 2^(attempt-1) seconds (capped at backoff_max, jittered down to half)
     # for `retry_for` seconds after the event, then given up. At most `concurrency` attempts at once per
-    # `reelq serve` process (0: this process sends none, another must).
+    # `reelq serve` process (0: this process sends none, another must), and at most
+    # `concurrency_per_key` of them for one API key's tasks, so that one key's receiver that hangs
+    # (or its backlog) never holds every slot and other keys' events still go within seconds.
     webhook_timeout: float = Field(10.0, gt=0, le=300)
     webhook_retry_for: float = Field(86400.0, ge=0)
     webhook_backoff_base: float = Field(2.0, gt=0)
     webhook_backoff_max: float = Field(1800.0, gt=0)
     webhook_concurrency: int = Field(16, ge=0, le=1024)
+    webhook_concurrency_per_key: int = Field(4, ge=1, le=1024)
 
     model_rates: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_RATES))
     resolution_factors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTION_FACTORS))
@@ -135,12 +163,24 @@ class Settings(BaseSettings):
     # The file's content as validated at start-up; a child worker gets this copy (`to_json`), so it
     # serves what its parent validated even if the file changed since.
     catalog: dict[str, ModelEntry] = Field(default_factory=dict)
+    # REELQ_POOLS / `--pool` (SPEC §7): the pools whose models this process's workers load and claim
+    # ("gpu80,gpu24"); None: every pool. The API serves every model whatever this says.
+    pools: Annotated[list[str], NoDecode] | None = None
 
     @field_validator("blocked_terms", mode="before")
     @classmethod
     def _split_terms(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _split_pools(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()] or None
+        if isinstance(value, list | tuple) and not value:
+            return None
         return value
 
     @field_validator("gpus", mode="before")
@@ -165,6 +205,15 @@ class Settings(BaseSettings):
 
         parse_s3_url(value)
         return value
+
+    @field_validator("s3_public_url")
+    @classmethod
+    def _s3_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. https://s3.example.com")
+        return value.rstrip("/")
 
     @field_validator("redis_url")
     @classmethod
@@ -261,6 +310,24 @@ class Settings(BaseSettings):
         object.__setattr__(self, "catalog", catalog)
         return self
 
+    @model_validator(mode="after")
+    def _known_pools(self) -> Settings:
+        if self.pools is not None:
+            known = {entry.pool for entry in self.catalog.values()}
+            unknown = sorted(set(self.pools) - known)
+            if unknown:
+                raise ValueError(
+                    f"REELQ_POOLS: no model is in pool {unknown[0]!r} (pools: {', '.join(sorted(known))})"
+                )
+        return self
+
+    @property
+    def served_models(self) -> list[str]:
+        """The models this process's workers load and claim: those of its pools (all without --pool)."""
+        if self.pools is None:
+            return list(self.catalog)
+        return [name for name, entry in self.catalog.items() if entry.pool in self.pools]
+
     def engine_for(self, model: str) -> str:
         """The engine that serves `model` (the models file, or REELQ_ENGINES, else the default)."""
         entry = self.catalog.get(model)
@@ -270,6 +337,12 @@ class Settings(BaseSettings):
     def token_rates(self) -> dict[str, float]:
         """Tokens per second of video, per served model (SPEC §1 "Tokens")."""
         return {name: entry.tokens_per_second for name, entry in self.catalog.items()}
+
+    def price(self, model: str, seconds: float, resolution: str, off_peak: bool = False) -> int:
+        """The tokens of a video (SPEC §1 "Tokens"), at the off-peak factor when off-peak (SPEC §6): what a
+        create reserves at its requested duration and a completion charges at the actual one."""
+        tokens = total_tokens(model, seconds, resolution, self.token_rates, self.resolution_factors)
+        return round(tokens * self.off_peak_factor) if off_peak else tokens
 
     @property
     def model_limits(self) -> dict[str, ModelLimits]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -32,6 +32,10 @@ DEFAULT_RESOLUTION_FACTORS: dict[str, float] = {"540p": 0.75, "720p": 1.0, "1080
 MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 1, 16, 5
 MAX_PROMPT_CHARS = 5000
 MAX_SEED = 2**31 - 1
+# A whole number sent as text (a form field, a query parameter): ASCII digits only, and few enough of
+# them that int() never meets Python's 4,300-digit conversion limit (a ValueError, i.e. a 500).
+MAX_TEXT_INT_DIGITS = 30
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 CANCELLED_ERROR = "Cancelled by user."
 CONTENT_POLICY_PREFIX = "Content policy violation:"
 # The error of a task its owner cancelled (SPEC §1); the worker recognises its cancel by it.
@@ -172,12 +176,29 @@ class ModelLimits:
 
     def refusal(
         self, model: str, duration: int, first_image: bool, last_image: bool
-    ) -> tuple[str, str] | None:
-        """(param, message) for the first thing asked that `model` cannot do, else None."""
+    ) -> tuple[str, Callable[[str], str]] | None:
+        """(param, its message around a name for the field) for the first thing asked that `model`
+        cannot do, else None. A function of the name: each API surface names the fields its own way."""
         if first_image and not self.first_image:
-            return "first_image", f"Model '{model}' generates from text only; it does not take first_image."
+            return "first_image", lambda name: (
+                f"Model '{model}' generates from text only; it does not take {name}."
+            )
         if last_image and not self.last_image:
-            return "last_image", f"Model '{model}' cannot use last_image (first+last frame is not supported)."
+            return "last_image", lambda name: (
+                f"Model '{model}' cannot use {name} (first+last frame is not supported)."
+            )
         if duration > self.max_duration:
-            return "duration", f"Model '{model}' renders at most {self.max_duration} seconds."
+            return "duration", lambda _name: f"Model '{model}' renders at most {self.max_duration} seconds."
         return None
+
+
+def parse_ascii_int(text: str) -> int | None:
+    """A whole number written in ASCII digits (at most MAX_TEXT_INT_DIGITS of them), else None.
+
+    `str.isdigit()` and `int()` accept any Unicode digit ("\u0661" is 1, "\U0001d7d9" too), `int()` also
+    takes "1_0", signs and surrounding spaces, and raises past 4,300 digits: none of that is a number a
+    client meant to send as text.
+    """
+    if len(text) > MAX_TEXT_INT_DIGITS or not _ASCII_DIGITS.fullmatch(text):
+        return None
+    return int(text)

@@ -153,10 +153,11 @@ _V6_TABLE = _compile(_IPV6_SPECIAL)
 class FetchError(Exception):
     """A download failed or was refused; the message names the field and the reason, for the client."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, *, refused: bool = False) -> None:
         super().__init__(f"{field} could not be fetched: {reason}")
         self.field = field
         self.reason = reason
+        self.refused = refused  # by the address policy: the same request is refused again, whenever tried
 
 
 # --- address policy --------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def resolve_addresses(
         for address in addresses:
             problem = address_problem(ipaddress.ip_address(address))
             if problem is not None:
-                raise FetchError(field, f"address {address} is not allowed ({problem})")
+                raise FetchError(field, f"address {address} is not allowed ({problem})", refused=True)
     return addresses
 
 

@@ -23,20 +23,17 @@ from PIL import Image
 
 DEFAULT_FPS = 24
 
-# Chosen by measurement on the 2-core reference machine: 5 s synthetic renders, end to end (real-time
-# factor, file size) for 720p / 1080p text-to-video:
-#   ultrafast 9.5x 1.1 MB / 4.5x 2.1 MB     superfast 6.6x 0.7 MB / 2.9x 1.4 MB
-#   veryfast  4.9x 0.35 MB / 2.2x 0.6 MB    faster    2.7x 0.5 MB / 1.3x 0.9 MB
+# Chosen by measurement (docs/performance.md, "Renders": real-time factor and file size per preset):
 # superfast keeps CABAC and deblocking (ultrafast drops both and its files are the largest) and leaves
-# twice the required margin (3x at 720p, 1.5x at 1080p) on a busy machine or with several workers per
-# core; veryfast would halve the files at 25-35 % more CPU per video.
+# about twice the required margin (3x real time at 720p, 1.5x at 1080p) on a busy machine or with
+# several workers per core; veryfast would halve the files at noticeably more CPU per video.
 DEFAULT_PRESET = "superfast"
 # Visually clean for both flat synthetic gradients and photos (decoded PSNR ~42 dB synthetic, ~39 dB
 # photo-like); x264's own default is 23.
 DEFAULT_CRF = 20
 # Adaptive quantisation spends extra bits on the faint grain of flat areas: on photo-like input it made
-# files 3.5x bigger (and encoding 1.5x slower) for no measurable gain at this CRF; gradients showed no
-# extra banding without it.
+# files several times bigger (and encoding slower) for no measurable gain at this CRF (docs/performance.md,
+# "Renders"); gradients showed no extra banding without it.
 _X264_PARAMS = "aq-mode=0"
 # x264's output depends on its thread count (frame threads change the lookahead and rate control), so it
 # is pinned: the same frames give the same bytes whether the machine has 2 cores or 64.

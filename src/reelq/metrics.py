@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX
+
 if TYPE_CHECKING:
     from reelq.config import Settings
     from reelq.database import TaskStore
@@ -105,12 +107,31 @@ class _WorkerMetrics:
             multiprocess_mode="livesum",
         )
         self.completed = Counter("reelq_tasks_completed", "Tasks completed", labels)
-        self.failed = Counter("reelq_tasks_failed", "Tasks failed", labels)
+        # Cancels and deletes of unfinished tasks are failures too (the task reads `failed`), counted by
+        # the API process that made them: created = completed + failed + still live, per model.
+        self.failed = Counter("reelq_tasks_failed", "Tasks failed, by reason", (*labels, "reason"))
         self.render_seconds = Histogram(
             "reelq_render_seconds", "Seconds from claim to stored video", labels, buckets=RENDER_BUCKETS
         )
         self.queue_wait = Histogram(
             "reelq_queue_wait_seconds", "Seconds from create to first claim", labels, buckets=WAIT_BUCKETS
+        )
+        # Relay channels (engines/relay/channels.py): labels are the models file's models and channels.
+        channel = ("model", "channel")
+        self.upstream_in_flight = Gauge(
+            "reelq_relay_upstream_in_flight",
+            "Relayed tasks held by each upstream channel",
+            channel,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_errors = Counter(
+            "reelq_relay_upstream_errors", "Upstream calls that failed, by kind", (*channel, "kind")
+        )
+        self.upstream_seconds = Histogram(
+            "reelq_relay_upstream_request_seconds",
+            "Seconds an upstream call took (create, status read, download)",
+            (*channel, "call"),
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
 
 
@@ -124,15 +145,54 @@ def worker_metrics() -> _WorkerMetrics:
     return _worker
 
 
-def task_finished(model: str, engine: str, completed: bool, render_seconds: float | None = None) -> None:
-    """One task reached completed or failed (a render worker, or the sweeper giving up on it)."""
+# The `reason` of reelq_tasks_failed_total: a closed set, whatever an engine or upstream writes.
+FAILURE_REASONS = (
+    "content_policy",  # the prompt or the upstream's moderation refused it
+    "render_error",  # the engine failed or produced nothing usable
+    "deadline",  # the render ran past its deadline
+    "upstream",  # the relay's upstream refused, failed or lost the task
+    "fetch",  # an input image could not be fetched or decoded
+    "storage",  # the video could not be written
+    "worker_lost",  # the sweeper gave up after max_attempts (workers died or stopped answering)
+    "cancelled",  # its owner cancelled it
+    "deleted",  # its owner deleted it unfinished
+    "other",
+)
+_REASON_PREFIXES = (
+    (CONTENT_POLICY_PREFIX, "content_policy"),
+    (CANCELLED_ERROR, "cancelled"),
+    ("Render exceeded its deadline", "deadline"),  # worker/heartbeat.deadline_error
+    ("Render failed after", "worker_lost"),  # database/lifecycle.sweep
+    ("Render failed", "render_error"),
+    ("Upstream", "upstream"),  # engines/relay
+    ("Relay failed", "upstream"),
+    ("Storage error", "storage"),
+    ("first_image", "fetch"),  # fetch.FetchError, images.ImageError name the input first
+    ("last_image", "fetch"),
+)
+
+
+def failure_reason(error: str | None) -> str:
+    """The bounded `reason` label of a task's error message (the messages the code writes)."""
+    text = error or ""
+    for prefix, reason in _REASON_PREFIXES:
+        if text.startswith(prefix):
+            return reason
+    return "other"
+
+
+def task_finished(
+    model: str, engine: str, completed: bool, render_seconds: float | None = None, reason: str = "other"
+) -> None:
+    """One task reached completed or failed (a render worker, the sweeper giving up on it, or the API
+    process cancelling or deleting it); `reason`: one of FAILURE_REASONS."""
     m = worker_metrics()
     if completed:
         m.completed.labels(model, engine).inc()
         if render_seconds is not None:
             m.render_seconds.labels(model, engine).observe(render_seconds)
     else:
-        m.failed.labels(model, engine).inc()
+        m.failed.labels(model, engine, reason if reason in FAILURE_REASONS else "other").inc()
 
 
 def task_claimed(model: str, engine: str, queued_seconds: float) -> None:
@@ -145,6 +205,18 @@ def render_started(model: str, engine: str) -> None:
 
 def render_ended(model: str, engine: str) -> None:
     worker_metrics().running.labels(model, engine).dec()
+
+
+def upstream_in_flight(model: str, channel: str, delta: int) -> None:
+    worker_metrics().upstream_in_flight.labels(model, channel).inc(delta)
+
+
+def upstream_error(model: str, channel: str, kind: str) -> None:
+    worker_metrics().upstream_errors.labels(model, channel, kind).inc()
+
+
+def upstream_call(model: str, channel: str, call: str, seconds: float) -> None:
+    worker_metrics().upstream_seconds.labels(model, channel, call).observe(seconds)
 
 
 def process_dead(pid: int) -> None:
@@ -276,30 +348,66 @@ class CreateStats:
     def __init__(self, engine_for: Callable[[str], str]) -> None:
         self.created: dict[str, int] = {}
         self._engine_for = engine_for
+        # Creates refused by a key's own limits (SPEC §6) by reason: budget, max_active, create_rate
+        # (the key's own rate), model_not_allowed. No key label: the number of keys is unbounded.
+        self.refusals: dict[str, int] = {}
 
     def created_one(self, model: str) -> None:
         self.created[model] = self.created.get(model, 0) + 1
+
+    def refused(self, reason: str) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     def by_engine(self) -> Iterator[tuple[str, str, int]]:
         for model, n in list(self.created.items()):
             yield model, self._engine_for(model), n
 
 
+def build_info() -> Any:
+    """`reelq_build_info{version, python} 1`: which release a scraped process runs (a fleet mid-upgrade
+    shows both), in Prometheus's `*_info` convention."""
+    import platform
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from reelq import __version__
+
+    info = GaugeMetricFamily("reelq_build_info", "reelq's version, always 1", labels=["version", "python"])
+    info.add_metric([__version__, platform.python_version()], 1)
+    return info
+
+
 class ApiCollector:
     """The API process's plain-int counters and the gauges read from the task rows, as Prometheus families."""
 
-    def __init__(self, http: HttpStats, creates: CreateStats, store: TaskStore) -> None:
+    def __init__(
+        self,
+        http: HttpStats,
+        creates: CreateStats,
+        store: TaskStore,
+        pool_of: Callable[[str], str] | None = None,
+    ) -> None:
         self.http = http
         self.creates = creates
         self.store = store
+        # model -> its pool (SPEC §7): the queue depth per pool, what a pool's autoscaler watches.
+        self.pool_of = pool_of
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+        yield build_info()
         created = CounterMetricFamily("reelq_tasks_created", "Tasks created", labels=["model", "engine"])
         for model, engine, n in self.creates.by_engine():
             created.add_metric([model, engine], n)
         yield created
+
+        refused = CounterMetricFamily(
+            "reelq_creates_refused", "Creates refused by a key's limits (SPEC §6)", labels=["reason"]
+        )
+        for reason in ("budget", "max_active", "create_rate", "model_not_allowed"):
+            refused.add_metric([reason], self.creates.refusals.get(reason, 0))
+        yield refused
 
         requests = CounterMetricFamily(
             "reelq_http_requests", "HTTP requests answered", labels=["method", "route", "status"]
@@ -317,10 +425,10 @@ class ApiCollector:
         bounds = [*(repr(b) for b in HTTP_BUCKETS), "+Inf"]
         for (method, route), stats in routes:
             cells = list(stats.cells)
-            running, buckets = 0, []
-            for bound, n in zip(bounds, cells[:-1], strict=True):
-                running += int(n)
-                buckets.append((bound, running))
+            cumulative, buckets = 0, []
+            for bound, cell in zip(bounds, cells[:-1], strict=True):
+                cumulative += int(cell)
+                buckets.append((bound, cumulative))
             latency.add_metric([method, route], buckets, sum_value=cells[-1])
         yield latency
 
@@ -332,9 +440,30 @@ class ApiCollector:
             running.add_metric([], counts.get("processing", 0))
         yield queue
         yield running
+        if self.pool_of is not None:
+            pools = GaugeMetricFamily(
+                "reelq_queue_depth_by_pool",
+                "Tasks waiting, by the pool of workers that serves them",
+                labels=["pool"],
+            )
+            for pool, n in sorted(self._queued_by_pool().items()):
+                pools.add_metric([pool], n)
+            yield pools
         up = GaugeMetricFamily("reelq_database_up", "1 when the task database answered this scrape")
         up.add_metric([], 0 if counts is None else 1)
         yield up
+
+    def _queued_by_pool(self) -> dict[str, int]:
+        assert self.pool_of is not None
+        try:
+            by_model = self.store.queued_by_model()
+        except Exception:
+            return {}
+        out: dict[str, int] = {}
+        for model, n in by_model.items():
+            pool = self.pool_of(model)
+            out[pool] = out.get(pool, 0) + n
+        return out
 
     def _live_counts(self) -> dict[str, int] | None:
         try:

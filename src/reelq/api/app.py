@@ -17,11 +17,25 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from reelq import __version__
-from reelq.api import deliveries, files, metrics, openai, relay, usage, vidu, vidu_platform, web
+from reelq.api import (
+    admin,
+    deliveries,
+    docs,
+    files,
+    metrics,
+    models,
+    openai,
+    relay,
+    usage,
+    vidu,
+    vidu_platform,
+    web,
+)
+from reelq.api.deps import Services, ServicesDep
+from reelq.api.errors import install_error_handlers
 from reelq.api.fastpath import FastRoutes
-from reelq.api.handlers import install_error_handlers
 from reelq.api.middleware import BodyLimitMiddleware, RootPathMiddleware
-from reelq.api.services import Services, ServicesDep
+from reelq.api.surface_docs import TOKEN_AUTH, TOKEN_SCHEME
 from reelq.api.vidu import (
     RETRY_AFTER_HEADER,
     WWW_AUTHENTICATE_HEADER,
@@ -161,20 +175,36 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version=__version__,
         summary="Self-hosted, Vidu-compatible asynchronous video generation.",
         lifespan=lifespan,
+        # FastAPI's pages load CDN scripts on this origin; ours are served from the package (api/docs.py).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    # No 307 from `/v1/usage/` to `/v1/usage`: Starlette builds that Location from the client's Host
+    # header, before authentication. A path that is not a route answers 404 in the §4 envelope.
+    app.router.redirect_slashes = False
     app.state.services = services
     install_error_handlers(app)
     app.include_router(vidu.router, tags=["vidu"])
     app.include_router(files.router, tags=["files"])
     app.include_router(usage.router, tags=["usage"])
+    app.include_router(models.router, tags=["models"])
+    app.include_router(admin.router, tags=["admin"])
     app.include_router(metrics.router, tags=["ops"])
     app.include_router(relay.router, tags=["relay"])
     app.include_router(deliveries.router, tags=["webhooks"])
-    # The same tasks through other front doors (issue 14): OpenAI's Videos API, the Vidu platform's
+    # The same tasks through other front doors: OpenAI's Videos API, the Vidu platform's
     # own API, and the web page at `/`.
     app.include_router(openai.router)
     app.include_router(vidu_platform.router)
     app.include_router(web.router)
+    app.include_router(docs.router)
+
+    @app.api_route("/openapi.json", methods=["GET", "HEAD"], include_in_schema=False)
+    async def openapi_document() -> Response:
+        # Public, and fetched cross-origin by the sandboxed /docs and /redoc pages (opaque origin).
+        body = orjson.dumps(app.openapi())
+        return Response(body, media_type="application/json", headers={"Access-Control-Allow-Origin": "*"})
 
     @app.get("/healthz", tags=["ops"], summary="Liveness", responses=HEALTHZ_RESPONSES)
     async def healthz() -> dict[str, str]:
@@ -196,6 +226,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 problem = services.storage.problem()
             if problem is None and services.publisher is not None:
                 problem = services.publisher.problem()  # creates would queue with nobody told
+            if problem is None and services.workers_problem is not None:
+                problem = services.workers_problem()  # a GPU node's workers still loading their models
             sqlite_path = services.settings.sqlite_path
             if problem is None and sqlite_path is not None:
                 problem = room_problem(sqlite_path.parent, "the database")
@@ -234,6 +266,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "scheme": "bearer",
         "description": "An API key from `reelq keys create`",
     }
+    components["securitySchemes"][TOKEN_AUTH] = TOKEN_SCHEME  # the Vidu platform's `Token <key>`
     ids = Counter(op.get("operationId") for ops in schema.get("paths", {}).values() for op in ops.values())
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
@@ -255,6 +288,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     "429",
                     error_response_doc("Rate limit (see Retry-After)", {"Retry-After": RETRY_AFTER_HEADER}),
                 )
+            if path.startswith("/v1/admin/"):  # SPEC §6: admin keys only; a key or ledger it names
+                responses.setdefault("403", error_response_doc("Not an admin key (`forbidden`)"))
+                responses.setdefault("404", error_response_doc("No such key"))
+                responses.setdefault("409", error_response_doc("The change conflicts with the key's state"))
     usage_ok = schema.get("paths", {}).get("/v1/usage", {}).get("get", {}).get("responses", {}).get("200", {})
     usage_json = usage_ok.get("content", {}).get("application/json")
     if usage_json is not None and not usage_json.get("schema"):

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from reelq.api.auth import KeyDep
-from reelq.api.services import ServicesDep
+from reelq.api.deps import ServicesDep
 from reelq.api.vidu import error_response_doc
 
 router = APIRouter()

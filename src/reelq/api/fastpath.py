@@ -25,9 +25,10 @@ from time import perf_counter
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reelq.api.middleware import MAX_BODY_BYTES, declared_too_large, too_large_body, under_root
-from reelq.api.services import Services
-from reelq.database.fastread import TaskView
+from reelq.api.bodies import ClientGone, admitted_body
+from reelq.api.deps import Services
+from reelq.api.middleware import declared_too_large, too_large_body, under_root
+from reelq.database.views import TaskView
 from reelq.service.errors import ApiError, error_body
 
 log = logging.getLogger("reelq.api")
@@ -49,6 +50,7 @@ class FastRoutes:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.tasks = services.tasks
+        self.bodies = services.bodies
         self.root_path = services.settings.root_path
         # Plain-int counters of the two fast routes (metrics.RouteStats): the whole cost of measuring them.
         self.read_stats = services.http_stats.route("GET", RESULT_ROUTE)
@@ -142,43 +144,30 @@ class FastRoutes:
         if declared_too_large(headers.get(b"content-length")):
             return 413, too_large_body(), []  # before auth, as BodyLimitMiddleware on the routed path
         try:
-            # Authenticate before reading the body: an unauthenticated client is not worth 50 MB.
+            # Authenticate and rate-limit before reading the body, within the process's body budget
+            # (api/bodies.py): an unauthenticated or over-limit client is not worth 50 MB.
             authorization = headers.get(b"authorization")
             if self.inline:
                 key_id = tasks.authenticate_now(authorization)
             else:
                 key_id = await tasks.authenticate(authorization)
-            body = await _read_body(receive)
-            if body is None:
-                return 413, too_large_body(), []
-            view = await tasks.create(
-                key_id, body, headers.get(b"content-type"), headers.get(b"idempotency-key")
-            )
+            await tasks.admit_create(key_id)  # the create rate limit, before the body too
+            async with admitted_body(receive, headers.get(b"content-length"), self.bodies) as body:
+                view = await tasks.create(
+                    key_id,
+                    body,
+                    headers.get(b"content-type"),
+                    headers.get(b"idempotency-key"),
+                    admitted=True,
+                )
             return 200, tasks.answer(view, self._link_base(scope, headers, root)), tasks.poll_after(view)
         except ApiError as exc:
             return _error_answer(exc)
-        except _ClientGone:
-            raise
+        except ClientGone:
+            raise _ClientGone from None
         except Exception:
             log.exception("create failed")
             return _internal_error()
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None as soon as it passes the 50 MB limit (not buffered further)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _headers(scope: Scope) -> dict[bytes, str]:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+import weakref
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 
-from reelq.api.services import Services, ServicesDep
+from reelq.api.deps import Services, ServicesDep
 from reelq.api.vidu import error_response_doc
-from reelq.domain import Status, is_task_id
-from reelq.service.covers import COVER_ROUTE
-from reelq.service.errors import ApiError, Forbidden, Gone, NotFound
+from reelq.service.covers import COVER_SLOTS
+from reelq.service.errors import ApiError, Gone
+from reelq.service.links import COVER, ROUTES, VIDEO
 
 router = APIRouter()
 
@@ -76,41 +77,8 @@ RANGE_PARAMETER = {
 async def download_video(
     filename: str, request: Request, services: ServicesDep, expires: str = "", signature: str = ""
 ) -> Response:
-    task_id, expires_at, video_key = await _signed_video(
-        services, filename, ".mp4", "video", services.storage.verify, expires, signature
-    )
-    return video_file(request, services.storage.path(video_key), task_id, expires_at)
-
-
-async def _signed_video(
-    services: Services,
-    filename: str,
-    suffix: str,
-    what: str,
-    verify: Callable[[str, int, str], bool],
-    expires: str,
-    signature: str,
-) -> tuple[str, int, str]:
-    """(task id, expiry, video key) of a signed link to a completed task's video or its cover; the
-    §4 error a bad, forged, expired or dead link gets otherwise."""
-    task_id = filename.removesuffix(suffix)
-    if not filename.endswith(suffix) or not is_task_id(task_id):
-        raise NotFound(f"No such {what}.", code="video_not_found")
-    try:
-        expires_at = int(expires)
-    except ValueError:
-        raise Forbidden("Missing or invalid signature.") from None
-    # Verify before anything else so a forged link learns nothing, not even whether it expired.
-    if not verify(task_id, expires_at, signature):
-        raise Forbidden("Missing or invalid signature.")
-    if expires_at < time.time():
-        raise Gone(f"This {what} link has expired.", code="link_expired")
-    row = await run_in_threadpool(services.store.get_task, task_id)
-    if row is None or row.status != Status.COMPLETED or not row.video_key:
-        raise NotFound(f"No such {what}.", code="video_not_found")
-    if row.video_deleted:
-        raise Gone("This video has expired and was deleted.", code="link_expired")
-    return task_id, expires_at, row.video_key
+    video = await services.tasks.signed_file(VIDEO, filename, expires, signature)
+    return video_file(request, services.storage.path(video.video_key), video.view.id, video.expires_at)
 
 
 def video_file(request: Request, path: Path, task_id: str, expires_at: int) -> Response:
@@ -131,7 +99,7 @@ def video_file(request: Request, path: Path, task_id: str, expires_at: int) -> R
 
 
 @router.api_route(
-    COVER_ROUTE.replace("{task_id}.jpg", "{filename}"),
+    ROUTES[COVER].replace("{task_id}.jpg", "{filename}"),
     methods=["GET", "HEAD"],
     summary="A video's cover image: its first frame as JPEG (signed URL, like the video's)",
     operation_id="download_cover",
@@ -146,18 +114,24 @@ def video_file(request: Request, path: Path, task_id: str, expires_at: int) -> R
 async def download_cover(
     filename: str, request: Request, services: ServicesDep, expires: str = "", signature: str = ""
 ) -> Response:
-    task_id, expires_at, video_key = await _signed_video(
-        services, filename, ".jpg", "cover", services.covers.verify, expires, signature
-    )
-    return await cover_response(services, task_id, video_key, expires_at)
+    video = await services.tasks.signed_file(COVER, filename, expires, signature)
+    task_id = video.view.id
+    # No key here: whoever holds the link reads at REELQ_READ_RATE per task (a miss costs a decode).
+    services.tasks.limit_key_reads(f"cover:{task_id}")
+    return await cover_response(services, task_id, video.video_key, video.expires_at)
 
 
 async def cover_response(services: Services, task_id: str, video_key: str, expires_at: int) -> Response:
-    """The first frame of the task's video as a JPEG response (made once, then cached: service/covers.py)."""
-    try:
-        data = await run_in_threadpool(services.covers.jpeg, task_id, video_key, services.storage)
-    except FileNotFoundError:
-        raise Gone("This video is no longer stored.", code="link_expired") from None
+    """The first frame of the task's video as a JPEG response (made once, then cached: service/covers.py);
+    at most COVER_SLOTS made at once."""
+    data = services.covers.cached(task_id, video_key)
+    if data is None:
+        try:
+            data = await anyio.to_thread.run_sync(
+                services.covers.jpeg, task_id, video_key, services.storage, limiter=_cover_slots()
+            )
+        except FileNotFoundError:
+            raise Gone("This video is no longer stored.", code="link_expired") from None
     max_age = max(0, expires_at - int(time.time()))
     return Response(
         data,
@@ -167,6 +141,20 @@ async def cover_response(services: Services, task_id: str, video_key: str, expir
             "Content-Disposition": f'inline; filename="{task_id}.jpg"',
         },
     )
+
+
+def _cover_slots() -> anyio.CapacityLimiter:
+    """This event loop's cover-decoding slots (a limiter belongs to one loop; tests run several)."""
+    loop = asyncio.get_running_loop()
+    slots = _COVER_SLOTS.get(loop)
+    if slots is None:
+        slots = _COVER_SLOTS[loop] = anyio.CapacityLimiter(COVER_SLOTS)
+    return slots
+
+
+_COVER_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _check_range(header: str | None, size: int) -> None:

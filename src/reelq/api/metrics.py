@@ -3,22 +3,55 @@
 The routed app's requests are recorded in the same plain-int `HttpStats` as the fast path's, by
 route template (`/v1/result/{task_id}`, never the raw path: one series per route, not per task).
 Requests no route matched are recorded as `unmatched`.
+
+Labels are bounded whatever clients send, since `/metrics` is open to anyone who can reach it and
+every label value is a series kept for the process's life: a method is its own label only where the
+route answers it (or, for `unmatched`, one of the standard methods); any other method is `other`.
+Long-polls (`?wait=N`, N > 0) are held for up to a minute by design, so they are recorded under
+their route with LONG_POLL appended: the latency of the route itself stays the latency of a read.
 """
 
 from __future__ import annotations
 
 from time import perf_counter
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reelq.api.services import ServicesDep
+from reelq.api.deps import ServicesDep
 from reelq.metrics import CONTENT_TYPE, HttpStats, render_metrics
 
 router = APIRouter()
 UNMATCHED = "unmatched"
+OTHER_METHOD = "other"
+LONG_POLL = " (long-poll)"
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str, route: object) -> str:
+    """The request's method where it is one the route answers (HEAD with GET), else `other`."""
+    if route is None:
+        return method if method in STANDARD_METHODS else OTHER_METHOD
+    methods = getattr(route, "methods", None) or ()
+    if method in methods or (method == "HEAD" and "GET" in methods):
+        return method
+    return OTHER_METHOD
+
+
+def is_long_poll(query_string: bytes) -> bool:
+    """Whether the request asks to be held (`wait` set to anything but zero)."""
+    if b"wait=" not in query_string:
+        return False
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name == "wait":
+            try:
+                return float(value) > 0
+            except ValueError:
+                return False  # refused with a 400 at once: not held
+    return False
 
 
 @router.get(
@@ -62,4 +95,9 @@ class RoutedMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
-            self.stats.observe(scope["method"], template, status, perf_counter() - started)
+            method = method_label(scope["method"], route)
+            if method == OTHER_METHOD and route is not None:
+                template = UNMATCHED  # a method the route does not answer: one series for all of them
+            elif is_long_poll(scope.get("query_string", b"")):
+                template += LONG_POLL
+            self.stats.observe(method, template, status, perf_counter() - started)

@@ -22,6 +22,14 @@ class RootPathMiddleware:
         self.root_path = root_path.rstrip("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.root_path and scope["type"] == "http" and scope["path"] == self.root_path:
+            # The root path alone is the web page's address without its slash (its links are relative):
+            # sent on with a relative Location, never one built from the client's Host header.
+            location = (self.root_path + "/").encode()
+            headers = [(b"location", location), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 307, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if self.root_path and scope["type"] in ("http", "websocket"):
             root, _ = under_root(scope["path"], self.root_path)
             scope = dict(scope)

@@ -1,4 +1,6 @@
-"""Connection guard: bounds what a slow or greedy client can hold of the server.
+"""The server `reelq serve` runs: uvicorn's, which tells the app when a shutdown begins
+(`DrainingServer`), served through a connection guard that bounds what a slow or greedy client can
+hold of it.
 
 uvicorn bounds only the idle gap between two requests (`timeout_keep_alive`). A client that
 connects and sends nothing, or sends its request headers or body a byte at a time, holds its
@@ -11,7 +13,11 @@ connection (and a file descriptor) forever; enough of them exhaust the process's
 - a request body must arrive within `body_timeout` plus one second per `body_min_rate` bytes
   received so far (Apache mod_reqtimeout's scheme): a 50 MB upload over a slow but honest link
   keeps earning time, a trickle of a byte every few seconds is cut after `body_timeout`;
-- at most `max_connections` connections are open; one more is answered `503` and closed at once.
+- at most `max_connections` connections are open. At the limit, a new connection takes the place of
+  the open connection that has been idle longest (connected or kept alive and sending nothing: it
+  is closed without an answer, as a keep-alive expiry would), so that silent connections, however
+  many one client opens, never keep `/healthz` or anyone else out. Only when none is idle is the
+  new one answered `503` and closed at once.
 
 Time the server itself holds a request up is not counted against the client: reading paused
 by flow control (a pipelined request waiting, a body the app has not consumed yet) or header
@@ -29,11 +35,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import threading
 import time
 from collections import Counter
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reelq.config import Settings
@@ -58,6 +66,7 @@ _BODY = 2
 
 _REASONS = {
     "refused": "refused at the connection limit",
+    "idle_evicted": "closed while idle to make room at the connection limit",
     "slow_headers": "closed for slow request headers",
     "slow_body": "closed for a slow request body",
     "headers_too_large": "closed for request headers over 64 KiB",
@@ -130,6 +139,27 @@ class ConnectionGuard:
         BoundProtocol.guard = guard
         return BoundProtocol
 
+    def make_room(self, connections: set[Any]) -> bool:
+        """Close the connection idle longest to make room for a new one; False when none is idle.
+
+        Runs only at the limit, so its scan costs nothing in normal operation."""
+        victim = None
+        closing = 0
+        for connection in connections:
+            if not isinstance(connection, GuardedHttpToolsProtocol):
+                continue
+            if connection.transport is not None and connection.transport.is_closing():
+                closing += 1  # a victim already closed leaves `connections` a moment later
+            elif connection.idle() and (victim is None or connection._since < victim._since):
+                victim = connection
+        if len(connections) - closing < self.max_connections:
+            return True
+        if victim is None:
+            return False
+        victim.transport.close()
+        self.note("idle_evicted")
+        return True
+
     def watch(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
         """Start the sweep on the first connection (the loop runs only once uvicorn serves)."""
         if self._connections is None:
@@ -140,7 +170,8 @@ class ConnectionGuard:
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio logs a traceback per failed accept() when descriptors run out: up to `backlog`
-        of them per attempt, every second (the 150 MB log of issue 9). Counted here instead."""
+        of them per attempt, every second (a log of 150 MB once the limit was reached). Counted here
+        instead."""
         if context.get("message") == _ACCEPT_FAILED:
             self.note("out_of_files")
         else:
@@ -218,7 +249,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self.guard
-        if len(self.connections) >= guard.max_connections:
+        if len(self.connections) >= guard.max_connections and not guard.make_room(self.connections):
             # Answered before the request is read: the descriptor is freed at once, and the
             # client learns to retry instead of hanging.
             self._refused = True
@@ -257,6 +288,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn leaves `more_body` set when the answer went out before the body ended (a 401 to
         # an upload): cleared here, it tells the sweep the client owes nothing more.
         self.cycle.more_body = False
+
+    def idle(self) -> bool:
+        """Whether the client sent nothing since the connection opened or its last answer ended."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.pipeline:
+            return False
+        cycle = self.cycle
+        if cycle is not None and (cycle.more_body or not cycle.response_complete):
+            return False  # a request is being read or answered
+        return self._got == 0
 
     def _phase(self) -> tuple[int, Any]:
         """What the connection waits for now: (_HEADERS | _BODY | _IDLE, the request cycle)."""
@@ -372,3 +413,15 @@ def server_options(settings: Settings) -> dict[str, Any]:
     )
     logging.getLogger("uvicorn.error").addFilter(_InvalidRequestFilter(guard))
     return {"http": guard.protocol_class(), "backlog": backlog}
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which also tells the app when a shutdown begins (held long-polls answer)."""
+
+    def __init__(self, config: uvicorn.Config, draining: threading.Event) -> None:
+        super().__init__(config)
+        self.draining = draining
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.draining.set()
+        super().handle_exit(sig, frame)

@@ -8,13 +8,16 @@ module adds the OpenAPI description and FastAPI's routing. uvicorn serves the fa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from reelq.api.auth import KeyDep
-from reelq.api.services import ServicesDep
+from reelq.api.bodies import request_body
+from reelq.api.deps import ServicesDep
 from reelq.domain import Status
 from reelq.service import TaskService
 from reelq.service.listing import DEFAULT_LIMIT, MAX_LIMIT
@@ -130,12 +133,18 @@ TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _err(400, "Invalid `wait` parameter"),
     401: _err(401, "Missing, malformed, unknown or revoked API key"),
     404: _err(404, "No such task for this key"),
-    429: _err(429, "Too many status reads of this task (see Retry-After)"),
+    429: _err(
+        429,
+        "Too many status reads of this task, or (`wait`) too many long-polls and event streams open for "
+        "this key (see Retry-After)",
+    ),
 }
 CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {**TASK_OK, "description": "The new task, `queued`", "links": {"GetResult": GET_RESULT_LINK}},
     400: _err(400, "Invalid input, naming the field in `param`"),
     401: _err(401, "Missing, malformed, unknown or revoked API key"),
+    402: _err(402, "The key's budget cannot cover this task's price (`insufficient_budget`)"),
+    403: _err(403, "The key may not use this model (`model_not_allowed`, `param: model`)"),
     409: _err(409, "Idempotency-Key reused with a different body"),
     413: _err(413, "Request body over 50 MB"),
     429: _err(429, "Create rate limit or per-key active-task quota exceeded (see Retry-After)"),
@@ -176,9 +185,11 @@ def link_base(tasks: TaskService, request: Request) -> str:
 async def create_video(request: Request, key_id: KeyDep, services: ServicesDep) -> Response:
     tasks = services.tasks
     headers = request.headers
-    view = await tasks.create(
-        key_id, await request.body(), headers.get("content-type"), headers.get("idempotency-key")
-    )
+    await tasks.admit_create(key_id)  # before the body is read (api/bodies.py), as on the fast path
+    async with request_body(request, services.bodies) as body:
+        view = await tasks.create(
+            key_id, body, headers.get("content-type"), headers.get("idempotency-key"), admitted=True
+        )
     return _json(tasks.answer(view, link_base(tasks, request)), headers=tasks.poll_after(view))
 
 
@@ -204,13 +215,28 @@ async def get_result(
     return _json(tasks.answer(view, link_base(tasks, request)), headers=tasks.poll_after(view))
 
 
+class _HeldStream(StreamingResponse):
+    """A stream that hands its key's hold back however it ends: also when the client hangs up before
+    the body began (Starlette then never starts the generator, so its `finally` never runs)."""
+
+    def __init__(self, release: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 async def _client_gone(request: Request) -> None:
     """Returns when the client disconnects (a GET has no body: the next message is the hang-up)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
-# --- the owner's task management and events (issue 13) ---------------------------------------------
+# --- the owner's task management and events --------------------------------------------------------
 
 LIST_SCHEMA = {
     "type": "object",
@@ -261,6 +287,7 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     204: {"description": "`Last-Event-ID` already is the terminal event: nothing more will come"},
     404: _err(404, "No such task for this key"),
+    429: _err(429, "Too many status reads, or too many long-polls and event streams open for this key"),
 }
 
 
@@ -313,6 +340,7 @@ async def task_events(
     view = await tasks.open_events(key_id, task_id, last_event_id)
     if view is None:
         return Response(status_code=204)
+    release = tasks.acquire_hold(key_id)  # 429 when the key holds too many streams and long-polls
     gone = asyncio.ensure_future(_client_gone(request))
 
     async def stream() -> Any:
@@ -323,8 +351,10 @@ async def task_events(
                 yield chunk
         finally:
             gone.cancel()
+            release()
 
-    return StreamingResponse(
+    return _HeldStream(
+        release,
         stream(),
         media_type="text/event-stream",
         # no-transform and X-Accel-Buffering: proxies (nginx) must pass events on at once, not buffer them.

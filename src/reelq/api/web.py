@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from reelq.api.services import ServicesDep
+from reelq.api.deps import ServicesDep
 from reelq.service.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
@@ -61,12 +61,12 @@ def _file(name: str, services: ServicesDep) -> Response:
     return Response(_read(name), media_type=FILES[name], headers=headers)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def index(services: ServicesDep) -> Response:
     return _file("index.html", services)
 
 
-@router.get("/static/{name}")
+@router.api_route("/static/{name}", methods=["GET", "HEAD"])
 async def static(name: str, services: ServicesDep) -> Response:
     if name not in FILES or name == "index.html":
         raise NotFound("No such file.", code="not_found")

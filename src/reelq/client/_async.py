@@ -92,6 +92,11 @@ class AsyncClient(
                 raise error
             await self._sleep(retry_delay(error, failures - 1))
 
+    async def models(self) -> list[dict[str, Any]]:
+        """The models the key may use, in the server's order, with what each accepts (GET /v1/models)."""
+        result: list[dict[str, Any]] = await self._run(self._models_flow())
+        return result
+
     async def deliveries(self, task_id: str) -> list[Delivery]:
         """Every webhook delivery attempt of the task, oldest first (GET /v1/vidu/videos/{id}/deliveries)."""
         result: list[Delivery] = await self._run(self._deliveries_flow(task_id))
@@ -107,7 +112,7 @@ class AsyncClient(
             try:
                 action = flow.send(outcome)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
             outcome = None
             if isinstance(action, Send):
                 outcome = await self._send(action)

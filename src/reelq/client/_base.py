@@ -3,6 +3,7 @@ method. `Client` and `AsyncClient` only say how a flow's actions are performed (
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from reelq.client._flows import (
     deliveries_flow,
     download_flow,
     list_flow,
+    models_flow,
     new_idempotency_key,
     task_flow,
     wait_flow,
@@ -242,6 +244,10 @@ class BaseClient(Generic[TaskResult, PathResult, ListResult, DeleteResult, Http]
         self._result_request(task_id)  # the same check of the id
         path = f"/v1/vidu/videos/{quote(task_id, safe='')}/deliveries"
         return deliveries_flow(self._api_request("GET", path), max_retries=self.max_retries)
+
+    def _models_flow(self) -> Flow[builtins.list[dict[str, Any]]]:  # `list` here is the method
+        """The flow behind `models` (Client and AsyncClient type the method)."""
+        return models_flow(self._api_request("GET", "/v1/models"), max_retries=self.max_retries)
 
     def _run(self, flow: Flow[Any]) -> Any:
         """Perform the flow's actions and return its result (AsyncClient: a coroutine of it)."""

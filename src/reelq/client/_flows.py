@@ -241,6 +241,13 @@ def deliveries_flow(request: httpx.Request, *, max_retries: int) -> Flow[list[De
     return parse_deliveries(response)
 
 
+def models_flow(request: httpx.Request, *, max_retries: int) -> Flow[list[dict[str, Any]]]:
+    """Read the served models (GET /v1/models): each a dict of the server's fields (SPEC §7)."""
+    response = yield from request_flow(request, max_retries=max_retries)
+    data = response.json().get("data")
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+
+
 def download_flow(request: httpx.Request, path: Path, *, max_retries: int) -> Flow[Path]:
     """Fetch a video URL (streamed, retried like any request) and save it to `path`."""
     response = yield from request_flow(request, max_retries=max_retries, stream=True)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -81,6 +81,11 @@ class Client(BaseClient[Task, Path, TaskList, None, httpx.Client]):
                 raise error
             self._sleep(retry_delay(error, failures - 1))
 
+    def models(self) -> list[dict[str, Any]]:
+        """The models the key may use, in the server's order, with what each accepts (GET /v1/models)."""
+        result: list[dict[str, Any]] = self._run(self._models_flow())
+        return result
+
     def deliveries(self, task_id: str) -> list[Delivery]:
         """Every webhook delivery attempt of the task, oldest first (GET /v1/vidu/videos/{id}/deliveries)."""
         result: list[Delivery] = self._run(self._deliveries_flow(task_id))
@@ -96,7 +101,7 @@ class Client(BaseClient[Task, Path, TaskList, None, httpx.Client]):
             try:
                 action = flow.send(outcome)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
             outcome = None
             if isinstance(action, Send):
                 outcome = self._send(action)

@@ -61,7 +61,7 @@ class CreateBatcher:
         self.store = store
         self.quotas = quotas
         self.on_stored = on_stored
-        # With a broker: the ids of the tasks a batch created, once it committed (dispatch/celery.py).
+        # With a broker: the ids of the tasks a batch created, once it committed (dispatch/broker.py).
         self.on_created = on_created
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None

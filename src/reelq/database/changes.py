@@ -1,8 +1,8 @@
 """A change counter shared by every process on one SQLite database, read without a syscall.
 
 API processes cache key lookups and task rows so that a status read does not have to
-open a SQLite read transaction (two `fcntl` lock calls plus the query: about 20 µs of a
-~100 µs request under load on this machine kind, more than all the Python around it).
+open a SQLite read transaction (two `fcntl` lock calls plus the query: more of a request's time
+under load than all the Python around it; docs/performance.md, "Status reads").
 A cache is only as good as its invalidation, and the writers live in other processes
 (render workers, the sweeper, `reelq keys revoke`), so every write transaction bumps a
 64-bit counter in a small memory-mapped file beside the database *after* it commits;

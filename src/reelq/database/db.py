@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -21,7 +22,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # unless the URL sets them: a database host that stops answering (a partition, a blackholed
 # address) fails a connect or a query in seconds instead of the minutes of TCP's own retries,
 # which would hold API threads, workers and probes.
-PG_CONNECTION = {
+PG_CONNECTION: dict[str, int] = {
     "connect_timeout": 10,
     "keepalives": 1,
     "keepalives_idle": 30,
@@ -31,7 +32,7 @@ PG_CONNECTION = {
 }
 
 
-def pg_connect_args(url: str) -> dict[str, object]:
+def pg_connect_args(url: str) -> dict[str, int]:
     """`PG_CONNECTION` less what the URL's query sets itself."""
     given = make_url(url).query
     return {name: value for name, value in PG_CONNECTION.items() if name not in given}
@@ -45,7 +46,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
         # Let SQLAlchemy emit BEGIN itself (below) instead of the driver's implicit deferred BEGIN.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -56,7 +57,7 @@ def make_engine(url: str) -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    def _on_begin(conn: Connection) -> None:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
         # writes can fail with SQLITE_BUSY at once (no busy wait) when another process wrote.
         conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,8 +1,8 @@
 """The hot read path: authenticated status reads with the bare driver, cached between changes.
 
-DESIGN.md measured the options on this machine kind: SQLAlchemy per read costs
-0.16-0.57x of a bare Starlette endpoint; the stdlib driver inline, on an indexed
-point lookup in WAL mode, 0.93x. Writes still go through TaskStore (SQLAlchemy).
+SQLAlchemy per read costs several times what the read itself does; the stdlib driver inline,
+on an indexed point lookup in WAL mode, comes close to a bare endpoint (docs/performance.md,
+"Figures behind code choices"). Writes still go through TaskStore (SQLAlchemy).
 
 Key lookups and task rows are cached in this process and dropped whenever any process
 commits a change to the database (the change counter: database/changes.py on SQLite,
@@ -22,23 +22,26 @@ Two readers share that cache (CachedReader):
 from __future__ import annotations
 
 import asyncio
-import operator
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from reelq.database.changes import ChangeCounter, ChangeNotices
 from reelq.database.db import SQLITE_BUSY_TIMEOUT_MS, pg_connect_args
 from reelq.database.keys import hash_key
+from reelq.database.views import TaskView
 
 MAX_CACHED_KEYS = 10_000
 MAX_CACHED_TASKS = 20_000
 # Reader threads (and PostgreSQL connections) per API process: misses only, each a point lookup.
 PG_READ_THREADS = 8
-KEY_SQL = "SELECT id FROM api_keys WHERE key_hash = {p} AND revoked_at IS NULL"
+# An expired key (SPEC §6 `expires_at`) is judged at each use against the cached expiry: expiring is no
+# write, so no change notice would drop the cached lookup.
+KEY_SQL = "SELECT id, expires_at FROM api_keys WHERE key_hash = {p} AND revoked_at IS NULL"
 TASK_SQL = "SELECT {columns} FROM tasks WHERE id = {p} AND key_id = {p}"
 
 if TYPE_CHECKING:
@@ -47,40 +50,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class TaskView(NamedTuple):
-    """What a status read needs of a task row: the `tasks` columns of the same names.
-
-    A NamedTuple because the fast path caches finished answers keyed on the whole view (it must
-    hash), and because a row fetched by sqlite3 becomes one without copying field by field.
-    """
-
-    id: str
-    key_id: str
-    model: str
-    status: str
-    started_at: float | None
-    progress: int
-    created_at: float
-    finished_at: float | None
-    video_deleted: bool
-    video_key: str | None  # where the video is stored (an S3 link is presigned for the object)
-    actual_duration: float | None
-    total_tokens: int | None
-    error: str | None
-    # What was asked for: the other API surfaces (OpenAI's `seconds`/`size`, the Vidu platform's
-    # fields) show the request, not only its result. Defaulted so views built by hand stay valid.
-    duration: int = 5
-    aspect_ratio: str = "16:9"
-    resolution: str = "720p"
-
-    @classmethod
-    def of(cls, row: Any) -> TaskView:
-        """The view of a store row (database/taskstore.py TaskRow) or anything with these attributes."""
-        return cls._make(_view_fields(row))
-
-
 TASK_COLUMNS = ", ".join(TaskView._fields)
-_view_fields = operator.attrgetter(*TaskView._fields)  # one C call per create answer
 
 
 class CachedReader:
@@ -95,7 +65,7 @@ class CachedReader:
     def __init__(self, changes: ChangeNotices) -> None:
         self._changes = changes
         self._fresh = changes.fresh  # bound once: it runs on every cached read
-        self._keys: dict[str, tuple[int, str]] = {}
+        self._keys: dict[str, tuple[int, str, float | None]] = {}
         self._tasks: dict[tuple[str, str], tuple[int, TaskView]] = {}
 
     def version(self) -> int:
@@ -105,7 +75,10 @@ class CachedReader:
     def cached_key_id(self, plain: str) -> str | None:
         """The key's id if this process looked it up since the last change; else None (look it up)."""
         cached = self._keys.get(plain)
-        return cached[1] if cached is not None and self._fresh(cached[0], None) else None
+        if cached is None or not self._fresh(cached[0], None):
+            return None
+        expires = cached[2]
+        return cached[1] if expires is None or expires > time.time() else None
 
     def key_id_for(self, plain: str) -> str | None:
         """The active key's id; a revocation anywhere is seen by the next lookup."""
@@ -113,9 +86,13 @@ class CachedReader:
         key_id = self.cached_key_id(plain)
         if key_id is not None:
             return key_id
-        key_id = self._lookup_key(hash_key(plain))
-        if key_id is not None:  # a miss is not cached: a key created a moment ago works at once
-            _put(self._keys, plain, (now, key_id), MAX_CACHED_KEYS)
+        found = self._lookup_key(hash_key(plain))
+        if found is None:  # a miss is not cached: a key created a moment ago works at once
+            return None
+        key_id, expires = found[0], found[1]
+        if expires is not None and expires <= time.time():
+            return None
+        _put(self._keys, plain, (now, key_id, expires), MAX_CACHED_KEYS)
         return key_id
 
     def cached_task(self, task_id: str, key_id: str) -> TaskView | None:
@@ -140,7 +117,8 @@ class CachedReader:
         """Run a (missing) lookup where it may block: here, inline; PgReader: in a reader thread."""
         return lookup(*args)
 
-    def _lookup_key(self, key_hash: str) -> str | None:
+    def _lookup_key(self, key_hash: str) -> Sequence[Any] | None:
+        """(id, expires_at) of the active key with this hash, or None."""
         raise NotImplementedError
 
     def _lookup_task(self, task_id: str, key_id: str) -> Sequence[Any] | None:
@@ -172,9 +150,9 @@ class SqliteReader(CachedReader):
             self._local.conn = conn
         return conn
 
-    def _lookup_key(self, key_hash: str) -> str | None:
-        row = self._conn().execute(self._key_sql, (key_hash,)).fetchone()
-        return row[0] if row else None
+    def _lookup_key(self, key_hash: str) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = self._conn().execute(self._key_sql, (key_hash,)).fetchone()
+        return row
 
     def _lookup_task(self, task_id: str, key_id: str) -> Sequence[Any] | None:
         row: Sequence[Any] | None = self._conn().execute(self._task_sql, (task_id, key_id)).fetchone()
@@ -225,8 +203,9 @@ class PgReader(CachedReader):
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             import psycopg
+            from psycopg.conninfo import make_conninfo  # the parameters merged as connect() would
 
-            conn = psycopg.connect(self._conninfo, autocommit=True, **self._connect_args)
+            conn = psycopg.connect(make_conninfo(self._conninfo, **self._connect_args), autocommit=True)
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -239,9 +218,8 @@ class PgReader(CachedReader):
                 self._connections.remove(conn)
         conn.close()
 
-    def _lookup_key(self, key_hash: str) -> str | None:
-        row = self._fetch(self._key_sql, (key_hash,))
-        return row[0] if row else None
+    def _lookup_key(self, key_hash: str) -> Sequence[Any] | None:
+        return self._fetch(self._key_sql, (key_hash,))
 
     def _lookup_task(self, task_id: str, key_id: str) -> Sequence[Any] | None:
         return self._fetch(self._task_sql, (task_id, key_id))

@@ -53,7 +53,7 @@ RECONNECT_SECONDS = 0.5
 _WAIT_SECONDS = 1.0  # how long one `notifies()` call blocks before the stop flag is looked at
 PING_SECONDS = 5.0
 # libpq connection parameters of the listening connection: a dead peer is an error, not a silence.
-LISTEN_CONNECTION = {
+LISTEN_CONNECTION: dict[str, int] = {
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
@@ -152,13 +152,13 @@ class PgChangeListener:
 
     def _listen(self) -> None:
         import psycopg
+        from psycopg.conninfo import make_conninfo  # the parameters merged as connect() would
 
         warned = False
         while not self._stop.is_set():
             try:
-                with psycopg.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5, **LISTEN_CONNECTION
-                ) as conn:
+                conninfo = make_conninfo(self._conninfo, connect_timeout=5, **LISTEN_CONNECTION)
+                with psycopg.connect(conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.connected.set()
                     self.bump()  # whatever was missed while not listening

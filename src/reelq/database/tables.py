@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, TypeAlias
+
 from sqlalchemy import (
     Boolean,
     Column,
@@ -20,6 +23,11 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# A multi-column select's result, as the code that unpacks its rows declares it. SQLAlchemy 2.1 types the
+# rows as `Row[*tuple[Any, ...]]`, a tuple, yet mypy unpacks that variadic tuple subclass into `object`s;
+# declared as plain tuples, the columns unpack as Any. Only a declaration: the result is unchanged.
+Rows: TypeAlias = Iterable[tuple[Any, ...]]
+
 api_keys = Table(
     "api_keys",
     metadata,
@@ -33,7 +41,36 @@ api_keys = Table(
     # The Standard Webhooks signing secret (`whsec_` + base64 of 32 random bytes). Stored as it is: a
     # signing secret must be usable to sign, unlike the key, which only has to be recognised.
     Column("webhook_secret", String(100), nullable=True),
+    # Selling it (SPEC §6; database/keys.py, database/budget.py). A NULL limit is no limit.
+    Column("is_admin", Boolean, nullable=False, server_default=false()),
+    Column("expires_at", Float, nullable=True),
+    Column("budget", Integer, nullable=True),  # tokens; NULL: unlimited
+    Column("spent", Integer, nullable=False, server_default=text("0")),
+    Column("reserved", Integer, nullable=False, server_default=text("0")),  # held by live tasks
+    Column("max_active", Integer, nullable=True),  # NULL: REELQ_MAX_ACTIVE_PER_KEY
+    Column("max_processing", Integer, nullable=True),
+    Column("weight", Float, nullable=False, server_default=text("1")),
+    Column("models", Text, nullable=True),  # JSON list of model names; NULL: every model
+    Column("create_rate", Float, nullable=True),  # creates per minute; NULL: REELQ_CREATE_RATE
+    Column("poll_rate", Float, nullable=True),  # reads per second per task; NULL: REELQ_POLL_RATE
+    # Fair share's virtual time (database/lifecycle.py `claim`): advanced by 1/weight per claim.
+    Column("vtime", Float, nullable=False, server_default=text("0")),
 )
+# The fair claim walks keys in virtual-time order and stops at the first with a claimable task.
+Index("ix_api_keys_vtime", api_keys.c.vtime, api_keys.c.id)
+
+# Every change to a key's budget (SPEC §6 credits): who, when, how much, why.
+key_credits = Table(
+    "key_credits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("note", Text, nullable=True),
+    Column("by", String(40), nullable=True),  # the admin key id; NULL: the CLI on the database's machine
+)
+Index("ix_key_credits_key", key_credits.c.key_id, key_credits.c.id)
 
 tasks = Table(
     "tasks",
@@ -68,12 +105,22 @@ tasks = Table(
     # create, so a resumed attempt waits on it instead of creating again; and what the upstream charged.
     Column("upstream_id", String(200), nullable=True),
     Column("upstream_credits", Integer, nullable=True),
+    # Budgets (SPEC §6): the tokens this task holds of its key's budget while live (NULL: made before
+    # budgets, holds nothing); released or moved to `spent` by the transition that ends it.
+    Column("reserved_tokens", Integer, nullable=True),
+    Column("off_peak", Boolean, nullable=False, server_default=false()),
+    # Relay channels (SPEC §7): the name of the upstream of a relayed model's several that holds the task.
+    Column("upstream_channel", String(200), nullable=True),
     UniqueConstraint("key_id", "idempotency_key", name="uq_tasks_key_idempotency"),
 )
 # The claim looks for the oldest queued row; the sweeper for lapsed leases: both walk this index.
 Index("ix_tasks_status_created", tasks.c.status, tasks.c.created_at)
 Index("ix_tasks_key_created", tasks.c.key_id, tasks.c.created_at)
 Index("ix_tasks_key_status", tasks.c.key_id, tasks.c.status)
+# The fair claim's probe: a key's oldest queued task of the given tier (off-peak last).
+Index(
+    "ix_tasks_key_status_peak_created", tasks.c.key_id, tasks.c.status, tasks.c.off_peak, tasks.c.created_at
+)
 
 # Billing survives task retention: one row per key, UTC day and model, added to at completion.
 usage_daily = Table(

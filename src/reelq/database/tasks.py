@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
 
+from reelq.database import budget
 from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
-from reelq.database.tables import task_inputs, tasks
+from reelq.database.tables import Rows, api_keys, task_inputs, tasks
 from reelq.domain import Status, VideoSpec, new_task_id
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
@@ -49,9 +50,12 @@ class TaskRow:
     request_hash: str | None
     upstream_id: str | None = None
     upstream_credits: int | None = None
+    reserved_tokens: int | None = None
+    off_peak: bool = False
+    upstream_channel: str | None = None  # which of a relayed model's upstreams holds the task
 
     @classmethod
-    def from_mapping(cls, row: Mapping[str, Any]) -> TaskRow:
+    def from_mapping(cls, row: Mapping[str, Any] | RowMapping) -> TaskRow:
         return cls(**{name: row[name] for name in _TASK_ROW_FIELDS})
 
     @property
@@ -84,6 +88,10 @@ class NewTask:
     callback_url: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    off_peak: bool = False
+    # The tokens the task will cost at its requested duration (SPEC §6), reserved of the key's budget
+    # in the create's transaction. None: not priced (a task stored below the API: nothing held or capped).
+    price: int | None = None
 
 
 _NEW_TASK_DEFAULTS: dict[str, Any] = {
@@ -97,6 +105,7 @@ _NEW_TASK_DEFAULTS: dict[str, Any] = {
     "error": None,
     "upstream_id": None,
     "upstream_credits": None,
+    "upstream_channel": None,
 }
 
 
@@ -121,6 +130,8 @@ def _new_task_values(key_id: str, new: NewTask, now: float) -> dict[str, Any]:
         "video_deleted": False,
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
+        "reserved_tokens": new.price,
+        "off_peak": new.off_peak,
     }
 
 
@@ -142,15 +153,26 @@ def insert_new(
     rows: list[dict[str, Any]] = []
     inputs: list[dict[str, Any]] = []
     unsaved: dict[str, int] = {}  # admitted per key, inserted together at the end
+    policies = _key_policies(conn, {key_id for key_id, _ in requests})
+    unlimited: dict[str, int] = {}  # tokens held for keys without a budget: one UPDATE per key
     for key_id, new in requests:
+        max_active, has_budget = policies.get(key_id, (None, False))
         if quotas is not None:
-            active = counts.get(conn, key_id, quotas.max_active_per_key, unsaved.get(key_id, 0))
-            if active >= quotas.max_active_per_key:
-                outcomes.append(QuotaExceeded("active", quotas.max_active_per_key))
+            limit = max_active if max_active is not None else quotas.max_active_per_key
+            active = counts.get(conn, key_id, limit, unsaved.get(key_id, 0))
+            if active >= limit:
+                outcomes.append(QuotaExceeded("active", limit))
                 continue
             if counts.get(conn, None, quotas.max_queue, len(rows)) >= quotas.max_queue:
                 outcomes.append(QuotaExceeded("queue", quotas.max_queue))
                 continue
+        if has_budget and new.price is not None:
+            if not budget.reserve(conn, key_id, new.price):
+                outcomes.append(QuotaExceeded("budget", new.price))
+                continue
+        elif new.price:
+            unlimited[key_id] = unlimited.get(key_id, 0) + new.price
+        if quotas is not None:
             counts.added(key_id)
             unsaved[key_id] = unsaved.get(key_id, 0) + 1
         values = _new_task_values(key_id, new, now)
@@ -161,11 +183,39 @@ def insert_new(
             if value is not None
         ]
         outcomes.append(TaskRow.from_mapping({**_NEW_TASK_DEFAULTS, **values}))
+    for key_id, tokens in unlimited.items():
+        budget.reserve_unchecked(conn, key_id, tokens)
     if rows:
+        _join_fair_share(conn, {row["key_id"] for row in rows})
         conn.execute(insert(tasks), rows)
     if inputs:
         conn.execute(insert(task_inputs), inputs)
     return outcomes
+
+
+def _key_policies(conn: Connection, key_ids: set[str]) -> dict[str, tuple[int | None, bool]]:
+    """(max_active override, has a budget) of each creating key, read inside the create transaction."""
+    rows: Rows = conn.execute(
+        select(api_keys.c.id, api_keys.c.max_active, api_keys.c.budget).where(api_keys.c.id.in_(key_ids))
+    )
+    return {key_id: (max_active, budget_ is not None) for key_id, max_active, budget_ in rows}
+
+
+def _join_fair_share(conn: Connection, key_ids: set[str]) -> None:
+    """A key that had nothing waiting rejoins fair share at the current virtual time (lifecycle.py
+    `claim`): the smallest of the keys that have tasks waiting. Without this a key idle for a day would
+    come back with a virtual time far behind the busy keys' and take every slot until it caught up."""
+    from reelq.database.lifecycle import current_vtime
+
+    now_v = current_vtime(conn)
+    if now_v is None:
+        return
+    larger = func.greatest if conn.dialect.name == "postgresql" else func.max
+    conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id.in_(key_ids), api_keys.c.vtime < now_v)
+        .values(vtime=larger(api_keys.c.vtime, now_v))
+    )
 
 
 def by_idempotency_key(conn: Connection, key_id: str, idempotency_key: str) -> TaskRow | None:
@@ -195,10 +245,18 @@ def get(conn: Connection, task_id: str, key_id: str | None = None) -> TaskRow | 
 
 
 def get_inputs(conn: Connection, task_id: str) -> dict[str, str]:
-    rows = conn.execute(
+    rows: Rows = conn.execute(
         select(task_inputs.c.field, task_inputs.c.value).where(task_inputs.c.task_id == task_id)
     )
     return {field: value for field, value in rows}
+
+
+def models_of(conn: Connection, task_ids: Sequence[str]) -> dict[str, str]:
+    """task id -> model of the given tasks (those that exist)."""
+    if not task_ids:
+        return {}
+    rows = conn.execute(select(tasks.c.id, tasks.c.model).where(tasks.c.id.in_(list(task_ids))))
+    return {row.id: row.model for row in rows}
 
 
 def has_queued(conn: Connection) -> bool:
@@ -211,21 +269,28 @@ def has_queued(conn: Connection) -> bool:
 def count_live(conn: Connection) -> dict[str, int]:
     """Queued and processing tasks (on the status index: finished rows are not read)."""
     live = [Status.QUEUED.value, Status.PROCESSING.value]
-    rows = conn.execute(
+    rows: Rows = conn.execute(
         select(tasks.c.status, func.count()).where(tasks.c.status.in_(live)).group_by(tasks.c.status)
     )
     return {status: count for status, count in rows}
 
 
+def queued_by_model(conn: Connection) -> dict[str, int]:
+    """Queued tasks per model (the queue depth per pool, metrics.py)."""
+    queued = select(tasks.c.model, func.count()).where(tasks.c.status == Status.QUEUED.value)
+    rows: Rows = conn.execute(queued.group_by(tasks.c.model))
+    return {model: count for model, count in rows}
+
+
 def count_by_status(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
+    rows: Rows = conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
     return {status: count for status, count in rows}
 
 
 # ---- retention ----------------------------------------------------------------------------------
 def expired_videos(conn: Connection, cutoff: float, limit: int) -> list[tuple[str, str]]:
     """(task id, video key) of tasks completed before `cutoff` whose video file still exists."""
-    rows = conn.execute(
+    rows: Rows = conn.execute(
         select(tasks.c.id, tasks.c.video_key)
         .where(
             tasks.c.status == Status.COMPLETED.value,
@@ -243,7 +308,8 @@ def finished_before(conn: Connection, cutoff: float, limit: int) -> list[tuple[s
         tasks.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]), tasks.c.finished_at < cutoff
     )
     query = select(tasks.c.id, tasks.c.video_key, tasks.c.video_deleted).where(old).limit(limit)
-    return [(task_id, None if deleted else key) for task_id, key, deleted in conn.execute(query)]
+    rows: Rows = conn.execute(query)
+    return [(task_id, None if deleted else key) for task_id, key, deleted in rows]
 
 
 def delete_finished(conn: Connection, ids: list[str]) -> None:
@@ -256,7 +322,7 @@ def mark_video_deleted(conn: Connection, task_id: str) -> None:
     conn.execute(update(tasks).where(tasks.c.id == task_id).values(video_deleted=True))
 
 
-# ---- list and delete (the owner's task management; issue 13) ------------------------------------
+# ---- list and delete (the owner's task management) ----------------------------------------------
 def list_for_key(
     conn: Connection,
     key_id: str,
@@ -313,22 +379,27 @@ def delete_owned(conn: Connection, task_id: str, key_id: str) -> TaskRow | None:
 
 def queue_stats(
     conn: Connection, max_queued: int, recent: int
-) -> tuple[list[float], int, list[tuple[str, float]]]:
+) -> tuple[list[float], int, list[tuple[str, float]], list[str], dict[str, int]]:
     """What the polling hint is computed from (service/pollhint.py): the creation times of queued rows
-    (oldest first, at most `max_queued`), the number of processing rows, and (model, seconds from first
-    claim to finish) of the `recent` newest completed tasks. Three index walks (ix_tasks_status_created)."""
-    queued = list(
-        conn.execute(
-            select(tasks.c.created_at)
-            .where(tasks.c.status == Status.QUEUED.value)
-            .order_by(tasks.c.created_at)
-            .limit(max_queued)
-        ).scalars()
+    (oldest first, at most `max_queued`), the number of processing rows, (model, seconds from first
+    claim to finish) of the `recent` newest completed tasks, and - for the queue of each pool (SPEC §7)
+    - the model of each queued row and the processing rows per model. Three index walks
+    (ix_tasks_status_created)."""
+    queued_rows = conn.execute(
+        select(tasks.c.created_at, tasks.c.model)
+        .where(tasks.c.status == Status.QUEUED.value)
+        .order_by(tasks.c.created_at)
+        .limit(max_queued)
+    ).all()
+    queued = [row[0] for row in queued_rows]
+    running_rows: Rows = conn.execute(
+        select(tasks.c.model, func.count())
+        .where(tasks.c.status == Status.PROCESSING.value)
+        .group_by(tasks.c.model)
     )
-    running = conn.execute(
-        select(func.count()).select_from(tasks).where(tasks.c.status == Status.PROCESSING.value)
-    ).scalar_one()
-    renders = conn.execute(
+    running_by_model = {model: int(n) for model, n in running_rows}
+    running = sum(running_by_model.values())
+    renders: Rows = conn.execute(
         select(tasks.c.model, tasks.c.finished_at - tasks.c.started_at)
         .where(tasks.c.status == Status.COMPLETED.value, tasks.c.started_at.is_not(None))
         .order_by(tasks.c.created_at.desc())
@@ -338,4 +409,6 @@ def queue_stats(
         queued,
         int(running),
         [(model, float(seconds)) for model, seconds in renders if seconds is not None],
+        [row[1] for row in queued_rows],
+        running_by_model,
     )

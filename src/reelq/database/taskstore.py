@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from reelq.database import keys, lifecycle, tasks, usage, webhooks
 from reelq.database.changes import Change, ChangeCounter, ChangeNotices
-from reelq.database.keys import ApiKey
+from reelq.database.keys import ApiKey, KeyRecord
 from reelq.database.lifecycle import CancelResult, SweepResult
 from reelq.database.quotas import QuotaCounts, QuotaExceeded, Quotas
 from reelq.database.tasks import IDEMPOTENCY_WINDOW_SECONDS, NewTask, TaskRow
@@ -64,8 +65,8 @@ class TaskStore:
         # The quota counts reused within a burst: this process's (default) or shared (sharedlimits.py).
         self._counts = counts if counts is not None else QuotaCounts()
         # SQLite has one writer at a time. Threads of one process queue on this lock instead of
-        # in SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and let 32
-        # concurrent creates collapse to ~230/s; other processes still meet the busy handler.
+        # in SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and made concurrent
+        # creates collapse (docs/performance.md, "Creates"); other processes still meet the busy handler.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     @contextmanager
@@ -114,8 +115,44 @@ class TaskStore:
         with self._write() as conn:
             return keys.revoke(conn, id_or_key)
 
+    # ---- selling it (SPEC §6): key settings, budgets, credits ----------------------------------
+    def create_key_with(
+        self, settings: Mapping[str, Any], *, admin: bool = False
+    ) -> tuple[KeyRecord, str, str]:
+        """A key with settings; (record, plain key, webhook secret), the secrets shown this once."""
+        with self._write(None) as conn:  # a new row: no reader has it cached
+            return keys.create_with(conn, settings, admin=admin)
+
+    def key_record(self, key_id: str) -> KeyRecord | None:
+        with self._read() as conn:
+            return keys.get(conn, key_id)
+
+    def key_page(self, limit: int, after: str | None = None) -> list[KeyRecord]:
+        with self._read() as conn:
+            return keys.page(conn, limit, after)
+
+    def update_key(self, key_id: str, settings: Mapping[str, Any]) -> KeyRecord | None:
+        """Change settings; the commit's notice makes every API process read the key's policy again."""
+        with self._write() as conn:
+            return keys.update_settings(conn, key_id, settings)
+
+    def credit_key(self, key_id: str, tokens: int, note: str | None, by: str | None) -> KeyRecord | None:
+        with self._write() as conn:
+            return keys.credit(conn, key_id, tokens, note, by)
+
+    def key_credits(self, key_id: str, limit: int = 100) -> list[keys.Credit]:
+        with self._read() as conn:
+            return keys.credits_of(conn, key_id, limit)
+
+    def all_usage(
+        self, since: str | None = None, until: str | None = None, key_id: str | None = None
+    ) -> list[tuple[str, UsageRow]]:
+        """Every key's usage (or one key's) per UTC day and model: (key id, row) each."""
+        with self._read() as conn:
+            return usage.query_all(conn, since, until, key_id)
+
     def key_id_for(self, plain: str) -> str | None:
-        """The id of an active key, or None (unknown or revoked)."""
+        """The id of an active key, or None (unknown, revoked or expired)."""
         with self._read() as conn:
             return keys.active_id(conn, plain)
 
@@ -203,6 +240,11 @@ class TaskStore:
         with self._read() as conn:
             return tasks.get_inputs(conn, task_id)
 
+    def models_of(self, task_ids: list[str]) -> dict[str, str]:
+        """task id -> model, for the broker's per-pool queues (dispatch/broker.py)."""
+        with self._read() as conn:
+            return tasks.models_of(conn, task_ids)
+
     def has_queued(self) -> bool:
         with self._read() as conn:
             return tasks.has_queued(conn)
@@ -211,6 +253,10 @@ class TaskStore:
         """Queued and processing tasks (the metrics' gauges)."""
         with self._read() as conn:
             return tasks.count_live(conn)
+
+    def queued_by_model(self) -> dict[str, int]:
+        with self._read() as conn:
+            return tasks.queued_by_model(conn)
 
     def count_by_status(self) -> dict[str, int]:
         with self._read() as conn:
@@ -241,10 +287,18 @@ class TaskStore:
         with self._write(None) as conn:  # only `lease_until`, which no reader shows
             return lifecycle.renew_all(conn, worker, lease_seconds)
 
-    def record_upstream(self, task_id: str, upstream_id: str | None, credits: int | None = None) -> bool:
-        """Store the upstream task id (never replacing a known one) and credits on a live task."""
+    def record_upstream(
+        self,
+        task_id: str,
+        upstream_id: str | None,
+        credits: int | None = None,
+        channel: str | None = None,
+        replaces: str | None = None,
+    ) -> bool:
+        """Store the upstream task id (never replacing a known one, but `replaces`), its channel and
+        credits on a live task."""
         with self._write(Change.TASK, task_id) as conn:
-            return lifecycle.record_upstream(conn, task_id, upstream_id, credits)
+            return lifecycle.record_upstream(conn, task_id, upstream_id, credits, channel, replaces)
 
     def renew(self, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
         """Extend the lease and record progress; False means the lease was lost (stop working)."""
@@ -273,15 +327,18 @@ class TaskStore:
         with self._write(None) as conn:  # only `lease_until`, which no reader shows; the sweep tells
             return lifecycle.expire_leases_of(conn, worker_prefix)
 
-    def sweep(self, max_attempts: int, queued_stale_seconds: float) -> SweepResult:
-        """Recover lapsed leases (requeue, or fail after max_attempts) and find queued rows left waiting."""
+    def sweep(
+        self, max_attempts: int, queued_stale_seconds: float, off_peak_window: float | None = None
+    ) -> SweepResult:
+        """Recover lapsed leases (requeue, or fail after max_attempts), fail off-peak tasks past their
+        window, and find queued rows left waiting."""
         with self._write_deciding() as pending:  # runs every few seconds: tells readers only of a change
-            result = lifecycle.sweep(pending.conn, max_attempts, queued_stale_seconds)
+            result = lifecycle.sweep(pending.conn, max_attempts, queued_stale_seconds, off_peak_window)
             if result.requeued or result.failed:
                 pending.change = Change.ROWS
             return result
 
-    # ---- the owner's task management: list, cancel, delete (issue 13) ---------------------------
+    # ---- the owner's task management: list, cancel, delete --------------------------------------
     def list_tasks(
         self,
         key_id: str,
@@ -303,11 +360,17 @@ class TaskStore:
     def delete_task(self, task_id: str, key_id: str) -> TaskRow | None:
         """Delete the key's task row and inputs, cancelling it first in the same transaction if it is live
         (its worker's next renewal finds no row and stops); the deleted row, or None."""
-        with self._write(Change.TASK, task_id) as conn:
-            lifecycle.cancel(conn, task_id, key_id)
-            return tasks.delete_owned(conn, task_id, key_id)
+        return self.delete_and_cancel(task_id, key_id).row
 
-    def queue_stats(self, max_queued: int, recent: int) -> tuple[list[float], int, list[tuple[str, float]]]:
+    def delete_and_cancel(self, task_id: str, key_id: str) -> CancelResult:
+        """As `delete_task`, also saying whether the task was live (cancelled by this delete)."""
+        with self._write(Change.TASK, task_id) as conn:
+            cancelled = lifecycle.cancel(conn, task_id, key_id).cancelled
+            return CancelResult(tasks.delete_owned(conn, task_id, key_id), cancelled)
+
+    def queue_stats(
+        self, max_queued: int, recent: int
+    ) -> tuple[list[float], int, list[tuple[str, float]], list[str], dict[str, int]]:
         """The inputs of the polling hint (database/tasks.queue_stats)."""
         with self._read() as conn:
             return tasks.queue_stats(conn, max_queued, recent)
@@ -353,14 +416,17 @@ class TaskStore:
             tasks.mark_video_deleted(conn, task_id)
 
     # ---- the webhook outbox (database/webhooks.py) -------------------------------------------
-    def claim_webhooks(self, owner: str, limit: int, lease_seconds: float) -> list[WebhookEvent]:
-        """Hold up to `limit` due webhook events for `owner`; an idle outbox costs one read, no write."""
+    def claim_webhooks(
+        self, owner: str, limit: int, lease_seconds: float, per_key: int | None = None
+    ) -> list[WebhookEvent]:
+        """Hold up to `limit` due webhook events for `owner`, at most `per_key` of one API key held by
+        `owner` at once (webhooks.claim); an idle outbox costs one read, no write."""
         now = time.time()
         with self._read() as conn:
             if not webhooks.has_due(conn, now):
                 return []
         with self._write(Change.OUTBOX) as conn:
-            return webhooks.claim(conn, owner, limit, lease_seconds)
+            return webhooks.claim(conn, owner, limit, lease_seconds, per_key)
 
     def next_webhook_due(self) -> float | None:
         """When the earliest pending webhook event is due (None: none pending)."""

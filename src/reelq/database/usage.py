@@ -55,3 +55,21 @@ def query(
         UsageRow(day=r["day"], model=r["model"], videos=r["videos"], seconds=r["seconds"], tokens=r["tokens"])
         for r in rows
     ]
+
+
+def query_all(
+    conn: Connection, since: str | None = None, until: str | None = None, key_id: str | None = None
+) -> list[tuple[str, UsageRow]]:
+    """Every key's usage (the admin's view, SPEC §6), or one key's: (key id, row), by day, key, model."""
+    stmt = select(usage_daily)
+    if key_id:
+        stmt = stmt.where(usage_daily.c.key_id == key_id)
+    if since:
+        stmt = stmt.where(usage_daily.c.day >= since)
+    if until:
+        stmt = stmt.where(usage_daily.c.day <= until)
+    order = (usage_daily.c.day, usage_daily.c.key_id, usage_daily.c.model)
+    found = conn.execute(stmt.order_by(*order)).mappings()
+    return [
+        (r["key_id"], UsageRow(r["day"], r["model"], r["videos"], r["seconds"], r["tokens"])) for r in found
+    ]

@@ -170,21 +170,54 @@ def next_due(conn: Connection) -> float | None:
     ).scalar()
 
 
-def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> list[WebhookEvent]:
-    """Hold up to `limit` due events for `owner` for `lease_seconds`, soonest due first."""
+def claim(
+    conn: Connection, owner: str, limit: int, lease_seconds: float, per_key: int | None = None
+) -> list[WebhookEvent]:
+    """Hold up to `limit` due events for `owner` for `lease_seconds`, fairly across API keys.
+
+    Events are taken round-robin over the keys (each key's soonest due first; a key with fewer
+    events already held by `owner` goes first), and no key gets more than `per_key` held by `owner`
+    at once. Without this, one key's backlog to a receiver that hangs took every send slot for the
+    attempt timeout, again and again, and another key's healthy receiver waited behind all of it.
+    """
     now = time.time()
+    free = or_(webhook_events.c.lease_until.is_(None), webhook_events.c.lease_until < now)
+    cap = per_key if per_key is not None else limit
+    held = (
+        select(webhook_events.c.key_id, func.count().label("n"))
+        .where(webhook_events.c.state == PENDING, webhook_events.c.owner == owner, ~free)
+        .group_by(webhook_events.c.key_id)
+        .subquery("held")
+    )
+    ranked = (
+        select(
+            webhook_events.c.id,
+            webhook_events.c.key_id,
+            webhook_events.c.next_attempt_at,
+            func.row_number()
+            .over(
+                partition_by=webhook_events.c.key_id,
+                order_by=(webhook_events.c.next_attempt_at, webhook_events.c.id),
+            )
+            .label("rn"),
+        )
+        .where(_claimable(now))
+        .subquery("ranked")
+    )
+    turn = ranked.c.rn + func.coalesce(held.c.n, 0)  # this event's place in its key's line of held sends
     pick = (
         select(webhook_events.c.id)
-        .where(_claimable(now))
-        .order_by(webhook_events.c.next_attempt_at, webhook_events.c.id)
+        .join(ranked, ranked.c.id == webhook_events.c.id)
+        .outerjoin(held, held.c.key_id == ranked.c.key_id)
+        .where(turn <= cap)
+        .order_by(turn, ranked.c.next_attempt_at, ranked.c.id)
         .limit(limit)
     )
     if conn.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True, of=webhook_events)
-    ids = list(conn.execute(pick).scalars())
+    ids: list[int] = list(conn.execute(pick).scalars())
     if not ids:
         return []
-    free = or_(webhook_events.c.lease_until.is_(None), webhook_events.c.lease_until < now)
     rows = conn.execute(
         update(webhook_events)
         .where(webhook_events.c.id.in_(ids), webhook_events.c.state == PENDING, free)
@@ -279,7 +312,7 @@ def purgeable(cutoff: float, limit: int = 500) -> Any:
 
 def purge(conn: Connection, cutoff: float, limit: int = 500) -> int:
     """Delete settled events (and their attempts) settled before `cutoff`; returns how many."""
-    ids = list(conn.execute(purgeable(cutoff, limit)).scalars())
+    ids: list[int] = list(conn.execute(purgeable(cutoff, limit)).scalars())
     if ids:
         conn.execute(delete(webhook_attempts).where(webhook_attempts.c.event_id.in_(ids)))
         conn.execute(delete(webhook_events).where(webhook_events.c.id.in_(ids)))

@@ -2,8 +2,9 @@
 
 A create commits its row, then `Publisher` sends `reelq.run(<task id>)` to REELQ_QUEUE from
 its own thread (the create never waits on the broker). A render worker (a Celery worker with
-the solo pool, one per process, started by the supervisor: `worker_main`) receives it,
-claims *that* row through the store (`TaskStore.claim_next(task_id=…)`) and runs it with the
+the solo pool, one per process, started by the supervisor: `reelq.worker.celery`) receives it,
+claims the fairest queued row through the store (`TaskStore.claim_next`, SPEC §6 fair share: the
+message only wakes it, whichever task it names) and runs it with the
 same `run_task` as the embedded workers. A message whose row is already claimed, finished or
 gone claims nothing and is acknowledged: duplicates cost one UPDATE that matches no row.
 
@@ -25,19 +26,17 @@ does not flood the queue with duplicates, and publishes lapsed leases the sweep 
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from reelq.catalog import DEFAULT_POOL
 from reelq.config import Settings
 
 if TYPE_CHECKING:
     from celery import Celery
-
-    from reelq.worker.context import WorkerContext
 
 log = logging.getLogger("reelq.dispatch")
 
@@ -47,7 +46,8 @@ READY_TIMEOUT = 1.5  # seconds a readiness check waits for the broker to accept 
 
 
 def make_app(settings: Settings) -> Celery:
-    """The Celery app of one deployment: its broker, its queue, the one task, the delivery settings."""
+    """The Celery app of one deployment: its broker, its queue, the delivery settings (the one task is
+    registered by the render worker, worker/celery.py; the publisher sends it by name)."""
     try:
         from celery import Celery
     except ImportError:  # pragma: no cover - depends on the install
@@ -72,15 +72,34 @@ def make_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
-    app.task(name=TASK_NAME, ignore_result=True)(_run_message)
     return app
 
 
-class Publisher:
-    """Sends `reelq.run(id)` messages from one thread; `publish` never blocks its caller."""
+def pool_queue(settings: Settings, pool: str) -> str:
+    """The broker queue of one pool (SPEC §7): REELQ_QUEUE for the default pool, `<queue>.<pool>` else,
+    so a deployment without pools keeps its one queue and a pool's workers get only its tasks."""
+    return settings.queue if pool == DEFAULT_POOL else f"{settings.queue}.{pool}"
 
-    def __init__(self, settings: Settings) -> None:
+
+def worker_queues(settings: Settings) -> list[str]:
+    """The queues a render worker consumes: its pools' (every pool's without --pool)."""
+    pools = settings.pools or sorted({entry.pool for entry in settings.catalog.values()})
+    return [pool_queue(settings, pool) for pool in pools]
+
+
+class Publisher:
+    """Sends `reelq.run(id)` messages from one thread; `publish` never blocks its caller.
+
+    With models in several pools, each message goes to its model's pool queue: `models_of` (the
+    store's, one query a batch) says which model each task is of.
+    """
+
+    def __init__(
+        self, settings: Settings, models_of: Callable[[list[str]], dict[str, str]] | None = None
+    ) -> None:
         self.settings = settings
+        self._models_of = models_of
+        self._pooled = len({entry.pool for entry in settings.catalog.values()}) > 1
         self.app = make_app(settings)
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, daemon=True, name="reelq-publisher")
@@ -92,15 +111,32 @@ class Publisher:
     def publish_now(self, task_ids: list[str]) -> int:
         """Send at once on the calling thread (the reconciler); how many were sent."""
         sent = 0
+        queues = self._queues(task_ids)
         for task_id in task_ids:
             try:
-                self.app.send_task(TASK_NAME, args=[task_id], queue=self.settings.queue)
+                self.app.send_task(TASK_NAME, args=[task_id], queue=queues.get(task_id, self.settings.queue))
                 sent += 1
             except Exception as exc:
                 # The row stays queued: the reconciler sends it again once the broker is back.
                 log.warning("could not publish task %s (%s: %s)", task_id, type(exc).__name__, exc)
                 break
         return sent
+
+    def _queues(self, task_ids: list[str]) -> dict[str, str]:
+        """task id -> its pool's queue (all on REELQ_QUEUE when there is one pool)."""
+        if not self._pooled or self._models_of is None or not task_ids:
+            return {}
+        try:
+            models = self._models_of(task_ids)
+        except Exception as exc:  # the rows stay queued: the reconciler publishes them again
+            log.warning("could not read the models of %d task(s) (%s)", len(task_ids), exc)
+            return {}
+        catalog = self.settings.catalog
+        return {
+            task_id: pool_queue(self.settings, catalog[model].pool)
+            for task_id, model in models.items()
+            if model in catalog
+        }
 
     def problem(self) -> str | None:
         """Readiness: None when the broker accepts a connection now, else why not (one short line).
@@ -163,79 +199,3 @@ class Reconciler:
         sent = self.publisher.publish_now(due)
         log.info("re-published %d queued task(s)", sent)
         return sent
-
-
-# --- the worker side -------------------------------------------------------------------------
-
-_context: WorkerContext | None = None
-_relayed: frozenset[str] = frozenset()
-
-
-def _run_message(task_id: str) -> str:
-    """One message: claim that row (or nothing) and run it; what happened, for the log."""
-    ctx = _context
-    if ctx is None:  # pragma: no cover - only if someone runs the task outside `worker_main`
-        raise RuntimeError("reelq.run executes only in a reelq render worker")
-    if ctx.draining.is_set():
-        # Shutting down: leave the row queued (the reconciler re-publishes it) rather than start a render.
-        return "draining"
-    task = ctx.store.claim_next(
-        ctx.worker_id, ctx.settings.lease_seconds, task_id=task_id, exclude_models=_relayed
-    )
-    if task is None:
-        return "not queued"  # someone else claimed it, it finished, or it is not ours to render
-    from reelq.worker.run import run_task
-
-    outcome = run_task(ctx, task)
-    log.info("task %s: %s (attempt %d)", task.id, outcome.value, task.attempts)
-    return outcome.value
-
-
-def worker_main(settings: Settings, name: str) -> None:
-    """Run one Celery render worker in this process (solo pool: the render runs on its main thread)."""
-    global _context, _relayed
-    from celery.signals import worker_shutting_down
-
-    from reelq.database import TaskStore, ensure_schema, make_engine
-    from reelq.engines import build_engines, relayed_models
-    from reelq.storage import build_storage
-    from reelq.worker.context import WorkerContext, make_worker_id
-    from reelq.worker.process import end_worker_process
-
-    engine = make_engine(settings.sqlalchemy_url)
-    ensure_schema(engine)
-    ctx = WorkerContext(
-        settings=settings,
-        store=TaskStore(engine),
-        storage=build_storage(settings),
-        engines=build_engines(settings),
-        worker_id=make_worker_id(name),
-        hard_stop=end_worker_process,
-    )
-    _context, _relayed = ctx, frozenset(relayed_models(settings))
-
-    def _drain(**_: Any) -> None:
-        # Celery's warm shutdown waits for the render in flight; ours hands it back after
-        # REELQ_DRAIN_SECONDS (run_task watches `drain_expired`), so a stop is bounded.
-        ctx.start_drain()
-
-    worker_shutting_down.connect(_drain, weak=False)
-    app = make_app(settings)
-    log.info("celery render worker %s ready on queue %s", ctx.worker_id, settings.queue)
-    app.worker_main(
-        [
-            # Celery's start-up banner is many lines of bare text on stdout: no JSON log may hold it
-            # (the line above says which worker and queue). A global option: before `worker`.
-            *(["--quiet"] if settings.log_format == "json" else []),
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            "--prefetch-multiplier=1",
-            f"--queues={settings.queue}",
-            f"--hostname={name}-{os.getpid()}@{socket.gethostname()}",
-            f"--loglevel={settings.log_level}",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-    )

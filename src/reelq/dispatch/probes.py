@@ -12,7 +12,10 @@ only as failed or handed-back renders. So the node answers probes itself:
   must fail, not read the metrics as "alive". HEAD answers like GET without the body.
 
 The standard library's WSGI server, a thread per request: a probe never waits on the supervisor's
-threads, nor they on it. The checks themselves run on one helper thread per round, shared by the
+threads, nor they on it. The threads are bounded (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS; over
+them a connection is answered 503 at once) and a request must arrive whole within CLIENT_TIMEOUT, so a
+slowloris (thousands of connections, each trickling a byte) holds a few threads for seconds, not one
+thread per connection forever. The checks themselves run on one helper thread per round, shared by the
 probes that arrive meanwhile, and a probe waits for them at most `READY_WAIT` seconds: a database
 that hangs (a blackholed host, no TCP answer for minutes) makes `/readyz` say so in time, instead of
 past the prober's own timeout. A finished round is reused for `READY_CACHE` seconds, so a burst of
@@ -21,6 +24,7 @@ probes (kubelet, a balancer, an operator's curl) costs one round.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +40,11 @@ if TYPE_CHECKING:
 
 READY_WAIT = 2.0  # seconds a probe waits for the checks before answering 503 with the one still running
 READY_CACHE = 1.0  # seconds a finished round of checks answers later probes
-CLIENT_TIMEOUT = 10.0  # seconds a connection may take to send its request (the port is on all interfaces)
+CLIENT_TIMEOUT = 10.0  # seconds a connection may take to send its whole request (on all interfaces)
+MAX_HEAD_BYTES = 16 * 1024  # a probe's request line and headers are a few hundred bytes
+# Threads (one per open connection) bounded: probes and scrapes are a few at a time.
+MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_ADDRESS = 16
 
 Check = tuple[str, Callable[[], str | None]]  # (what is checked, for a timeout's reason; the check)
 Answer = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
@@ -203,15 +211,102 @@ class NodeEndpoint:
         return _json(200, {"status": "ready"})
 
 
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+
+
 class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, but a bounded number of them: at most `max_connections` at once and
+    `per_address` from one client address (a slowloris from one host cannot take the probes' slots).
+    A connection over a bound is answered 503 without a thread and closed."""
+
     daemon_threads = True  # a probe stuck on a dependency never holds up the node's exit
+    request_queue_size = 128  # listen backlog: a burst of connections is refused here, not dropped
+    max_connections = MAX_CONNECTIONS
+    per_address = MAX_CONNECTIONS_PER_ADDRESS
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._lock = threading.Lock()
+        self._open = 0
+        self._by_address: dict[str, int] = {}
+        message = "Too many connections; retry shortly."
+        body = orjson.dumps({"error": {"code": "overloaded", "message": message, "param": None}})
+        self._busy = _BUSY % (len(body), body)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        address = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        with self._lock:
+            mine = self._by_address.get(address, 0)
+            admitted = self._open < self.max_connections and mine < self.per_address
+            if admitted:
+                self._open += 1
+                self._by_address[address] = self._by_address.get(address, 0) + 1
+        if not admitted:
+            try:
+                request.setblocking(False)  # never wait on a client that does not read
+                request.send(self._busy)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._leave(address)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._leave(client_address[0] if isinstance(client_address, tuple) else str(client_address))
+
+    def _leave(self, address: str) -> None:
+        with self._lock:
+            self._open -= 1
+            left = self._by_address.get(address, 1) - 1
+            if left > 0:
+                self._by_address[address] = left
+            else:
+                self._by_address.pop(address, None)
 
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = CLIENT_TIMEOUT  # a connection that never sends its request does not hold a thread for good
+    """Reads the request head itself, under one deadline for all of it: the standard handler's
+    socket timeout restarts with every byte, so a client sending a byte every few seconds held its
+    thread for as long as it liked."""
+
+    timeout = CLIENT_TIMEOUT  # also bounds writing the answer to a client that stops reading
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BytesIO(_read_head(self.connection, time.monotonic() + self.timeout))
+        self.connection.settimeout(self.timeout)  # for writing the answer
 
     def log_message(self, format: str, *args: Any) -> None:
         """No line per request: probes come every few seconds."""
+
+
+def _read_head(connection: Any, deadline: float) -> bytes:
+    """The request line and headers, read by `deadline` (b"": none in time, or too large; the
+    connection is then closed unanswered). Bodies are not read: every route here is GET or HEAD."""
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head:
+        left = deadline - time.monotonic()
+        if left <= 0 or len(head) > MAX_HEAD_BYTES:
+            return b""
+        connection.settimeout(left)
+        try:
+            chunk = connection.recv(4096)
+        except OSError:  # the deadline passed (TimeoutError) or the client went away
+            return b""
+        if not chunk:
+            return b""
+        head += chunk
+    return head
 
 
 def serve_node_endpoint(host: str, port: int) -> tuple[Any, NodeEndpoint]:

@@ -24,10 +24,10 @@ from pathlib import Path
 from reelq import metrics
 from reelq.config import Settings
 from reelq.database import TaskStore, ensure_schema, make_engine
+from reelq.dispatch.children import PARENT_ENV, loaded_marker, worker_marker
 from reelq.dispatch.doorbell import ring
 from reelq.engines import relayed_models
 from reelq.storage import build_storage
-from reelq.worker import worker_marker
 
 log = logging.getLogger("reelq.dispatch")
 
@@ -60,7 +60,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 RENDER_WORKER_MODULE = "reelq.worker.process"
-RELAY_WORKER_MODULE = "reelq.engines.relay.worker"
+RELAY_WORKER_MODULE = "reelq.worker.relay"
 
 
 @dataclass
@@ -74,6 +74,11 @@ class _Child:
     replaced: bool = False  # a process of this slot died: its replacement must prove itself (readiness)
 
 
+# Engines that load weights when a worker starts (minutes for a large checkpoint): on a node serving
+# one, a render worker counts as ready only once it says its models are loaded.
+LOADING_ENGINES = frozenset({"diffusers"})
+
+
 def _kind(child: _Child) -> str:
     return "relay" if child.module == RELAY_WORKER_MODULE else "render"
 
@@ -83,7 +88,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, workers: int, gpus: list[str] | None = None) -> None:
         self.settings = settings
-        self.gpus = gpus or []  # worker i renders on gpus[i % len(gpus)]
+        self.gpus = gpus or []  # worker i renders on gpus[i % len(gpus)]: one GPU ("0") or a group ("0,1")
         engine = make_engine(settings.sqlalchemy_url)
         ensure_schema(engine)
         self.store = TaskStore(engine)
@@ -92,6 +97,13 @@ class Supervisor:
         # Relayed models wait on an upstream: one asynchronous relay worker holds them all, beside
         # (never instead of) the render workers, whatever --workers says.
         if relayed_models(settings):
+            from reelq.config import ConfigError
+            from reelq.engines.relay.clients import check_upstream_keys
+
+            try:  # here, not when the models file is read: `reelq keys create` needs no upstream secret
+                check_upstream_keys(settings)
+            except ValueError as exc:
+                raise ConfigError(f"invalid configuration: REELQ_MODELS: {exc}") from None
             self.children.append(_Child(name="relay", module=RELAY_WORKER_MODULE))
         # With a broker the children are Celery render workers (worker/process.py decides from the
         # settings) and the sweeper re-publishes rows left queued instead of ringing doorbells.
@@ -99,8 +111,10 @@ class Supervisor:
         if settings.broker_url:
             from reelq.dispatch.broker import Publisher, Reconciler
 
-            self.reconciler = Reconciler(Publisher(settings), settings.queued_redispatch_seconds)
+            publisher = Publisher(settings, self.store.models_of)
+            self.reconciler = Reconciler(publisher, settings.queued_redispatch_seconds)
         self._settings_json = settings.to_json().encode()
+        self.awaits_models = any(entry.engine in LOADING_ENGINES for entry in settings.catalog.values())
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._restarts: dict[str, int] = {}  # worker processes that died, by kind (metrics.NodeCollector)
@@ -140,6 +154,17 @@ class Supervisor:
                     f"none of this node's {n} {kind} worker process{'es' if n > 1 else ''} is running "
                     "(exited at start or crashing; see the node's log)"
                 )
+        if self.awaits_models:
+            return self._loading_problem()
+        return None
+
+    def _loading_problem(self) -> str | None:
+        """Why a node whose workers load weights is not ready yet: live render workers still loading."""
+        processes = [child.process for child in self.children if child.module == RENDER_WORKER_MODULE]
+        live = [proc.pid for proc in processes if proc is not None and proc.poll() is None]
+        loaded = sum(loaded_marker(self.settings.run_dir, pid).exists() for pid in live)
+        if loaded < len(live):
+            return f"render workers are loading their models ({loaded} of {len(live)} loaded)"
         return None
 
     @property
@@ -172,8 +197,9 @@ class Supervisor:
         # One BLAS thread: an idle OpenBLAS pool spins and steals the core x264 needs.
         env = dict(os.environ)
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env[PARENT_ENV] = str(os.getpid())  # the child ends when this process does (worker/lifeline.py)
         if self.gpus and child.module == RENDER_WORKER_MODULE:
-            # One GPU per worker: in the worker the model loads on `cuda`, which is this GPU.
+            # One GPU (or one group) per worker: in the worker the model loads on `cuda`, which is this GPU.
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[self.children.index(child) % len(self.gpus)]
         # Before the process is visible: a probe must never pair a new process with the last one's start.
         child.started = time.monotonic()
@@ -201,6 +227,7 @@ class Supervisor:
                         proc.returncode,
                     )
                     self._recover(proc.pid)
+                    loaded_marker(self.settings.run_dir, proc.pid).unlink(missing_ok=True)
                     kind = _kind(child)
                     self._restarts[kind] = self._restarts.get(kind, 0) + 1
                     # Quick deaths in a row back off, so a broken install does not spin.
@@ -233,12 +260,15 @@ class Supervisor:
             log.exception("recovery after worker %d died failed; the sweeper will retry", pid)
 
     def sweep_once(self) -> None:
-        result = self.store.sweep(self.settings.max_attempts, self.settings.queued_redispatch_seconds)
+        result = self.store.sweep(
+            self.settings.max_attempts, self.settings.queued_redispatch_seconds, self.settings.off_peak_window
+        )
         for task_id in result.failed:
             log.warning("task %s failed after %d attempts", task_id, self.settings.max_attempts)
             row = self.store.get_task(task_id)
             if row is not None:
-                metrics.task_finished(row.model, self.settings.engine_for(row.model), False)
+                engine = self.settings.engine_for(row.model)
+                metrics.task_finished(row.model, engine, False, reason=metrics.failure_reason(row.error))
         if self.reconciler is not None:
             self.reconciler.run(result.requeued, result.stale_queued)
         elif result.requeued or result.stale_queued:
@@ -278,6 +308,9 @@ class Supervisor:
                 self._recover(child.process.pid)
                 continue
             metrics.process_dead(child.process.pid)
+        for child in self.children:
+            if child.process is not None:
+                loaded_marker(self.settings.run_dir, child.process.pid).unlink(missing_ok=True)
         metrics.NODE.remove(self)
         for thread in self._threads:
             thread.join(timeout=2)

@@ -60,7 +60,7 @@ def _diffusers_options(options: dict[str, Any], max_duration: int | None) -> Mod
 
 
 # name -> factory, and name -> options checker. A relayed model is served by the relay worker
-# (engines/relay/worker.py), never by a render worker: its factory only says so.
+# (worker/relay.py), never by a render worker: its factory only says so.
 ENGINES: dict[str, EngineFactory] = {"synthetic": _synthetic, "diffusers": _diffusers, "relay": _relay}
 OPTION_CHECKERS: dict[str, OptionsChecker] = {"diffusers": _diffusers_options, "relay": _relay_options}
 RELAY_ENGINE = "relay"
@@ -73,15 +73,30 @@ def check_model_options(engine: str, options: dict[str, Any], max_duration: int 
 
 
 def relayed_models(settings: Settings) -> list[str]:
-    """The models the relay worker serves (render workers leave them alone)."""
-    return [name for name, entry in settings.catalog.items() if entry.engine == RELAY_ENGINE]
+    """The relayed models of this process's pools: its relay worker serves them (render workers never)."""
+    return [m for m in settings.served_models if settings.catalog[m].engine == RELAY_ENGINE]
+
+
+def rendered_models(settings: Settings) -> list[str]:
+    """The models this process's render workers load and claim: its pools' models that are not relayed."""
+    return [m for m in settings.served_models if settings.catalog[m].engine != RELAY_ENGINE]
+
+
+def unrendered_models(settings: Settings) -> list[str]:
+    """What a render worker's claim excludes: relayed models, and every model of another pool (SPEC §7)."""
+    rendered = set(rendered_models(settings))
+    return [m for m in settings.models if m not in rendered]
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
-    """One engine per configured model; models served by the same engine share one instance."""
+    """One engine per model this process serves (its pools'); models of one engine share an instance.
+
+    A model of another pool is never loaded: its weights belong on that pool's cards (SPEC §7). A
+    relayed model gets the relay placeholder, which only says where such a model is served.
+    """
     built: dict[str, Engine] = {}
     by_model: dict[str, Engine] = {}
-    for model in settings.models:
+    for model in settings.served_models:
         name = settings.engine_for(model)
         if name not in built:
             built[name] = ENGINES[name](settings)
@@ -104,4 +119,6 @@ __all__ = [
     "build_engines",
     "check_model_options",
     "relayed_models",
+    "rendered_models",
+    "unrendered_models",
 ]

@@ -256,7 +256,7 @@ def _matmul_single_thread(left: np.ndarray, right: np.ndarray, out: np.ndarray) 
     """out = left @ right, in bands of rows small enough for OpenBLAS to run on the calling thread.
 
     OpenBLAS hands a product bigger than ~256k multiply-adds to its thread pool, whose threads then spin
-    between frames and starve x264 of the second core (measured: 720p render 1.85 s -> 1.4 s).
+    between frames and starve x264 of the second core (docs/performance.md, "Renders").
     """
     rows = max(1, _BLAS_SINGLE_THREAD_MNK // (left.shape[1] * right.shape[1]))
     for y in range(0, left.shape[0], rows):
@@ -477,9 +477,9 @@ def _ease(s: float) -> float:
 class _KenBurns:
     """Zoomed, panned views of one image at the output size; zoom 1.0 is exactly `cover_fit`."""
 
-    # Pillow's filtered resize costs 11 ms per 720p frame (36 ms at 1080p), more than the encoder. So the
-    # image is resampled well once, at twice the size the deepest zoom needs, and each frame samples it
-    # with NEAREST (under 1 ms): a band-limited source sampled at half-pixel steps looks like bilinear.
+    # Pillow's filtered resize of every frame costs more than the encoder (docs/performance.md,
+    # "Renders"). So the image is resampled well once, at twice the size the deepest zoom needs, and each
+    # frame samples it with NEAREST: a band-limited source sampled at half-pixel steps looks like bilinear.
     _SUPERSAMPLE = 2
 
     def __init__(self, image: Image.Image, width: int, height: int, rng: np.random.Generator) -> None:

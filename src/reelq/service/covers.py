@@ -5,73 +5,69 @@ the video. It is made on first request from the stored MP4 (one frame decoded wi
 with Pillow, in a thread) and kept in a small in-memory cache: nothing more to store, sweep or
 delete, and a deleted or expired video has no cover because the route checks the row first.
 
-The link is `/v1/files/covers/<id>.jpg?expires=…&signature=…`, HMAC-SHA256 with the server's
-signing secret over that path and the expiry, the same rule and lifetime as the video's link
-(storage/local.py), so a video link's signature never opens a cover and the reverse.
+The link is `/v1/files/covers/<id>.jpg?expires=…&signature=…`, signed and timed like the video's
+by the one link signer (service/links.py, purpose "cover"), so a video link's signature never
+opens a cover and the reverse.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
-COVER_ROUTE = "/v1/files/covers/{task_id}.jpg"
+from reelq.storage import Storage
+
 MAX_CACHED = 64
+MAX_CACHED_BYTES = 16 * 1024 * 1024  # a 1080p first frame is a few hundred KB
+# Covers decoded at once per API process (each ~30 ms of CPU): more wait their turn on the event loop
+# (api/files.py), holding no thread of the pool that authentication and reads share.
+COVER_SLOTS = 2
 JPEG_QUALITY = 85
 
 
-def cover_path(task_id: str) -> str:
-    return COVER_ROUTE.format(task_id=task_id)
-
-
 class Covers:
-    """Signs cover links and makes (and caches) the JPEGs."""
+    """Makes (and caches) the JPEGs."""
 
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+    def __init__(self) -> None:
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._cached_bytes = 0
         self._lock = threading.Lock()
 
-    def signature(self, task_id: str, expires: int) -> str:
-        message = f"{cover_path(task_id)}\n{expires}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
-
-    def url(self, base_url: str, task_id: str, expires: int) -> str:
-        return (
-            f"{base_url}{cover_path(task_id)}?expires={expires}&signature={self.signature(task_id, expires)}"
-        )
-
-    def verify(self, task_id: str, expires: int, signature: str) -> bool:
-        expected = self.signature(task_id, expires).encode("ascii")
-        return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
-
-    def jpeg(self, task_id: str, video_key: str, storage: object) -> bytes:
-        """The first frame of the task's stored video as a JPEG (blocking: call it in a thread)."""
+    def cached(self, task_id: str, video_key: str) -> bytes | None:
+        """The cover if it was made recently (cheap: no thread, no decoding slot needed)."""
         cache_key = (task_id, video_key)
         with self._lock:
             cached = self._cache.get(cache_key)
             if cached is not None:
                 self._cache.move_to_end(cache_key)
-                return cached
-        try:
-            path = storage.path(video_key)  # type: ignore[attr-defined]
-        except FileNotFoundError:
-            path = None  # stored elsewhere (S3): fetch a local copy to decode
-        if path is not None:
-            data = first_frame_jpeg(path)
-        else:
+            return cached
+
+    def jpeg(self, task_id: str, video_key: str, storage: Storage) -> bytes:
+        """The first frame of the task's stored video as a JPEG (blocking: call it in a thread).
+
+        Looks in the cache again first: requests that queued for a slot behind the one making this
+        cover find it made."""
+        cache_key = (task_id, video_key)
+        cached = self.cached(task_id, video_key)
+        if cached is not None:
+            return cached
+        if storage.serves_files:
+            data = first_frame_jpeg(storage.path(video_key))
+        else:  # stored elsewhere (S3): fetch a local copy to decode
             with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
-                storage.download(video_key, Path(tmp.name))  # type: ignore[attr-defined]
+                storage.download(video_key, Path(tmp.name))
                 data = first_frame_jpeg(Path(tmp.name))
         with self._lock:
-            self._cache[cache_key] = data
-            while len(self._cache) > MAX_CACHED:
-                self._cache.popitem(last=False)
+            if cache_key not in self._cache:
+                self._cache[cache_key] = data
+                self._cached_bytes += len(data)
+            over_bytes = self._cached_bytes > MAX_CACHED_BYTES
+            while len(self._cache) > MAX_CACHED or (over_bytes and len(self._cache) > 1):
+                self._cached_bytes -= len(self._cache.popitem(last=False)[1])
+                over_bytes = self._cached_bytes > MAX_CACHED_BYTES
         return data
 
 

@@ -1,11 +1,13 @@
 """Typed API errors and the SPEC §4 envelope they are sent in.
 
 Plain data, no HTTP framework: the task service (reelq/service) raises these, and each
-transport sends them (the FastAPI handlers in api/handlers.py, the fast path in
+transport sends them (the FastAPI handlers in api/errors.py, the fast path in
 api/fastpath.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import orjson
 
@@ -15,7 +17,13 @@ def error_body(code: str, message: str, param: str | None = None) -> bytes:
 
 
 class ApiError(Exception):
-    """An error with its HTTP status, snake_case code, human message and the offending field."""
+    """An error with its HTTP status, snake_case code, human message and the offending field.
+
+    `named`, where the message names the field, builds the same message around another name for it:
+    a surface that spells the field otherwise (OpenAI's `seconds` is our `duration`) asks
+    `message_for(its_name)` instead of rewriting the text, which would also rewrite any value that
+    happens to contain our name (`'video_abc'` is not a field).
+    """
 
     status = 400
     code = "invalid_request"
@@ -28,11 +36,13 @@ class ApiError(Exception):
         code: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        named: Callable[[str], str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.headers = headers
+        self.named = named
         if code is not None:
             self.code = code
         if status is not None:
@@ -40,6 +50,12 @@ class ApiError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.code, self.message, self.param)
+
+    def message_for(self, param: str | None) -> str:
+        """The message naming the field as `param` (a surface's own name for `self.param`)."""
+        if param is None or param == self.param or self.named is None:
+            return self.message
+        return self.named(param)
 
 
 class InvalidRequest(ApiError):
@@ -86,6 +102,18 @@ class InsufficientStorage(ApiError):
 
 class Forbidden(ApiError):
     status, code = 403, "invalid_signature"
+
+
+class PaymentRequired(ApiError):
+    """SPEC §6: the key's budget cannot hold the task's price; nothing was stored."""
+
+    status, code = 402, "insufficient_budget"
+
+
+class NotAllowed(ApiError):
+    """SPEC §6: the key may not do this (an admin route, a model outside its `models`)."""
+
+    status, code = 403, "forbidden"
 
 
 class Gone(ApiError):

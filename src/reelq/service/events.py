@@ -16,8 +16,9 @@ EventSource to stop reconnecting.
 
 from __future__ import annotations
 
-from reelq.database.fastread import TaskView
+from reelq.database.views import TaskView
 from reelq.domain import TERMINAL, Status
+from reelq.service.links import shown_state
 
 TERMINAL_EVENT_ID = 1000
 MAX_EVENT_ID_CHARS = 20
@@ -29,10 +30,11 @@ _TERMINAL = frozenset(s.value for s in TERMINAL)
 
 def event_id(view: TaskView) -> int:
     """The state a client has seen once it got this view's event (see the module docstring)."""
-    if view.status in _TERMINAL:
+    status, progress = shown_state(view)
+    if status in _TERMINAL:
         return TERMINAL_EVENT_ID
-    if view.status == Status.PROCESSING or view.started_at is not None:
-        return 1 + min(max(view.progress, 0), 99)
+    if status == Status.PROCESSING:
+        return 1 + min(max(progress, 0), 99)
     return 0
 
 

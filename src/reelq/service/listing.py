@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from reelq.domain import Status, is_task_id
+from reelq.domain import Status, is_task_id, parse_ascii_int
 from reelq.service.errors import InvalidRequest
 
 DEFAULT_LIMIT = 20
@@ -39,10 +39,7 @@ def parse_list_query(limit: str | None, cursor: str | None, status: str | None) 
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
+    limit = parse_ascii_int(value) or 0  # ASCII digits only, as on every surface
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}.", param="limit")
     return limit

@@ -24,9 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from reelq.database.fastread import TaskView
+from reelq.database.views import TaskView
 from reelq.domain import TERMINAL, Status
+from reelq.service.links import shown_state
 
 log = logging.getLogger("reelq.api")
 
@@ -39,7 +41,8 @@ RECENT_RENDERS = 200  # completed tasks the typical render time is the median of
 MAX_QUEUED = 20_000  # queue positions beyond this are all "at the back"
 _TERMINAL = frozenset(s.value for s in TERMINAL)
 
-Stats = tuple[list[float], int, list[tuple[str, float]]]  # TaskStore.queue_stats
+# TaskStore.queue_stats: (queued created_at, running, renders[, queued rows' models, running by model])
+Stats = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,25 +50,46 @@ class QueueSnapshot:
     queued: list[float] = field(default_factory=list)  # creation times of queued rows, sorted
     running: int = 0
     render_seconds: dict[str, float] = field(default_factory=dict)  # typical (median) per model
+    # Per pool (SPEC §7: each pool's workers take only its tasks), when the models file has pools.
+    queued_by_pool: dict[str, list[float]] = field(default_factory=dict)
+    running_by_pool: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, stats: Stats) -> QueueSnapshot:
-        queued, running, renders = stats
+    def of(cls, stats: Stats, pool_of: Callable[[str], str] | None = None) -> QueueSnapshot:
+        queued, running, renders = stats[:3]
         per_model: dict[str, list[float]] = {}
         for model, seconds in renders:
             per_model.setdefault(model, []).append(max(0.0, seconds))
+        by_pool: dict[str, list[float]] = {}
+        running_by_pool: dict[str, int] = {}
+        if pool_of is not None and len(stats) >= 5:
+            for created, model in zip(queued, stats[3], strict=True):
+                by_pool.setdefault(pool_of(model), []).append(created)
+            for model, n in stats[4].items():
+                pool = pool_of(model)
+                running_by_pool[pool] = running_by_pool.get(pool, 0) + n
         return cls(
             queued=sorted(queued),
             running=running,
             render_seconds={model: statistics.median(times) for model, times in per_model.items()},
+            queued_by_pool={pool: sorted(times) for pool, times in by_pool.items()},
+            running_by_pool=running_by_pool,
         )
 
 
 class PollHints:
     """`hint_ms(view)`: milliseconds until the next poll is worth it, or None for a finished task."""
 
-    def __init__(self, fetch: Callable[[], Stats], poll_rate: float, default_render_seconds: float) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[], Stats],
+        poll_rate: float,
+        default_render_seconds: float,
+        pool_of: Callable[[str], str] | None = None,
+    ) -> None:
         self._fetch = fetch
+        # model -> pool: a queued task's place is counted in its pool's queue, among its pool's renders.
+        self._pool_of = pool_of
         self._floor_ms = max(MIN_HINT_MS, int(1000 / poll_rate) if poll_rate > 0 else MAX_HINT_MS)
         self._default = default_render_seconds
         self._snapshot: QueueSnapshot | None = None
@@ -73,15 +97,21 @@ class PollHints:
         self._refreshing = threading.Lock()
 
     def hint_ms(self, view: TaskView) -> int | None:
-        if view.status in _TERMINAL:
+        status, progress = shown_state(view)
+        if status in _TERMINAL:
             return None
         snapshot = self._current()
         typical = snapshot.render_seconds.get(view.model, self._default)
-        if view.status == Status.PROCESSING or view.started_at is not None:
-            remaining = typical * (100 - min(view.progress, 99)) / 100
+        if status == Status.PROCESSING:
+            remaining = typical * (100 - min(progress, 99)) / 100
         else:
-            ahead = bisect.bisect_left(snapshot.queued, view.created_at)
-            remaining = (ahead / max(1, snapshot.running) + 1) * typical
+            queued, running = snapshot.queued, snapshot.running
+            if self._pool_of is not None and snapshot.queued_by_pool:
+                pool = self._pool_of(view.model)
+                queued = snapshot.queued_by_pool.get(pool, [])
+                running = snapshot.running_by_pool.get(pool, 0)
+            ahead = bisect.bisect_left(queued, view.created_at)
+            remaining = (ahead / max(1, running) + 1) * typical
         return min(MAX_HINT_MS, max(self._floor_ms, int(remaining * 500)))
 
     def header(self, view: TaskView) -> list[tuple[bytes, bytes]]:
@@ -105,7 +135,7 @@ class PollHints:
         with self._refreshing:
             self._taken = time.monotonic()
             try:
-                self._snapshot = QueueSnapshot.of(self._fetch())
+                self._snapshot = QueueSnapshot.of(self._fetch(), self._pool_of)
             except Exception:
                 log.warning("could not refresh the polling-hint figures", exc_info=True)
                 if self._snapshot is None:

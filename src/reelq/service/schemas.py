@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reelq.database import NewTask
+from reelq.database.views import TaskView
 from reelq.domain import (
     DEFAULT_DURATION,
     MAX_DURATION,
@@ -21,13 +22,12 @@ from reelq.domain import (
     MAX_SEED,
     MIN_DURATION,
     ModelLimits,
-    Status,
     has_visible_text,
     wire_number,
-    wire_status,
 )
 from reelq.images import DECODE_SLOTS, ImageError, is_data_uri, url_syntax_problem, validate_image_reference
 from reelq.service.errors import InvalidRequest
+from reelq.service.links import Shown
 
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4"]
 Resolution = Literal["540p", "720p", "1080p"]
@@ -46,6 +46,7 @@ NULLABLE_OPTIONAL = (
     "last_image",
     "seed",
     "callback_url",
+    "off_peak",
 )
 
 
@@ -68,6 +69,7 @@ class CreateVideoRequest(BaseModel):
     last_image: str | None = Field(None, description="only together with first_image")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     callback_url: str | None = Field(None, max_length=MAX_URL_CHARS)
+    off_peak: bool = Field(False, description="SPEC §6: run only while nothing else waits, at a lower price")
 
     @field_validator("prompt")
     @classmethod
@@ -105,8 +107,17 @@ def _first_error(exc: ValidationError) -> InvalidRequest:
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if error.get("type") == "missing":
-        return InvalidRequest(f"Missing required field '{param}'.", param=param)
-    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
+        return InvalidRequest(
+            f"Missing required field '{param}'.",
+            param=param,
+            code="missing_field",
+            named=lambda name: f"Missing required field '{name}'.",
+        )
+    return InvalidRequest(
+        f"Invalid value for '{param}': {message}.",
+        param=param,
+        named=lambda name: f"Invalid value for '{name}': {message}.",
+    )
 
 
 def _too_many_values(body: bytes) -> bool:
@@ -169,15 +180,19 @@ def validate_create(data: dict[str, Any], models: Mapping[str, ModelLimits] | Co
         req.model, req.duration, req.first_image is not None, req.last_image is not None
     )
     if refusal:
-        param, message = refusal
-        raise InvalidRequest(message, param=param, code="unsupported_by_model")
+        param, naming = refusal
+        raise InvalidRequest(naming(param), param=param, code="unsupported_by_model", named=naming)
     for name in IMAGE_FIELDS:
         value = getattr(req, name)
         if value is not None:
             try:
                 validate_image_reference(value, name)
             except ImageError as exc:
-                raise InvalidRequest(str(exc), param=name, code="invalid_image") from None
+
+                def named(field: str, why: str = exc.reason) -> str:
+                    return f"{field} {why}"
+
+                raise InvalidRequest(str(exc), param=name, code="invalid_image", named=named) from None
     return NewTask(
         model=req.model,
         prompt=req.prompt,
@@ -188,11 +203,12 @@ def validate_create(data: dict[str, Any], models: Mapping[str, ModelLimits] | Co
         first_image=req.first_image,
         last_image=req.last_image,
         callback_url=req.callback_url,
+        off_peak=req.off_peak,
     )
 
 
 IMAGE_FIELDS = ("first_image", "last_image")
-# Threads for creates with a data-URI image, per event loop: as many as images.py decodes at once, so a
+# Threads for creates with a data-URI image, per event loop: as many as images/ decodes at once, so a
 # create waiting for its turn waits on the event loop, holding no thread of the pool that everyone's
 # authentication and reads share.
 _image_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
@@ -228,38 +244,27 @@ def request_fingerprint(new: NewTask) -> str:
             new.first_image,
             new.last_image,
             new.callback_url,
+            *([True] if new.off_peak else []),  # fingerprints of earlier tasks stay the same
         ]
     )
     return hashlib.sha256(payload).hexdigest()
 
 
-def task_object(
-    *,
-    task_id: str,
-    model: str,
-    created_at: float,
-    status: str,
-    started: bool,
-    progress: int,
-    video_url: str | None,
-    actual_duration: float | None,
-    total_tokens: int | None,
-    error: str | None,
-) -> dict[str, Any]:
-    """The SPEC §1 task object, keys in the Vidu order, plus the `progress` extension."""
-    shown = wire_status(status, started)
-    completed = shown == Status.COMPLETED
+def task_object(view: TaskView, shown: Shown) -> dict[str, Any]:
+    """The SPEC §1 task object, keys in the Vidu order, plus the `progress` extension; `shown` is
+    what the task shows (service/links.py), its video link included once completed."""
+    completed = shown.completed
     obj: dict[str, Any] = {
-        "id": task_id,
+        "id": view.id,
         "object": "Video",
-        "created": int(created_at),
-        "model": model,
-        "status": shown,
-        "video_url": video_url if completed else None,
+        "created": int(view.created_at),
+        "model": view.model,
+        "status": shown.status,
+        "video_url": shown.video_url if completed else None,
     }
-    if completed and actual_duration is not None:
-        obj["actualDuration"] = wire_number(actual_duration)
-    obj["totalTokens"] = total_tokens if completed else None
-    obj["error"] = error if shown == Status.FAILED else None
-    obj["progress"] = 100 if completed else (progress if shown == Status.PROCESSING else 0)
+    if completed and view.actual_duration is not None:
+        obj["actualDuration"] = wire_number(view.actual_duration)
+    obj["totalTokens"] = view.total_tokens if completed else None
+    obj["error"] = view.error if shown.failed else None
+    obj["progress"] = shown.progress
     return obj

@@ -20,30 +20,39 @@ thread; no reader, an in-memory test database: SQLAlchemy in a thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio.to_thread
 import orjson
 
+from reelq import metrics
 from reelq.config import Settings
 from reelq.database import QuotaExceeded, Quotas, TaskStore
 from reelq.database.batcher import CreateBatcher
 from reelq.database.errors import StorageFull
-from reelq.database.fastread import CachedReader, TaskView
-from reelq.domain import CANCELLED_ERROR, TERMINAL, Status, is_task_id
+from reelq.database.fastread import CachedReader
+from reelq.database.views import TaskView
+from reelq.domain import CANCELLED_ERROR, RESOLUTIONS, TERMINAL, Status, is_task_id
 from reelq.metrics import CreateStats
 from reelq.ratelimit import Limit, RateLimiter, retry_after_header
+from reelq.service.covers import Covers
 from reelq.service.errors import (
+    ApiError,
     Conflict,
+    Forbidden,
+    Gone,
     InsufficientStorage,
     InvalidRequest,
+    NotAllowed,
     NotFound,
     Overloaded,
+    PaymentRequired,
     RateLimited,
     Unauthorized,
 )
@@ -56,8 +65,10 @@ from reelq.service.events import (
     parse_last_event_id,
     stage,
 )
+from reelq.service.links import SUFFIXES, Links, Purpose, Shown, request_base
 from reelq.service.listing import encode_cursor, parse_list_query
 from reelq.service.longpoll import LongPollHub
+from reelq.service.models import model_list
 from reelq.service.pollhint import DEFAULT_RENDER_SECONDS, MAX_QUEUED, RECENT_RENDERS, PollHints
 from reelq.service.schemas import (
     parse_json_object,
@@ -65,6 +76,8 @@ from reelq.service.schemas import (
     task_object,
     validate_create_off_loop,
 )
+from reelq.service.tenancy import KeyPolicies, allowed_models
+from reelq.service.usage import parse_date, usage_object
 from reelq.storage import Storage
 from reelq.webhooks.targets import literal_problem
 
@@ -75,6 +88,7 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 # Retry-After hints when a quota is full: no way to know when a render ends, so a polite guess.
 ACTIVE_LIMIT_RETRY = 5.0
 QUEUE_FULL_RETRY = 10.0
+HELD_RETRY_AFTER = 5.0  # a long-poll or stream of the key ends within a minute; most much sooner
 STORAGE_FULL_RETRY = 30.0  # a full disk waits for an operator, not for a render to end
 # Finished answers kept per process (see `answer`); cleared whole when full, refilling is cheap.
 MAX_CACHED_ANSWERS = 4096
@@ -118,6 +132,7 @@ class TaskService:
         self.public_base_url = settings.public_base_url
         self.model_limits = settings.model_limits  # served models and what each can be asked for
         self.poll_limit = Limit(rate=settings.poll_rate, burst=max(1.0, settings.poll_burst))
+        self.read_limit = Limit(rate=settings.read_rate, burst=max(1.0, settings.read_burst))
         self.create_limit = Limit(rate=settings.create_rate / 60.0, burst=max(1.0, settings.create_rate))
         self.quotas = Quotas(max_active_per_key=settings.max_active_per_key, max_queue=settings.max_queue)
         # Group commit (database/batcher.py); `on_stored` wakes the workers once per stored batch.
@@ -125,14 +140,47 @@ class TaskService:
         # Woken by the change counter: the reader's, else the store's (LISTEN/NOTIFY on PostgreSQL).
         changes = reader.version if reader else (store.changes.value if store.changes is not None else None)
         self.long_polls = LongPollHub(changes, draining)
+        # Each key's own rules (SPEC §6), cached under the same change notices as the key lookups.
+        self.policies = KeyPolicies(store, reader._changes if reader else store.changes)
         self._finished: dict[tuple[str, TaskView], bytes] = {}
         # The `x-poll-after-ms` hint of non-terminal answers, from a queue snapshot (service/pollhint.py).
         self.poll_hints = PollHints(
             lambda: store.queue_stats(MAX_QUEUED, RECENT_RENDERS),
             settings.poll_rate,
             DEFAULT_RENDER_SECONDS + settings.synthetic_delay,
+            # Only a models file with several pools has separate queues to count places in.
+            pool_of=_pool_of(settings) if len({e.pool for e in settings.catalog.values()}) > 1 else None,
         )
         self.create_stats = CreateStats(settings.engine_for)  # reelq_tasks_created (metrics.py)
+        # Every link, expiry and shown status a surface hands out (service/links.py).
+        self.links = Links(storage, settings.secret_bytes(), settings.video_url_ttl)
+        # Cover images (first frames, behind the links' cover links): list items, the Vidu platform's
+        # and OpenAI's surfaces.
+        self.covers = Covers()
+        self._held: dict[str, int] = {}  # long-polls and event streams open, by key (`hold`)
+
+    # --- the model list ---------------------------------------------------------------------
+
+    async def models(self, key_id: str) -> dict[str, Any]:
+        """`GET /v1/models`: the served models `key_id` may use (SPEC §7): the catalog, filtered by the
+        key's `models` allow-list (SPEC §6)."""
+        settings = self.settings
+        record = await self.policies.get(key_id)
+        return model_list(
+            settings.catalog,
+            resolutions=[r for r in RESOLUTIONS if r in settings.resolution_factors],
+            created=self._models_created,
+            allowed=allowed_models(record, settings.catalog),
+        )
+
+    @property
+    def _models_created(self) -> int:
+        """OpenAI's `created` of a model: when the models file last changed (0 for the built-in two)."""
+        path = self.settings.models_file
+        try:
+            return int(path.stat().st_mtime) if path is not None else 0
+        except OSError:
+            return 0
 
     # --- authentication ---------------------------------------------------------------------
 
@@ -173,6 +221,7 @@ class TaskService:
         """The key's task, on any database; RateLimited or NotFound."""
         if self.reader is not None and self.reader.inline:
             return self.read_now(key_id, task_id)
+        await self.policies.get(key_id)  # a miss read off the loop; `_limit_reads` then finds it cached
         self._limit_reads(key_id, task_id)
         view = await self._lookup(task_id, key_id) if is_task_id(task_id) else None
         if view is None:
@@ -195,6 +244,14 @@ class TaskService:
         current state at once instead of cancelling it at the end of its grace period. A task
         purged meanwhile answers with what was last read.
         """
+        if view.status in TERMINAL_VALUES:
+            return view  # nothing to wait for: not held, so not counted against the key
+        with self.hold(key_id):
+            return await self._wait(key_id, task_id, view, seconds, gone)
+
+    async def _wait(
+        self, key_id: str, task_id: str, view: TaskView, seconds: float, gone: asyncio.Future[None] | None
+    ) -> TaskView:
         deadline = time.monotonic() + min(seconds, self.settings.max_long_poll)
         hub = self.long_polls
         seen = hub.version()  # before the read, so a commit after it always wakes us
@@ -211,6 +268,43 @@ class TaskService:
             latest = await self._lookup(task_id, key_id)
         return view
 
+    @contextlib.contextmanager
+    def hold(self, key_id: str) -> Iterator[None]:
+        """`acquire_hold` for the length of a `with` block."""
+        release = self.acquire_hold(key_id)
+        try:
+            yield
+        finally:
+            release()
+
+    def acquire_hold(self, key_id: str) -> Callable[[], None]:
+        """Count a long-poll or event stream of the key until the returned release is called (once or
+        more); RateLimited when the key already holds REELQ_MAX_HELD_PER_KEY of them in this process.
+        Event loop only, so no lock."""
+        held = self._held.get(key_id, 0)
+        if held >= self.settings.max_held_per_key:
+            raise RateLimited(
+                f"Too many long-polls and event streams open for this API key: at most "
+                f"{self.settings.max_held_per_key} at once. Close one, or poll without `wait`.",
+                retry_after_header(HELD_RETRY_AFTER),
+                code="too_many_open_streams",
+            )
+        self._held[key_id] = held + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._held[key_id] - 1
+            if left:
+                self._held[key_id] = left
+            else:
+                del self._held[key_id]
+
+        return release
+
     async def _lookup(self, task_id: str, key_id: str) -> TaskView | None:
         reader = self.reader
         if reader is not None:
@@ -220,52 +314,111 @@ class TaskService:
         return None if row is None else TaskView.of(row)
 
     def _limit_reads(self, key_id: str, task_id: str) -> None:
-        """RateLimited when this key reads this task faster than REELQ_POLL_RATE allows."""
-        retry = self.limiter.acquire(f"poll:{key_id}:{task_id}", self.poll_limit)
+        """RateLimited when this key reads this task faster than its `poll_rate` (else REELQ_POLL_RATE)."""
+        record = self.policies.get_now(key_id)
+        rate, limit = self.settings.poll_rate, self.poll_limit
+        if record is not None and record.poll_rate is not None:
+            rate = record.poll_rate
+            limit = Limit(rate=rate, burst=max(1.0, self.settings.poll_burst))
+        retry = self.limiter.acquire(f"poll:{key_id}:{task_id}", limit)
         if retry:
             raise RateLimited(
-                f"Too many status reads for this task: at most {self.settings.poll_rate:g} per second.",
+                f"Too many status reads for this task: at most {rate:g} per second.",
+                retry_after_header(retry),
+            )
+
+    def limit_key_reads(self, bucket: str) -> None:
+        """RateLimited when `bucket` (a key's id, or a signed link's task) reads faster than REELQ_READ_RATE.
+
+        For the reads that are not a task's status: lists, usage, `/content` and thumbnails, covers.
+        """
+        retry = self.limiter.acquire(f"read:{bucket}", self.read_limit)
+        if retry:
+            raise RateLimited(
+                f"Too many reads: at most {self.settings.read_rate:g} per second "
+                f"(bursts of {self.settings.read_burst:g}).",
                 retry_after_header(retry),
             )
 
     # --- creates ----------------------------------------------------------------------------
 
     async def create(
-        self, key_id: str, body: bytes, content_type: str | None, idempotency_key: str | None
+        self,
+        key_id: str,
+        body: bytes | bytearray,
+        content_type: str | None,
+        idempotency_key: str | None,
+        *,
+        admitted: bool = False,
     ) -> TaskView:
         """Validate and store a create request (the raw body and its headers); the new (or replayed) task.
 
         Raises RateLimited (creates per minute, or the key's active tasks), InvalidRequest,
         Conflict (Idempotency-Key reused with another body), Overloaded (queue full) or
-        InsufficientStorage (no room to store it).
+        InsufficientStorage (no room to store it). `admitted`: the transport already called
+        `admit_create` (before reading the body), so the rate limit is not charged twice.
         """
-        self._limit_creates(key_id)
+        if not admitted:
+            await self.admit_create(key_id)
         idempotency_key = _idempotency_key(idempotency_key)
         return await self._create(key_id, parse_json_object(body, content_type), idempotency_key)
 
-    async def create_from(self, key_id: str, data: dict[str, Any], idempotency_key: str | None) -> TaskView:
+    async def create_from(
+        self, key_id: str, data: dict[str, Any], idempotency_key: str | None, *, admitted: bool = False
+    ) -> TaskView:
         """The same create from a request another API surface already translated into this surface's
-        fields (service/openai.py, service/vidu_platform.py): the same limits, validation, idempotency,
-        quotas and webhooks, errors naming this surface's fields (the caller maps them back)."""
-        self._limit_creates(key_id)
+        fields (service/shapes/openai.py, service/shapes/vidu_platform.py): the same limits, validation,
+        idempotency, quotas and webhooks, errors naming this surface's fields (the caller maps them back)."""
+        if not admitted:
+            await self.admit_create(key_id)
         idempotency_key = _idempotency_key(idempotency_key)
         return await self._create(key_id, data, idempotency_key)
 
+    async def admit_create(self, key_id: str) -> None:
+        """Charge the key's create rate limit (its own, else the server's); RateLimited when over it.
+        Transports call it before reading a create's body (api/bodies.py), so a key over its limit
+        costs no body read."""
+        await self.policies.get(key_id)  # a miss read off the loop; `_limit_creates` then finds it cached
+        self._limit_creates(key_id)
+
     def _limit_creates(self, key_id: str) -> None:
-        wait = self.limiter.acquire(f"create:{key_id}", self.create_limit)
+        record = self.policies.get_now(key_id)
+        rate, limit = self.settings.create_rate, self.create_limit
+        if record is not None and record.create_rate is not None:  # the key's own rate (SPEC §6)
+            rate = record.create_rate
+            limit = Limit(rate=rate / 60.0, burst=max(1.0, rate))
+        wait = self.limiter.acquire(f"create:{key_id}", limit)
         if wait:
+            if record is not None and record.create_rate is not None:
+                self.create_stats.refused("create_rate")  # the key's own limit (SPEC §6)
             raise RateLimited(
-                f"Too many creates: at most {self.settings.create_rate:g} per minute per key.",
+                f"Too many creates: at most {rate:g} per minute per key.",
                 retry_after_header(wait),
             )
 
     async def _create(self, key_id: str, data: dict[str, Any], idempotency_key: str | None) -> TaskView:
-        new = await validate_create_off_loop(data, self.model_limits)  # image decodes run in a thread
+        try:
+            new = await validate_create_off_loop(data, self.model_limits)  # image decodes run in a thread
+        except ApiError as exc:
+            # Its traceback and context reach the thread's future, which holds the error: a reference
+            # cycle keeping this request's frames (a 50 MB body, its data URIs) until the next full
+            # garbage collection. Cut it, so a refused body is freed as soon as it is answered.
+            exc.__traceback__ = exc.__context__ = None
+            raise exc from None
         if new.callback_url is not None:
             # A host written as a private address is refused now; a name is judged at each delivery.
             problem = literal_problem(new.callback_url, self.settings.allow_private_urls)
             if problem is not None:
                 raise InvalidRequest(f"Invalid value for 'callback_url': {problem}.", param="callback_url")
+        record = await self.policies.get(key_id)
+        if not allowed_models(record, [new.model]):
+            self.create_stats.refused("model_not_allowed")
+            raise NotAllowed(
+                f"This key may not use the model '{new.model}'.", param="model", code="model_not_allowed"
+            )
+        # The price at the requested duration, reserved of the key's budget with the insert (SPEC §6).
+        price = self.settings.price(new.model, new.duration, new.resolution, new.off_peak)
+        new = replace(new, price=price)
         if idempotency_key is not None:
             new = replace(new, idempotency_key=idempotency_key, request_hash=request_fingerprint(new))
         try:
@@ -276,6 +429,13 @@ class TaskService:
                 retry_after_header(STORAGE_FULL_RETRY),
             ) from None
         except QuotaExceeded as exc:
+            if exc.kind == "budget":
+                self.create_stats.refused("budget")
+                raise PaymentRequired(
+                    f"The key's budget cannot cover this task ({exc.limit} tokens); nothing was stored.",
+                ) from None
+            if exc.kind == "active":
+                self.create_stats.refused("max_active")
             if exc.kind == "queue":
                 raise Overloaded(
                     "The queue is full; try again later.", retry_after_header(QUEUE_FULL_RETRY)
@@ -294,6 +454,65 @@ class TaskService:
                 code="idempotency_key_reused",
             )
         return TaskView.of(row)
+
+    # --- downloads and usage (the owner's reads that are not a status) -----------------------
+
+    async def video_content(self, key_id: str, task_id: str, spell: Callable[[str], str] = str) -> Download:
+        """The key's completed task whose video it downloads with its key (OpenAI's `/content`).
+
+        The caller counts it among the key's reads first (`limit_key_reads`: the surface checks its own
+        query in between), not as a status read.
+
+        NotFound (`video_not_found`); InvalidRequest `video_not_ready` before it completed, naming its
+        status as `spell` spells a wire status for the surface; Gone (`video_expired`) once its links
+        expired or the video was deleted.
+        """
+        view = await self._lookup(task_id, key_id) if is_task_id(task_id) else None
+        if view is None:
+            raise NotFound(f"No video with id '{task_id}'.", param="id", code="video_not_found")
+        shown = self.links.shown(view)
+        if not shown.completed or not view.video_key:
+            raise InvalidRequest(
+                f"Video '{task_id}' is {spell(shown.status)}: its content is only available once "
+                "it has completed.",
+                param="video_id",
+                code="video_not_ready",
+            )
+        if view.video_deleted or shown.expires_at is None or self.links.expired(shown.expires_at):
+            raise Gone("This video has expired and was deleted.", code="video_expired")
+        return Download(view, view.video_key, shown.expires_at)
+
+    async def signed_file(self, what: Purpose, filename: str, expires: str, signature: str) -> Download:
+        """The completed task's video behind a signed `/v1/files` link to it or its cover (`what`), no key
+        needed; the §4 error a bad, forged, expired or dead link gets otherwise."""
+        suffix = SUFFIXES[what]
+        task_id = filename.removesuffix(suffix)
+        if not filename.endswith(suffix) or not is_task_id(task_id):
+            raise NotFound(f"No such {what}.", code="video_not_found")
+        try:
+            expires_at = int(expires)
+        except ValueError:
+            raise Forbidden("Missing or invalid signature.") from None
+        # Verify before anything else so a forged link learns nothing, not even whether it expired.
+        if not self.links.verify(what, task_id, expires_at, signature):
+            raise Forbidden("Missing or invalid signature.")
+        if self.links.expired(expires_at):
+            raise Gone(f"This {what} link has expired.", code="link_expired")
+        row = await anyio.to_thread.run_sync(self.store.get_task, task_id)
+        if row is None or row.status != Status.COMPLETED or not row.video_key:
+            raise NotFound(f"No such {what}.", code="video_not_found")
+        if row.video_deleted:
+            raise Gone("This video has expired and was deleted.", code="link_expired")
+        return Download(TaskView.of(row), row.video_key, expires_at)
+
+    async def usage(self, key_id: str, since: str | None, until: str | None) -> dict[str, Any]:
+        """`GET /v1/usage`: what the key was charged within [since, until] (the query's dates, InvalidRequest
+        naming one that is not a date) and its budget now; counted among the key's reads."""
+        self.limit_key_reads(key_id)
+        start, end = parse_date(since, "since"), parse_date(until, "until")
+        rows = await anyio.to_thread.run_sync(self.store.usage, key_id, start, end)
+        record = await anyio.to_thread.run_sync(self.store.key_record, key_id)  # fresh: balances move
+        return usage_object(key_id, start, end, rows, record)
 
     # --- webhooks ---------------------------------------------------------------------------
 
@@ -335,44 +554,17 @@ class TaskService:
     def link_base(
         self, scheme: str, host: str | None, root: str, server: tuple[str, int | None] | None = None
     ) -> str:
-        """Where video links point: the configured public base, else the address the request came to.
+        """Where a request's video links point (service/links.py `request_base`)."""
+        return request_base(self.public_base_url, scheme, host, root, server)
 
-        That address is `scheme://host` + `root` (the root path the request came under), as
-        Starlette's `request.base_url` spells it less the slash. `host` is the Host header; without
-        one, `server` (the address the server listens on, default port left out: a transport may
-        pass it only when there is no Host header); without that either, localhost.
-        """
-        if self.public_base_url:
-            return self.public_base_url
-        if not host:
-            if server:
-                name, port = server
-                if ":" in name and not name.startswith("["):
-                    name = f"[{name}]"  # an IPv6 address
-                default = {"http": 80, "https": 443}.get(scheme)
-                host = name if port == default else f"{name}:{port}"
-            else:
-                host = "localhost"
-        return f"{scheme}://{host}{root}"
+    def shown(self, view: TaskView, base_url: str | None = None) -> Shown:
+        """What a client is shown of `view` (status, progress, expiry; links with `base_url`): the one
+        rule every surface uses (service/links.py)."""
+        return self.links.shown(view, base_url)
 
     def render(self, view: TaskView, base_url: str) -> dict[str, Any]:
         """The wire task object (SPEC §1); `base_url` is where its video link points (`link_base`)."""
-        url = None
-        if view.status == Status.COMPLETED:
-            expires = int(view.finished_at + self.settings.video_url_ttl)
-            url = self.storage.video_url(base_url, view.id, view.video_key, expires)
-        return task_object(
-            task_id=view.id,
-            model=view.model,
-            created_at=view.created_at,
-            status=view.status,
-            started=view.started_at is not None,
-            progress=view.progress,
-            video_url=url,
-            actual_duration=view.actual_duration,
-            total_tokens=view.total_tokens,
-            error=view.error,
-        )
+        return task_object(view, self.links.shown(view, base_url))
 
     def answer(self, view: TaskView, base_url: str) -> bytes:
         """The task object as the JSON body both transports send."""
@@ -393,12 +585,13 @@ class TaskService:
         """The polling-hint header of an answer about `view` (none once it is terminal); no query."""
         return self.poll_hints.header(view)
 
-    # --- the owner's task management: list, cancel, delete (issue 13) --------------------------
+    # --- the owner's task management: list, cancel, delete -------------------------------------
 
     async def list_tasks(
         self, key_id: str, limit: str | None, cursor: str | None, status: str | None
     ) -> TaskPage:
         """A page of the key's tasks, newest first; the raw query values (InvalidRequest naming one)."""
+        self.limit_key_reads(key_id)
         query = parse_list_query(limit, cursor, status)
         rows = await anyio.to_thread.run_sync(
             self.store.list_tasks, key_id, query.limit + 1, query.before, query.status
@@ -406,7 +599,17 @@ class TaskService:
         has_more = len(rows) > query.limit
         rows = rows[: query.limit]
         next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else None
-        return TaskPage([TaskView.of(row) for row in rows], has_more, next_cursor)
+        asked = [
+            {
+                "prompt": row.prompt,
+                "duration": row.duration,
+                "aspect_ratio": row.aspect_ratio,
+                "resolution": row.resolution,
+                "seed": row.seed,
+            }
+            for row in rows
+        ]
+        return TaskPage([TaskView.of(row) for row in rows], has_more, next_cursor, asked)
 
     async def page(
         self, key_id: str, limit: int, after_id: str | None, ascending: bool
@@ -414,6 +617,7 @@ class TaskService:
         """A page of the key's tasks after the task `after_id` (newest first, or oldest first with
         `ascending`), and whether more follow: the OpenAI surface's `after`/`order`. An `after_id` that
         is not one of the key's tasks is NotFound."""
+        self.limit_key_reads(key_id)
         position = None
         if after_id is not None:
             view = await self._lookup(after_id, key_id) if is_task_id(after_id) else None
@@ -430,11 +634,20 @@ class TaskService:
         return orjson.dumps(
             {
                 "object": "list",
-                "data": [self.render(view, base_url) for view in page.tasks],
+                "data": [
+                    self._list_item(view, asked, base_url)
+                    for view, asked in zip(page.tasks, page.asked or [{}] * len(page.tasks), strict=True)
+                ],
                 "has_more": page.has_more,
                 "next_cursor": page.next_cursor,
             }
         )
+
+    def _list_item(self, view: TaskView, asked: dict[str, Any], base_url: str) -> dict[str, Any]:
+        """A list item: the task object, what was asked, and its cover (the poster a gallery shows
+        without fetching any video: the web page)."""
+        shown = self.links.shown(view, base_url)
+        return {**task_object(view, shown), **asked, "cover_url": shown.cover_url}
 
     async def cancel(self, key_id: str, task_id: str) -> TaskView:
         """Cancel the key's task: a queued or processing task is failed "Cancelled by user." at once
@@ -446,6 +659,8 @@ class TaskService:
         row = result.row
         if row is None:
             raise _no_such_task(task_id)
+        if result.cancelled:
+            metrics.task_finished(row.model, self.settings.engine_for(row.model), False, reason="cancelled")
         if not result.cancelled and not (row.status == Status.FAILED and row.error == CANCELLED_ERROR):
             raise Conflict(
                 f"Task '{task_id}' already finished ({row.status}); there is nothing to cancel.",
@@ -461,7 +676,11 @@ class TaskService:
             raise _no_such_task(task_id)
 
         def remove() -> bool:
-            row = self.store.delete_task(task_id, key_id)
+            result = self.store.delete_and_cancel(task_id, key_id)
+            row = result.row
+            if row is not None and result.cancelled:  # an unfinished task deleted: it failed here
+                engine = self.settings.engine_for(row.model)
+                metrics.task_finished(row.model, engine, False, reason="deleted")
             if row is not None and row.video_key:
                 try:
                     self.storage.delete(row.video_key)
@@ -535,10 +754,27 @@ class TaskPage:
     tasks: list[TaskView]
     has_more: bool
     next_cursor: str | None
+    # Per task, what was asked (prompt, duration, aspect_ratio, resolution, seed): list items carry
+    # it as extension keys (SPEC §1 allows them), so a listing says what each video is.
+    asked: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A completed task's stored video its owner may download now (`TaskService.video_content`)."""
+
+    view: TaskView
+    video_key: str
+    expires_at: int  # when its links stop working
 
 
 def _no_such_task(task_id: str) -> NotFound:
-    return NotFound(f"No task with id '{task_id}'.", param="id", code="task_not_found")
+    return NotFound(
+        f"No task with id '{task_id}'.",
+        param="id",
+        code="task_not_found",
+        named=lambda name: f"No task with {name} '{task_id}'.",
+    )
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -551,3 +787,11 @@ def _idempotency_key(value: str | None) -> str | None:
             code="invalid_idempotency_key",
         )
     return value
+
+
+def _pool_of(settings: Settings) -> Callable[[str], str]:
+    """model -> the pool that serves it (SPEC §7), for the polling hint's per-pool queues."""
+    from reelq.catalog import DEFAULT_POOL
+
+    catalog = settings.catalog
+    return lambda model: catalog[model].pool if model in catalog else DEFAULT_POOL

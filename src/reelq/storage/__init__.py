@@ -1,4 +1,4 @@
-"""Video storage: local files with signed URLs, or S3 with presigned URLs (`REELQ_STORAGE_URL`)."""
+"""Video storage: local files the API serves, or S3 with presigned URLs (`REELQ_STORAGE_URL`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def build_storage(settings: Settings) -> Storage:
     if url and url.startswith("s3://"):
         from reelq.storage.s3 import S3Storage
 
-        return S3Storage(url, settings.videos_dir)
-    return LocalStorage(settings.videos_dir, settings.secret_bytes())
+        return S3Storage(url, settings.videos_dir, public_url=settings.s3_public_url)
+    return LocalStorage(settings.videos_dir)
 
 
 __all__ = ["LocalStorage", "Storage", "build_storage"]

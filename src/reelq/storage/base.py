@@ -37,21 +37,25 @@ class Storage(Protocol):
         """Remove a stored video (no error when it is already gone)."""
         ...
 
-    def video_url(self, base_url: str, task_id: str, key: str | None, expires: int) -> str:
-        """The link a client downloads the video from, valid until `expires` (Unix time)."""
+    @property
+    def serves_files(self) -> bool:
+        """True where videos are local files this API serves itself (`path`, behind the `/v1/files` links
+        it signs: service/links.py); False where they are remote objects handed out as the store's own
+        presigned links (`presigned_url`)."""
+        ...
+
+    def presigned_url(self, key: str, expires: int) -> str:
+        """The remote store's own link to a video, valid until `expires` (Unix time); only where
+        `serves_files` is False."""
         ...
 
     def link_origin(self) -> str | None:
-        """The origin (`scheme://host[:port]`) of `video_url`'s links where they are not the API's own
+        """The origin (`scheme://host[:port]`) of `presigned_url`'s links where they are not the API's own
         (the web page's Content-Security-Policy must allow it as a media source), else None."""
         ...
 
-    def verify(self, task_id: str, expires: int, signature: str) -> bool:
-        """Whether a `/v1/files` link is one this storage signed (False where it issues none)."""
-        ...
-
     def path(self, key: str) -> Path:
-        """The local file of a stored video (local storage only: `verify` is False elsewhere)."""
+        """The local file of a stored video; only where `serves_files` is True."""
         ...
 
     def download(self, key: str, dest: Path) -> None:

@@ -1,12 +1,10 @@
-"""Local video storage: files under REELQ_HOME/videos, served through HMAC-signed URLs."""
+"""Local video storage: files under REELQ_HOME/videos, served by the API itself (`/v1/files` links signed
+by service/links.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import hashlib
-import hmac
 import os
 import shutil
 import threading
@@ -14,7 +12,6 @@ from pathlib import Path
 
 from reelq.storage.base import TempFiles
 
-FILES_ROUTE = "/v1/files/{task_id}.mp4"
 # Free space below which a filesystem counts as full for readiness: a render or a few thousand task rows
 # need more than this, and an operator needs the warning before the last byte goes.
 READY_RESERVE_BYTES = 8 * 1024 * 1024
@@ -50,16 +47,12 @@ def room_problem(directory: Path, what: str, reserve: int = READY_RESERVE_BYTES)
     return None
 
 
-def file_path_for(task_id: str) -> str:
-    return FILES_ROUTE.format(task_id=task_id)
-
-
 class LocalStorage(TempFiles):
     """Videos are written under a temporary name and renamed into place, so a half file is never served."""
 
-    def __init__(self, root: Path, secret: bytes) -> None:
-        super().__init__(root)
-        self._secret = secret
+    @property
+    def serves_files(self) -> bool:
+        return True
 
     # ---- files ------------------------------------------------------------------------------
     def commit(self, temp: Path, task_id: str, attempt: int) -> str:
@@ -90,24 +83,9 @@ class LocalStorage(TempFiles):
             return "storage unavailable"
         return room_problem(self.tmp_dir, "videos")
 
-    # ---- signed URLs ------------------------------------------------------------------------
-    def signature(self, task_id: str, expires: int) -> str:
-        message = f"{file_path_for(task_id)}\n{expires}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
-
-    def video_url(self, base_url: str, task_id: str, key: str | None, expires: int) -> str:
-        return self.signed_url(base_url, task_id, expires)
-
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one storage object per process; the HMAC is per poll
-    def signed_url(self, base_url: str, task_id: str, expires: int) -> str:
-        signature = self.signature(task_id, expires)
-        return f"{base_url}{file_path_for(task_id)}?expires={expires}&signature={signature}"
+    # ---- links ------------------------------------------------------------------------------
+    def presigned_url(self, key: str, expires: int) -> str:
+        raise TypeError("local videos are served by the API: sign a /v1/files link (service/links.py)")
 
     def link_origin(self) -> str | None:
         return None  # `/v1/files` links on the API's own origin (or REELQ_PUBLIC_BASE_URL's)
-
-    def verify(self, task_id: str, expires: int, signature: str) -> bool:
-        # Compared as bytes: compare_digest refuses a str with non-ASCII characters (TypeError), and the
-        # signature is whatever the client put in the query string. "replace" also covers lone surrogates.
-        expected = self.signature(task_id, expires).encode("ascii")
-        return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))

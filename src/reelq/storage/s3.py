@@ -9,14 +9,14 @@ instance role; reelq reads none of them itself.
   parallel, the file never held in memory) and deleted. An S3 object appears whole or not at all,
   so a half video is never served; the key carries the attempt, as on local files, so a late
   worker that lost its lease never replaces the winner's object (it deletes its own instead).
-- `video_url` is a presigned GET (SigV4) that expires when the task's link does
+- `presigned_url` is a presigned GET (SigV4) that expires when the task's link does
   (`REELQ_VIDEO_URL_TTL` after completion): no Authorization, `Range` and `HEAD` work, the
   object's Content-Type is `video/mp4`. SigV4 caps a presigned URL at 7 days (config refuses a
   longer TTL with S3). URLs signed with temporary credentials (an STS session, an instance role)
   stop working when those credentials expire, whatever their own expiry says: give the API
   processes long-lived credentials, or a TTL shorter than the session.
 - Expiry: the sweeper deletes the object once its link expired, like a local file; a bucket
-  lifecycle rule on the prefix (README) is the backstop for objects nobody swept.
+  lifecycle rule on the prefix (docs/scale-out.md) is the backstop for objects nobody swept.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 class S3Storage(TempFiles):
-    def __init__(self, url: str, temp_root: Path, client: Any = None) -> None:
+    def __init__(self, url: str, temp_root: Path, client: Any = None, public_url: str | None = None) -> None:
         super().__init__(temp_root)
         try:
             import boto3
@@ -76,6 +76,10 @@ class S3Storage(TempFiles):
         )
         session = boto3.session.Session()
         self._client = client or session.client("s3", config=config)
+        # Download links name the endpoint clients reach (REELQ_S3_PUBLIC_URL), else the one we use.
+        self._presigner = (
+            session.client("s3", config=config, endpoint_url=public_url) if public_url else self._client
+        )
         # Readiness must answer fast and say "no" when S3 does not answer, not retry for a minute.
         self._probe = session.client(
             "s3",
@@ -130,9 +134,11 @@ class S3Storage(TempFiles):
         self._client.download_file(self.bucket, self.object_key(key), str(dest), Config=self._transfer)
 
     # ---- links ------------------------------------------------------------------------------
-    def video_url(self, base_url: str, task_id: str, key: str | None, expires: int) -> str:
-        if key is None:  # a completed row always has its key; never hand out a link to nothing
-            raise ValueError(f"task {task_id} has no stored video")
+    @property
+    def serves_files(self) -> bool:
+        return False  # links are S3's own, presigned
+
+    def presigned_url(self, key: str, expires: int) -> str:
         return self._presign(key, expires)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one storage per process; pollers re-read finished tasks
@@ -140,7 +146,7 @@ class S3Storage(TempFiles):
         # Signed now for the seconds left until the task's link expires, so every URL handed out for
         # a task stops working at the same moment, however late it was read (cached: same URL).
         seconds = min(MAX_PRESIGN_SECONDS, max(1, math.ceil(expires - time.time())))
-        return self._client.generate_presigned_url(
+        return self._presigner.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.object_key(key)},
             ExpiresIn=seconds,
@@ -150,18 +156,14 @@ class S3Storage(TempFiles):
     def link_origin(self) -> str | None:
         # Read off a real presigned link (signed locally, no request): boto3 picks the host (path
         # or virtual-hosted style, AWS_ENDPOINT_URL, region) and this is exactly what it picked.
-        url = self._client.generate_presigned_url(
+        url = self._presigner.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self.object_key("origin")}, ExpiresIn=60
         )
         parts = urlsplit(url)
         return f"{parts.scheme}://{parts.netloc}"
 
-    def verify(self, task_id: str, expires: int, signature: str) -> bool:
-        """Links to S3 are presigned by S3's rules; no `/v1/files` link is ever issued, so none verifies."""
-        return False
-
     def path(self, key: str) -> Path:
-        raise FileNotFoundError(f"{key} is stored in S3, not on a local path")
+        raise TypeError(f"{key} is stored in S3, not on a local path (serves_files is False)")
 
     # ---- readiness --------------------------------------------------------------------------
     def problem(self) -> str | None:

@@ -11,7 +11,11 @@ object as it was at the event (the same dict `GET /v1/result` answers), sign it 
 resolve the callback's host and refuse private addresses (webhooks/targets.py), POST to the checked
 address without following redirects, and record the attempt. A 2xx delivers; anything else (another
 status, a timeout, a refused address, a connection error) is retried with exponential backoff and
-jitter until REELQ_WEBHOOK_RETRY_FOR has passed since the event, then given up. A process that dies
+jitter until REELQ_WEBHOOK_RETRY_FOR has passed since the event, then given up.
+
+Fair across API keys: the lease takes due events round-robin over the keys, and one key's events hold
+at most REELQ_WEBHOOK_CONCURRENCY_PER_KEY of the REELQ_WEBHOOK_CONCURRENCY slots at once, so a key
+whose receiver hangs (or that queued hundreds of events) delays only its own deliveries. A process that dies
 mid-attempt leaves a lease that lapses; the next sender tries again with the same `webhook-id`.
 """
 
@@ -36,7 +40,7 @@ import orjson
 
 from reelq.config import Settings
 from reelq.database import TaskStore
-from reelq.database.fastread import TaskView
+from reelq.database.views import TaskView
 from reelq.database.webhooks import OUTCOME_GIVEN_UP, WebhookEvent
 from reelq.webhooks import targets
 from reelq.webhooks.signing import signed_headers
@@ -91,6 +95,8 @@ class WebhookDeliverer:
         self.base_url = base_url  # where video links in payloads point
         self.owner = f"{socket.gethostname()}:{os.getpid()}:webhooks"
         self.concurrency = settings.webhook_concurrency
+        # A fair share: no key's sends hold more than this many of the process's slots.
+        self.per_key = min(settings.webhook_concurrency_per_key, max(self.concurrency, 1))
         self.lease_seconds = settings.webhook_timeout + LEASE_MARGIN
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,7 +172,7 @@ class WebhookDeliverer:
             try:
                 if free > 0:
                     for event in await asyncio.to_thread(
-                        self.store.claim_webhooks, self.owner, free, self.lease_seconds
+                        self.store.claim_webhooks, self.owner, free, self.lease_seconds, self.per_key
                     ):
                         self._in_flight[event.id] = asyncio.create_task(self._attempt(event))
                 due = await asyncio.to_thread(self.store.next_webhook_due)

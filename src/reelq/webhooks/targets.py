@@ -27,6 +27,9 @@ def literal_problem(url: str, allow_private: bool) -> str | None:
     if allow_private:
         return None
     host = httpx.URL(url).host.rstrip(".").lower()
+    # An IPv6 zone id (`[::1%25lo]`, RFC 6874) names an interface of this machine, never part of the
+    # address: judge the address alone, so every spelling of loopback or link-local is refused.
+    host = host.split("%", 1)[0]
     if host == "localhost" or host.endswith(".localhost"):
         return f"host {host} is not allowed (loopback)"
     try:

@@ -1,9 +1,10 @@
-"""What a worker carries from task to task: its id, store, storage, engines and drain state."""
+"""What a worker carries from task to task: its id, store, storage, engines and drain state.
+
+Worker ids (`make_worker_id`, `worker_marker`) are dispatch/children.py's: the supervisor reads them too.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,16 +23,6 @@ class Outcome(StrEnum):
     RELEASED = "released"  # handed back (shutdown, or no disk space), it will run again
     LOST = "lost"  # the lease lapsed and someone else owns the task now
     CANCELLED = "cancelled"  # the owner cancelled (or deleted) the task while it rendered
-
-
-def make_worker_id(name: str = "") -> str:
-    """host:pid:name — the supervisor finds a dead child's tasks by the `host:pid:` prefix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{name or 'w'}"
-
-
-def worker_marker(pid: int, host: str | None = None) -> str:
-    """The prefix of every worker id (and temp file) of one process."""
-    return f"{host or socket.gethostname()}:{pid}:"
 
 
 @dataclass

@@ -7,49 +7,27 @@ SIGTERM drains: no new claims; the render in flight finishes, or is handed back 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 
 from reelq.config import Settings
-from reelq.database import TaskStore, ensure_schema, make_engine
+from reelq.dispatch.children import mark_models_loaded
 from reelq.dispatch.doorbell import FALLBACK_POLL_SECONDS, DoorbellListener
-from reelq.engines import build_engines, relayed_models
-from reelq.logs import setup_logging
-from reelq.storage import build_storage
-from reelq.worker.context import WorkerContext, make_worker_id
+from reelq.engines import unrendered_models
+from reelq.worker.bootstrap import end_worker_process, render_context, start_worker_process
 from reelq.worker.run import run_task
 
 log = logging.getLogger("reelq.worker")
 
-RENDER_DEADLINE_EXIT_CODE = 87
-
-
-def end_worker_process() -> None:
-    """The hard stop of a render worker process: a render that ignores its deadline cannot be stopped
-    from another thread, so the process ends and the supervisor starts a fresh one (and removes the
-    dead process's temporary files)."""
-    os._exit(RENDER_DEADLINE_EXIT_CODE)
-
-
 def worker_loop(settings: Settings, name: str, stop: threading.Event | None = None) -> None:
     """Claim and run tasks until SIGTERM/SIGINT (or `stop`); a render in flight finishes or is handed back."""
-    engine = make_engine(settings.sqlalchemy_url)
-    ensure_schema(engine)
-    ctx = WorkerContext(
-        settings=settings,
-        store=TaskStore(engine),
-        storage=build_storage(settings),
-        engines=build_engines(settings),
-        worker_id=make_worker_id(name),
-        # A render stuck past its deadline ends this process (the supervisor starts a fresh one); not
-        # when the loop runs on a thread (`stop` given) of a process that is not a worker's own.
-        hard_stop=end_worker_process if stop is None else None,
-    )
-    if stop is None:
+    # A render stuck past its deadline ends this process (the supervisor starts a fresh one); not
+    # when the loop runs on a thread (`stop` given) of a process that is not a worker's own.
+    ctx = render_context(settings, name, hard_stop=end_worker_process if stop is None else None)
+    if stop is None:  # a worker process of its own: tell the supervisor its models are loaded
+        mark_models_loaded(settings)
 
         def _drain(_signum: int, _frame: object) -> None:
             ctx.start_drain()
@@ -57,11 +35,18 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
         signal.signal(signal.SIGTERM, _drain)
         signal.signal(signal.SIGINT, _drain)
     else:
-        threading.Thread(target=lambda: (stop.wait(), ctx.start_drain()), daemon=True).start()
 
-    # Relayed models only wait on an upstream: the relay worker holds them, never a render slot.
-    relayed = relayed_models(settings)
-    listener = DoorbellListener(settings.run_dir, f"{os.getpid()}")
+        def _drain_when_stopped() -> None:
+            stop.wait()
+            ctx.start_drain()
+
+        threading.Thread(target=_drain_when_stopped, daemon=True).start()
+
+    # Relayed models only wait on an upstream: the relay worker holds them, never a render slot; a model
+    # of another pool is another pool's workers' (SPEC §7): neither is claimed here.
+    relayed = unrendered_models(settings)
+    # Named by process and loop: loops on threads of one process (tests/harness.py) each get a bell.
+    listener = DoorbellListener(settings.run_dir, f"{os.getpid()}-{name}")
     log.info("worker %s ready", ctx.worker_id)
     try:
         while not ctx.draining.is_set():
@@ -86,21 +71,17 @@ def worker_loop(settings: Settings, name: str, stop: threading.Event | None = No
             log.info("task %s: %s (attempt %d)", task.id, outcome.value, task.attempts)
     finally:
         listener.close()
-        engine.dispose()
+        ctx.store.engine.dispose()
 
 
 def _worker_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="reelq-worker", description="Settings JSON on stdin.")
-    parser.add_argument("--name", default="w")
-    args = parser.parse_args(argv)
-    settings = Settings.from_json(sys.stdin.buffer.read())
-    setup_logging(settings)
+    settings, name = start_worker_process("reelq-worker", "w", argv)
     if settings.broker_url:
-        from reelq.dispatch.broker import worker_main
+        from reelq.worker.celery import worker_main
 
-        worker_main(settings, args.name)  # a Celery render worker: messages wake it, the claim decides
+        worker_main(settings, name)  # a Celery render worker: messages wake it, the claim decides
         return
-    worker_loop(settings, args.name)
+    worker_loop(settings, name)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Run one claimed task end to end; shared by the embedded worker processes and the CLI.
 
 claim (done by the caller) -> content policy -> inputs (SSRF-safe) -> Engine.render to a
-temporary file (lease renewed and deadline watched by a heartbeat) -> probe the real file -> move
-into place -> conditional finish. Every way out leaves the row terminal, or handed back for another try.
+temporary file (lease renewed and deadline watched by a heartbeat) -> the finish step shared with
+the relay worker (worker/finish.py: probe the real file, move into place, conditional complete).
+Every way out leaves the row terminal, or handed back for another try.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from pathlib import Path
 from reelq import metrics
 from reelq.database import TaskRow
 from reelq.database.errors import is_storage_full
-from reelq.domain import CONTENT_POLICY_PREFIX, find_blocked_term, total_tokens
+from reelq.domain import CONTENT_POLICY_PREFIX, find_blocked_term
 from reelq.engines.base import EngineBroken, RenderAborted, RenderCancelled, RenderError, RenderInputs
 from reelq.fetch import FetchError, fetch_bytes
 from reelq.images import ImageError, decode_image, is_data_uri, parse_data_uri
 from reelq.logs import task_context
-from reelq.media import probe
 from reelq.storage.local import NO_SPACE_ERRNOS
 from reelq.worker.context import Outcome, WorkerContext
+from reelq.worker.finish import probe_video, settle_video, store_video
 from reelq.worker.heartbeat import (
     Heartbeat,
     RenderDeadlineExceeded,
@@ -88,7 +89,10 @@ def run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], Non
     if outcome is Outcome.COMPLETED:
         metrics.task_finished(task.model, engine, True, time.monotonic() - started)
     elif outcome is Outcome.FAILED:
-        metrics.task_finished(task.model, engine, False)
+        # The reason is read back from the row (a failure is rare): the one place its message lives.
+        row = ctx.store.get_task(task.id)
+        reason = metrics.failure_reason(row.error if row is not None else None)
+        metrics.task_finished(task.model, engine, False, reason=reason)
     return outcome
 
 
@@ -131,13 +135,7 @@ def _run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], No
         engine = ctx.engines[task.model]
         temp = heartbeat.temp = ctx.storage.temp_path(task.id, ctx.worker_id)
         engine.render(task.spec, inputs, temp, progress)
-        info = probe(temp)
-        if info.frame_count <= 0:
-            raise RenderError("the engine produced an empty video")
-        tokens = total_tokens(
-            task.model, info.duration, task.resolution, settings.token_rates, settings.resolution_factors
-        )
-        key = ctx.storage.commit(temp, task.id, task.attempts)
+        video = store_video(settings, ctx.storage, task, temp, probe_video(temp))
     except RenderAborted:
         discard_temp(temp)
         if heartbeat.cancelled.is_set():
@@ -185,16 +183,20 @@ def _run_task(ctx: WorkerContext, task: TaskRow, on_progress: Callable[[int], No
             ctx.store.fail(task.id, f"Storage error: could not write the video ({reason}).", ctx.worker_id)
             return Outcome.FAILED
         log.exception("task %s: render crashed", task.id)
-        ctx.store.fail(task.id, "Render failed: internal engine error.", ctx.worker_id)
+        # The traceback is in the log, never in the answer: say where an operator finds it.
+        ctx.store.fail(task.id, crash_error(task.id), ctx.worker_id)
         return Outcome.FAILED
     finally:
         heartbeat.stop()
 
-    if ctx.store.complete(task.id, ctx.worker_id, key, info.duration, tokens):
+    if settle_video(ctx.store, ctx.storage, task, ctx.worker_id, video):
         return Outcome.COMPLETED
-    # Someone else owns the task now: this attempt's file must never be served.
-    ctx.storage.delete(key)
     return Outcome.LOST
+
+
+def crash_error(task_id: str) -> str:
+    """A crashed render's error: what a client reads, and where whoever runs the server looks."""
+    return f"Render failed: internal engine error (see the server log for task {task_id})."
 
 
 def _hand_back_for_space(ctx: WorkerContext, task: TaskRow, heartbeat: Heartbeat) -> Outcome:

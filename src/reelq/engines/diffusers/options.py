@@ -7,15 +7,16 @@ beside the weights (`model_index.json`, `transformer/config.json`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from reelq.catalog import validate_options
 from reelq.domain import MAX_DURATION, ModelLimits
+from reelq.engines.options import validate_options
 
 # The pipeline classes reelq knows how to drive, by family. A family fixes how a request becomes
 # pipeline arguments (conditioning images, frame rate) and its defaults.
@@ -32,12 +33,43 @@ FAMILY_STEPS = {"wan": 50, "ltx": 50}
 FAMILY_GUIDANCE = {"wan": 5.0, "ltx": 3.0}
 
 Dtype = Literal["bfloat16", "float16", "float32"]
+# How a worker spanning several GPUs splits one render: "cfg" gives each of two GPUs one branch of
+# classifier-free guidance; "ulysses" and "ring" are diffusers' context parallelism (the sequence split
+# over the GPUs, attention exchanged by all-to-all or passed around a ring).
+Parallel = Literal["cfg", "ulysses", "ring"]
+GpusPerWorker = Literal[1, 2, 4, 8]
 AttentionBackend = str  # diffusers' names ("native", "flash", "_flash_3", "sage", "_native_cudnn", …)
 
 
-class CacheOptions(BaseModel):
-    """Step caching (diffusers' `enable_cache`): reuses a step's residual when the first block's output
-    barely changed. Faster, at a quality cost that grows with `threshold`; off unless configured."""
+# Attention backends of diffusers that need a package beyond torch, and the module each imports. The
+# others ("native", "_native_cudnn", "_native_flash", "flex", …) come with torch. Checked when the
+# models file is read, so a model asking for a kernel this machine lacks is one config error line
+# instead of a worker that fails at load.
+ATTENTION_PACKAGES = {
+    "flash": ("flash_attn", "flash-attn"),
+    "flash_varlen": ("flash_attn", "flash-attn"),
+    "_flash_3": ("flash_attn_interface", "FlashAttention 3 (built from source)"),
+    "_flash_varlen_3": ("flash_attn_interface", "FlashAttention 3 (built from source)"),
+    "sage": ("sageattention", "sageattention"),
+    "sage_varlen": ("sageattention", "sageattention"),
+    "_sage_qk_int8_pv_fp8_cuda": ("sageattention", "sageattention"),
+    "_sage_qk_int8_pv_fp8_cuda_sm90": ("sageattention", "sageattention"),
+    "_sage_qk_int8_pv_fp16_cuda": ("sageattention", "sageattention"),
+    "_sage_qk_int8_pv_fp16_triton": ("sageattention", "sageattention"),
+    "xformers": ("xformers", "xformers"),
+}
+# Backends diffusers fetches from the Hugging Face Hub at run time (the `kernels` package): workers
+# run offline, so they are refused rather than failing at the first render.
+HUB_ATTENTION_SUFFIX = "_hub"
+
+
+def _missing(module: str) -> bool:
+    return importlib.util.find_spec(module) is None
+
+
+class FirstBlockCache(BaseModel):
+    """diffusers' own first-block cache (`transformer.enable_cache`): a step reuses the previous step's
+    residual when the first block's output barely changed. Needs nothing beyond diffusers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,8 +77,57 @@ class CacheOptions(BaseModel):
     threshold: float = Field(0.05, gt=0, le=1)
 
 
+class DBCache(BaseModel):
+    """cache-dit's DBCache (`cache_dit.enable_cache`): the first `front_blocks` (and last `back_blocks`)
+    blocks always run; the middle ones are skipped while the front's residual changes by less than
+    `threshold`; the first `warmup_steps` steps always run in full. Needs the `cache-dit` package."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["dbcache"]
+    threshold: float = Field(0.08, gt=0, le=1)
+    front_blocks: int = Field(8, ge=1, le=64)
+    back_blocks: int = Field(0, ge=0, le=64)
+    warmup_steps: int = Field(8, ge=0, le=1000)
+    # At most this many steps in a row reuse the cache (-1: no limit); bounds the drift on long clips.
+    max_continuous_cached: int = Field(-1, ge=-1, le=1000)
+
+    @model_validator(mode="after")
+    def _installed(self) -> DBCache:
+        if _missing("cache_dit"):
+            raise ValueError(
+                "cache type 'dbcache' needs the cache-dit package, which is not installed"
+                " (pip install 'reelq[diffusers-fast]')"
+            )
+        return self
+
+
+def _cache_type(value: Any) -> str | None:
+    return value.get("type", "first_block") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+# Step caching, off unless configured (`cache = {type = ...}`): faster, at a quality cost that grows with
+# the threshold. `type` picks the implementation; a table without it is diffusers' first-block cache.
+CacheOptions = Annotated[
+    Annotated[FirstBlockCache, Tag("first_block")] | Annotated[DBCache, Tag("dbcache")],
+    Discriminator(_cache_type),
+]
+
+
+class LoraOptions(BaseModel):
+    """One LoRA fused into the transformer at load (`loras = [{path = ..., scale = ...}]`): a file
+    (`.safetensors`) or a directory holding `pytorch_lora_weights.safetensors`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    scale: float = Field(1.0, ge=-10, le=10)
+    # Wan 2.2 A14B: the LoRA of the low-noise expert (`transformer_2`) is a file of its own.
+    transformer_2: bool = False
+
+
 class DiffusersOptions(BaseModel):
-    """The `[models.<name>]` keys of a diffusers model (README "The diffusers engine")."""
+    """The `[models.<name>]` keys of a diffusers model (docs/engine-diffusers.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,9 +157,17 @@ class DiffusersOptions(BaseModel):
     vae_slicing: bool = False
     cpu_offload: Literal["none", "model", "sequential"] = "none"
     cache: CacheOptions | None = None
+    loras: list[LoraOptions] = Field(default_factory=list, max_length=8)
+    # Wan: decode the latents frame group by frame group and encode each group into the MP4 while the
+    # VAE decodes the next (same frames, same file as decoding first: see engine.py). Off: the
+    # pipeline decodes the whole clip, then it is encoded.
+    pre_encode: bool = True
     max_sequence_length: int | None = Field(None, ge=16, le=4096)  # None: the pipeline's default
     # Passed to every call of the pipeline as is (e.g. LTX 0.9.1+: decode_timestep = 0.05).
     pipeline_args: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    # GPUs one worker spans for one render (docs/diffusers.md, "Several GPUs for one video").
+    gpus_per_worker: GpusPerWorker = 1
+    parallel: Parallel | None = None  # None: "cfg" on 2 GPUs with guidance, else "ulysses"
 
     @model_validator(mode="after")
     def _known_pipelines(self) -> DiffusersOptions:
@@ -91,7 +180,71 @@ class DiffusersOptions(BaseModel):
             raise ValueError("pipeline and i2v_pipeline must be of one family (both Wan or both LTX)")
         if self.i2v_weights is not None and self.i2v_pipeline is None:
             raise ValueError("i2v_weights needs i2v_pipeline")
+        self._attention_installed()
+        for lora in self.loras:
+            if not lora.path.expanduser().exists():
+                raise ValueError(f"loras: {lora.path} does not exist")
+        if self.loras and _missing("peft"):
+            raise ValueError(
+                "loras need the peft package, which is not installed (pip install 'reelq[diffusers]')"
+            )
+        self._parallel_possible()
         return self
+
+    def _parallel_possible(self) -> None:
+        """Refuse the multi-GPU combinations that cannot render, when the models file is read."""
+        n = self.gpus_per_worker
+        if n == 1:
+            if self.parallel is not None:
+                raise ValueError(f"parallel = {self.parallel!r} needs gpus_per_worker = 2, 4 or 8")
+            return
+        mode = self.parallel_mode
+        if mode == "cfg" and self.guidance_scale <= 1:
+            raise ValueError(
+                "parallel = 'cfg' splits classifier-free guidance, which a guidance of 1 or less turns off:"
+                " there is no second branch to give the second GPU; use 'ulysses' or 'ring'"
+            )
+        if mode == "cfg" and n != 2:
+            raise ValueError(
+                f"parallel = 'cfg' runs its two guidance branches on exactly 2 GPUs, not {n};"
+                " for 4 or 8 use 'ulysses' or 'ring'"
+            )
+        if mode == "ring" and self.attention_backend not in (
+            None,
+            "flash",
+            "_native_cudnn",
+            "_native_flash",
+            "sage",
+        ):
+            raise ValueError(
+                f"parallel = 'ring' needs an attention backend that returns the log-sum-exp (flash,"
+                f" _native_cudnn, _native_flash or sage), not {self.attention_backend!r}"
+            )
+        if self.cpu_offload != "none":
+            raise ValueError(
+                "cpu_offload keeps the model off the GPUs: it cannot be combined with gpus_per_worker > 1"
+            )
+        if self.cache is not None:
+            raise ValueError(
+                "a step cache decides per GPU: it cannot be combined with gpus_per_worker > 1 yet"
+            )
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(
+                f"device {self.device!r} names one device; a worker spanning {n} GPUs uses 'auto' (its GPUs)"
+            )
+
+    def _attention_installed(self) -> None:
+        backend = self.attention_backend
+        if backend is None:
+            return
+        if backend.endswith(HUB_ATTENTION_SUFFIX):
+            raise ValueError(
+                f"attention_backend {backend!r} downloads its kernel from the Hugging Face Hub at run time;"
+                " workers run offline: install the kernel's package and name its local backend"
+            )
+        module, package = ATTENTION_PACKAGES.get(backend, (None, None))
+        if module is not None and _missing(module):
+            raise ValueError(f"attention_backend {backend!r} needs {package}, which is not installed")
 
     @property
     def family(self) -> str:
@@ -120,6 +273,15 @@ class DiffusersOptions(BaseModel):
     @property
     def guidance_scale(self) -> float:
         return FAMILY_GUIDANCE[self.family] if self.guidance is None else self.guidance
+
+    @property
+    def parallel_mode(self) -> str | None:
+        """How this model splits a render over its worker's GPUs (None: one GPU)."""
+        if self.gpus_per_worker == 1:
+            return None
+        if self.parallel is not None:
+            return self.parallel
+        return "cfg" if self.gpus_per_worker == 2 and self.guidance_scale > 1 else "ulysses"
 
 
 # "org/name": a Hugging Face repository id (weights already in the local cache).
@@ -156,6 +318,7 @@ def limits_of(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
                 f"{name}: {path} holds no model_index.json (write it with save_pretrained) and is no model"
                 " in the local Hugging Face cache"
             )
+    _heads_divide(opts)
     image_pipeline = opts.image_pipeline
     last_image = opts.last_image
     if last_image is None:
@@ -167,6 +330,19 @@ def limits_of(options: dict[str, Any], max_duration: int | None) -> ModelLimits:
         last_image=image_pipeline is not None and last_image,
         max_duration=min(MAX_DURATION, max_duration or FAMILY_MAX_DURATION[opts.family]),
     )
+
+
+def _heads_divide(opts: DiffusersOptions) -> None:
+    """Ulysses gives each GPU a share of the attention heads: their number must divide evenly."""
+    if opts.parallel_mode != "ulysses":
+        return
+    config = _read_json(resolve_weights(opts.weights) / "transformer" / "config.json")
+    heads = config.get("num_attention_heads")
+    if isinstance(heads, int) and heads % opts.gpus_per_worker:
+        raise ValueError(
+            f"parallel = 'ulysses' splits the transformer's {heads} attention heads over"
+            f" {opts.gpus_per_worker} GPUs: they must divide evenly; use 'ring' or fewer GPUs"
+        )
 
 
 def _takes_last_image(pipeline: str, weights: Path) -> bool:

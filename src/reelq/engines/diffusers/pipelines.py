@@ -7,15 +7,23 @@ in a pipeline it built in memory and get exactly the setup a worker runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reelq.engines.diffusers.frames import NativeRules
-from reelq.engines.diffusers.options import DiffusersOptions, resolve_weights
+from reelq.engines.diffusers.options import (
+    DBCache,
+    DiffusersOptions,
+    FirstBlockCache,
+    LoraOptions,
+    resolve_weights,
+)
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -84,16 +92,16 @@ def configure(options: DiffusersOptions, text: Any, image: Any | None, device: t
             pipe.vae.enable_tiling()
         if options.vae_slicing:
             pipe.vae.enable_slicing()
-        for transformer in _transformers(pipe):
-            if id(transformer) in done:
-                continue
-            done.add(id(transformer))
+        fresh = [t for t in _transformers(pipe) if id(t) not in done]
+        done.update(id(t) for t in fresh)
+        if options.loras and fresh:
+            fuse_loras(pipe, options.loras)
+        for transformer in fresh:
             if options.attention_backend:
                 transformer.set_attention_backend(options.attention_backend)
-            if options.cache is not None:
-                from diffusers import FirstBlockCacheConfig
-
-                transformer.enable_cache(FirstBlockCacheConfig(threshold=options.cache.threshold))
+        if options.cache is not None:
+            enable_cache(pipe, options.cache, fresh)
+        for transformer in fresh:
             if options.compile:
                 # Regional compilation: one compiled block reused by every layer, so compiling takes
                 # seconds, not minutes; shapes that change per request recompile once each.
@@ -106,6 +114,96 @@ def configure(options: DiffusersOptions, text: Any, image: Any | None, device: t
             pipe.to(device)
     rules = native_rules(options, text)
     return LoadedModel(options=options, text=text, image=image, rules=rules, device=device)
+
+
+def fuse_loras(pipe: Any, loras: list[LoraOptions]) -> None:
+    """Load each LoRA as an adapter, fuse them all into the transformer weights at their scales, then
+    drop the adapters: renders run the plain (fused) layers, as fast as without a LoRA."""
+    names: list[str] = []
+    for i, lora in enumerate(loras):
+        path = lora.path.expanduser()
+        source, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
+        name = f"reelq_lora_{i}"
+        pipe.load_lora_weights(
+            source, weight_name=weight_name, adapter_name=name, load_into_transformer_2=lora.transformer_2
+        )
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+    components = ["transformer"] + (["transformer_2"] if any(lora.transformer_2 for lora in loras) else [])
+    pipe.fuse_lora(components=components, adapter_names=names, lora_scale=1.0)
+    pipe.unload_lora_weights()  # the adapters' own layers; the fused weights stay
+
+
+def enable_cache(pipe: Any, cache: FirstBlockCache | DBCache, fresh: list[Any]) -> None:
+    """Turn a pipeline's step cache on (`fresh`: its transformers not already set up through the other
+    pipeline of the model)."""
+    if isinstance(cache, DBCache):
+        import cache_dit
+
+        always = cache.front_blocks + cache.back_blocks
+        for transformer in fresh:  # cache-dit would only fail at the first render
+            found = getattr(transformer, "blocks", None) or getattr(transformer, "transformer_blocks", ())
+            if found and always > len(found):
+                raise ValueError(
+                    f"cache: front_blocks + back_blocks ({always}) is more than the transformer's"
+                    f" {len(found)} blocks"
+                )
+        config = cache_dit.DBCacheConfig(
+            Fn_compute_blocks=cache.front_blocks,
+            Bn_compute_blocks=cache.back_blocks,
+            residual_diff_threshold=cache.threshold,
+            max_warmup_steps=cache.warmup_steps,
+            max_continuous_cached_steps=cache.max_continuous_cached,
+        )
+        with _quiet("cache_dit"):
+            cache_dit.enable_cache(pipe, cache_config=config)
+        return
+    from diffusers import FirstBlockCacheConfig
+
+    for transformer in fresh:
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=cache.threshold))
+
+
+def disable_cache(model: LoadedModel) -> None:
+    """Take a model's step cache off again: its pipelines then render exactly as never cached."""
+    cache = model.options.cache
+    if cache is None:
+        return
+    pipes = [model.text] if model.image is None or model.image is model.text else [model.text, model.image]
+    done: set[int] = set()
+    for pipe in pipes:
+        if isinstance(cache, DBCache):
+            import cache_dit
+
+            with _quiet("cache_dit"):
+                cache_dit.disable_cache(pipe)
+            continue
+        for transformer in _transformers(pipe):
+            if id(transformer) not in done:
+                done.add(id(transformer))
+                transformer.disable_cache()
+
+
+def is_cached(pipe: Any) -> bool:
+    """Whether a step cache (either kind) is on for one of the pipeline's transformers."""
+    for transformer in _transformers(pipe):
+        if getattr(transformer, "is_cache_enabled", False):
+            return True
+        if getattr(transformer, "_is_cached", False):  # cache-dit's mark
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """cache-dit logs a table per call at INFO: keep worker logs to warnings."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def native_rules(options: DiffusersOptions, pipe: Any) -> NativeRules:

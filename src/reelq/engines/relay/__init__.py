@@ -1,15 +1,16 @@
 """The relay engine: serve a model by forwarding it to an upstream API and re-hosting its videos.
 
 A relayed task only waits (minutes, upstream), so it never takes a render slot: render workers skip
-relayed models, and one asynchronous relay worker process (`worker.py`) holds many of them at once.
+relayed models, and one asynchronous relay worker process (`reelq.worker.relay`) holds many of them
+at once. This package is its pure parts: no database, no process.
 
 - `options`: the models-file keys (light; read by every process at start-up)
 - `upstream`: what an upstream is to the worker (create, query, cancel) and its typed errors
 - `reelq_upstream`, `vidu_upstream`: the two upstreams (a server of this API; the Vidu platform)
 - `signature`: the Vidu platform's callback signature (HMAC-SHA256), computed and verified
 - `rehost`: the bounded, SSRF-guarded download of the finished video into our storage
-- `worker`: the relay worker process (asyncio): claim, create once, wait, re-host, finish
-- `pokes`: how the API's callback route wakes the relay worker for one task
+- `clients`: the client of each channel's upstream, and the start-up check of their keys
+- `pokes`: how the API's callback route wakes the relay worker for one task, and that route's URL
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Waking the relay worker for one task: the API's callback route -> the worker's datagram socket.
 
+The callback route's URL is here too: the relay worker sends it upstream, the API serves it.
+
 The relay worker binds `worker-relay-<pid>.sock` in the run directory, beside the render workers'
 doorbells, so a doorbell ring (b"!": new tasks queued) reaches it too. A poke names one task
 (b"poke:<task id>"): the worker holding it reads the upstream's status at once instead of at its
@@ -14,6 +16,13 @@ from pathlib import Path
 
 RELAY_SOCKET_PREFIX = "worker-relay-"
 POKE_PREFIX = b"poke:"
+# The API's callback route (service/relay.py, api/relay.py); the relay worker hands its URL upstream.
+CALLBACK_ROUTE = "/callbacks/vidu/{task_id}"
+
+
+def callback_url(public_base_url: str, task_id: str) -> str:
+    """Where the platform calls back for one of our tasks (its path is part of what it signs)."""
+    return public_base_url + CALLBACK_ROUTE.format(task_id=task_id)
 
 
 def relay_socket_path(run_dir: Path, pid: int) -> Path:

@@ -2,7 +2,8 @@
 
 `POST /v1/vidu/videos` with `Authorization: Bearer` and `Idempotency-Key: <our task id>`: a create
 sent again after a crash or a lost answer returns the task the upstream already made, so no path
-through this module pays for a second generation. `GET /v1/result/{id}` reads its status.
+through this module pays for a second generation. `GET /v1/result/{id}?wait=N` reads its status by
+long-poll: the answer comes the moment the task ends, with no 1 s polling lag and one read per wait.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 
 from reelq.domain import CONTENT_POLICY_PREFIX
+from reelq.engines.relay.bounded import Answer
 from reelq.engines.relay.options import RelayOptions
 from reelq.engines.relay.upstream import (
     COMPLETED,
@@ -34,6 +36,8 @@ _STATES = {"queued": QUEUED, "processing": PROCESSING, "completed": COMPLETED, "
 
 
 class ReelqUpstream:
+    long_poll = True  # the worker waits with `query(id, wait=N)` instead of sleeping between reads
+
     def __init__(self, options: RelayOptions, model: str, client: httpx.AsyncClient) -> None:
         self.options = options
         self.model = model
@@ -54,6 +58,8 @@ class ReelqUpstream:
         }
         if task.seed is not None:
             body["seed"] = task.seed
+        if task.off_peak:  # SPEC §6: the upstream reelq runs it off-peak too
+            body["off_peak"] = True
         if request.first_image is not None:
             body["first_image"] = request.first_image
         if request.last_image is not None:
@@ -69,26 +75,27 @@ class ReelqUpstream:
             what="the create",
         )
         if response.status_code != 200:
-            raise UpstreamRejected(_refusal(response), response.status_code)
+            raise _refusal(response)
         data = json_object(response, "the create")
         upstream_id = data.get("id")
         if not isinstance(upstream_id, str) or not upstream_id:
             raise UpstreamUnavailable("the upstream's answer to the create has no task id")
         return Created(upstream_id=upstream_id)
 
-    async def query(self, upstream_id: str) -> UpstreamStatus:
+    async def query(self, upstream_id: str, wait: float = 0.0) -> UpstreamStatus:
+        held = int(max(0.0, min(wait, 60.0)))  # the API's long-poll bound (SPEC §3)
         response = await send(
             self._client,
             "GET",
-            f"{self._root}/v1/result/{upstream_id}",
+            f"{self._root}/v1/result/{upstream_id}" + (f"?wait={held}" if held else ""),
             headers=self._headers(),
-            timeout=self.options.request_timeout,
+            timeout=self.options.request_timeout + held,
             what="a status read",
         )
         if response.status_code == 404:
             raise UpstreamLost("the upstream no longer knows the task (HTTP 404)")
         if response.status_code != 200:
-            raise UpstreamRejected(_refusal(response), response.status_code)
+            raise _refusal(response)
         data = json_object(response, "a status read")
         status = _STATES.get(str(data.get("status")))
         if status is None:
@@ -100,8 +107,27 @@ class ReelqUpstream:
                 raise UpstreamUnavailable("the upstream's completed task has no video_url")
             return UpstreamStatus(COMPLETED, video_url=url, credits=as_int(data.get("totalTokens")))
         if status == FAILED:
-            return UpstreamStatus(FAILED, error=_failure(data.get("error")))
+            reason = data.get("error")
+            return UpstreamStatus(
+                FAILED, error=_failure(reason), detail=reason if isinstance(reason, str) else None
+            )
         return UpstreamStatus(status, progress=progress)
+
+    async def served_models(self) -> list[str] | None:
+        """The models `GET /v1/models` lists (SPEC §7), or None from a server without it."""
+        from reelq.engines.relay.openai_upstream import listed_models
+
+        async def call(method: str, path: str, what: str) -> Answer:
+            return await send(
+                self._client,
+                method,
+                f"{self._root}{path}",
+                headers=self._headers(),
+                timeout=self.options.request_timeout,
+                what=what,
+            )
+
+        return await listed_models(call)
 
     async def cancel(self, upstream_id: str) -> None:
         response = await send(
@@ -115,19 +141,21 @@ class ReelqUpstream:
         if response.status_code == 404:
             raise UpstreamLost("the upstream no longer knows the task (HTTP 404)")
         if response.status_code >= 400:
-            raise UpstreamRejected(_refusal(response), response.status_code)
+            raise _refusal(response)
 
 
 def _failure(error: object) -> str:
-    """The upstream's reason, kept recognisable: a content-policy refusal keeps its prefix first."""
-    text = short_text(error) if isinstance(error, str) and error.strip() else "no reason given"
+    """Our words for an upstream failure: a content-policy refusal keeps its words (the client must
+    recognise it, and it is this API's own wording); anything else is the upstream's internals, which
+    the relay worker logs (`UpstreamStatus.detail`) and the client never sees."""
+    text = short_text(error) if isinstance(error, str) and error.strip() else ""
     if text.startswith(CONTENT_POLICY_PREFIX):
         return text
-    return f"Upstream generation failed: {text}"
+    return "Upstream generation failed."
 
 
-def _refusal(response: httpx.Response) -> str:
-    """A 4xx create/read answer as one clear line: the upstream's own message when it sent one."""
+def _refusal(response: Answer) -> UpstreamRejected:
+    """A 4xx answer: our words for the client, the upstream's message as the detail for the log."""
     message = ""
     try:
         data = response.json()
@@ -135,7 +163,8 @@ def _refusal(response: httpx.Response) -> str:
             message = str(data["error"].get("message") or "")
     except ValueError:
         pass
-    detail = f": {short_text(message)}" if message else ""
-    if response.status_code in (401, 403):
-        return f"Upstream refused the relay's credentials (HTTP {response.status_code}){detail}"
-    return f"Upstream refused the request (HTTP {response.status_code}){detail}"
+    status = response.status_code
+    detail = f"HTTP {status}: {short_text(message)}" if message else f"HTTP {status}"
+    if status in (401, 403):
+        return UpstreamRejected(f"Upstream refused the relay's credentials (HTTP {status}).", status, detail)
+    return UpstreamRejected(f"Upstream refused the request (HTTP {status}).", status, detail)

@@ -57,35 +57,44 @@ def verify(
     secret: str, method: str, path: str, query: str, headers: Mapping[str, str], now: float
 ) -> str | None:
     """Why a callback is refused, or None when its signature verifies (header names in any case)."""
+    refusal, _sent_at = check(secret, method, path, query, headers, now)
+    return refusal
+
+
+def check(
+    secret: str, method: str, path: str, query: str, headers: Mapping[str, str], now: float
+) -> tuple[str | None, float]:
+    """`verify`, also returning the callback's Date as a timestamp (0.0 when refused before it was read):
+    a verified signature is remembered until its Date leaves the clock window (replays)."""
     headers = {name.lower(): value for name, value in headers.items()}
     if headers.get("x-hmac-algorithm", ALGORITHM).lower() != ALGORITHM:
-        return "unsupported signature algorithm"
+        return "unsupported signature algorithm", 0.0
     if headers.get("x-hmac-access-key", ACCESS_KEY) != ACCESS_KEY:
-        return "unknown access key"
+        return "unknown access key", 0.0
     signature = headers.get("x-hmac-signature")
     date = headers.get("date")
     names_header = headers.get("x-hmac-signed-headers")
     if not signature or not date or not names_header:
-        return "missing signature headers"
+        return "missing signature headers", 0.0
     names = [n.strip() for n in names_header.split(";") if n.strip()]
     # Date is always signed (as its own line); the nonce must be too, or a callback could be replayed
     # with a fresh nonce within the clock window.
     lowered = {n.lower() for n in names}
     if len(names) > _MAX_SIGNED_HEADERS or not {"date", "x-request-nonce"} <= lowered:
-        return "the signed headers must include Date and x-request-nonce"
+        return "the signed headers must include Date and x-request-nonce", 0.0
     signed: list[tuple[str, str]] = []
     for name in names:
         value = headers.get(name.lower())
         if value is None:
-            return f"signed header {name} is missing"
+            return f"signed header {name} is missing", 0.0
         signed.append((name, value))
     try:
         sent_at = email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return "the Date header is not an HTTP date"
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past datetime's range overflows
+        return "the Date header is not an HTTP date", 0.0
     if abs(now - sent_at) > MAX_CLOCK_SKEW:
-        return "the Date header is too far from the current time"
+        return "the Date header is too far from the current time", sent_at
     expected = sign(secret, method, path, query, date, signed).encode("ascii")
     if not hmac.compare_digest(expected, signature.strip().encode("utf-8", "replace")):
-        return "signature mismatch"
-    return None
+        return "signature mismatch", sent_at
+    return None, sent_at

@@ -15,12 +15,17 @@ from __future__ import annotations
 import email.utils
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from reelq.database import TaskRow
+from reelq.engines.relay import bounded
+from reelq.engines.relay.bounded import Answer, AnswerTooLarge
 from reelq.engines.relay.options import RelayOptions
+
+if TYPE_CHECKING:
+    # Only named in annotations: the relay engine runs without the database (the worker hands it rows).
+    from reelq.database import TaskRow
 
 # Upstream states, as our statuses (the Vidu platform's and this API's own).
 QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
@@ -33,23 +38,31 @@ class UpstreamError(Exception):
 
 
 class UpstreamRejected(UpstreamError):
-    """A final refusal (a 4xx other than 429)."""
+    """A final refusal (a 4xx other than 429). The message is ours, for the client; `detail` is what
+    the upstream said, for the log (its internals never reach our clients)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail or message
 
 
 class UpstreamUnavailable(UpstreamError):
     """Worth retrying: 5xx, 429, a timeout or a reset; `retry_after` when the upstream said when.
 
     `ambiguous`: the request was sent and no answer came, so a create may have been accepted.
+    `busy`: the upstream answered that it is at its concurrency or rate limit (a 429, Vidu's
+    QuotaExceeded): it is reachable, so the wait for room is bounded by the task's maximum wait, not
+    by `unreachable_timeout`.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None, ambiguous: bool = False) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, ambiguous: bool = False, busy: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.ambiguous = ambiguous
+        self.busy = busy
 
 
 class UpstreamLost(UpstreamError):
@@ -71,6 +84,10 @@ class UpstreamStatus:
     error: str | None = None
     credits: int | None = None
     progress: int | None = None
+    detail: str | None = None  # the upstream's own words about a failure: logged, not shown
+    # Headers the video download needs (an OpenAI-shaped server's /content wants our key); sent only
+    # to the upstream's own origin.
+    video_headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +107,9 @@ class Upstream(Protocol):
 
     async def create(self, request: RelayRequest) -> Created: ...
 
-    async def query(self, upstream_id: str) -> UpstreamStatus: ...
+    async def query(self, upstream_id: str) -> UpstreamStatus:
+        """One status read (a long-polling upstream also takes `wait=` seconds)."""
+        ...
 
     async def cancel(self, upstream_id: str) -> None:
         """Ask the upstream to stop a task (for our cancel route); raises UpstreamError on trouble."""
@@ -132,13 +151,24 @@ async def send(
     json: Any = None,
     timeout: float,
     what: str,
-) -> httpx.Response:
-    """One request; transport trouble and 5xx/429 become UpstreamUnavailable, the rest is returned.
+    data: Any = None,
+    files: Any = None,
+) -> Answer:
+    """One request, within `timeout` seconds IN ALL and a 1 MiB answer (engines/relay/bounded.py);
+    transport trouble, an answer too slow or too large, and 5xx/429 become UpstreamUnavailable, the
+    rest is returned.
 
     Logs and messages name `what` and the status, never the URL's credentials or our key.
     """
     try:
-        response = await client.request(method, url, headers=headers, json=json, timeout=timeout)
+        response = await bounded.request(
+            client, method, url, headers=headers, json=json, data=data, files=files, timeout=timeout
+        )
+    except AnswerTooLarge:
+        raise UpstreamUnavailable(
+            f"the upstream's answer to {what} is larger than {bounded.MAX_ANSWER_BYTES // 1024} KiB",
+            ambiguous=True,
+        ) from None
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         # Nothing reached the upstream: safe to send again.
         raise UpstreamUnavailable(f"the upstream could not be reached ({type(exc).__name__})") from None
@@ -151,11 +181,13 @@ async def send(
     status = response.status_code
     if status == 429 or status >= 500:
         retry = retry_after_seconds(response.headers.get("retry-after"))
-        raise UpstreamUnavailable(f"the upstream answered {what} with HTTP {status}", retry_after=retry)
+        raise UpstreamUnavailable(
+            f"the upstream answered {what} with HTTP {status}", retry_after=retry, busy=status == 429
+        )
     return response
 
 
-def json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+def json_object(response: Answer, what: str) -> dict[str, Any]:
     """The answer's JSON object; anything else is an upstream fault worth retrying."""
     try:
         data = response.json()

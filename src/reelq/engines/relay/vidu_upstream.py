@@ -6,7 +6,7 @@ Status: `GET /ent/v2/tasks/{id}/creations`; cancel: `POST /ent/v2/tasks/{id}/can
 States `created`/`queueing` -> queued, `processing` -> processing, `success` -> completed with
 `creations[0].url`, `failed` -> failed with `err_code` as a clear message.
 
-The platform has no idempotency key: see `RelayOptions.ambiguous_create` and README "Relay engine"
+The platform has no idempotency key: see `RelayOptions.ambiguous_create` and docs/relay.md
 for the one window left (a crash between its answer and our write of the task id).
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX
+from reelq.engines.relay.bounded import Answer
 from reelq.engines.relay.options import RelayOptions
 from reelq.engines.relay.upstream import (
     COMPLETED,
@@ -107,6 +108,8 @@ class ViduUpstream:
             body["images"] = images
         if task.seed is not None:
             body["seed"] = task.seed
+        if task.off_peak:  # the platform's own off-peak mode (SPEC §6): cheaper upstream too
+            body["off_peak"] = True
         if request.callback_url is not None:
             body["callback_url"] = request.callback_url
         response = await send(
@@ -119,7 +122,7 @@ class ViduUpstream:
             what="the create",
         )
         if response.status_code != 200:
-            raise UpstreamRejected(_refusal(response), response.status_code)
+            raise _refusal(response)
         data = json_object(response, "the create")
         upstream_id = data.get("task_id")
         if isinstance(upstream_id, int) and not isinstance(upstream_id, bool):
@@ -140,7 +143,7 @@ class ViduUpstream:
         if response.status_code == 404:
             raise UpstreamLost("the upstream no longer knows the task (HTTP 404)")
         if response.status_code != 200:
-            raise UpstreamRejected(_refusal(response), response.status_code)
+            raise _refusal(response)
         return parse_status(json_object(response, "a status read"))
 
     async def cancel(self, upstream_id: str) -> None:
@@ -156,7 +159,7 @@ class ViduUpstream:
         if response.status_code == 404:
             raise UpstreamLost("the upstream no longer knows the task (HTTP 404)")
         if response.status_code >= 400:
-            raise UpstreamRejected(_refusal(response), response.status_code)
+            raise _refusal(response)
 
 
 def parse_status(data: dict[str, Any]) -> UpstreamStatus:
@@ -178,8 +181,13 @@ def parse_status(data: dict[str, Any]) -> UpstreamStatus:
     return UpstreamStatus(status, credits=credits)
 
 
-def _refusal(response: httpx.Response) -> str:
-    """A 4xx answer as one clear line, naming the platform's error code when it sent one."""
+# A 400 that means "busy, retry later" (platform.vidu.com/docs/error-code): wait, never fail the task.
+_RETRY_LATER = frozenset({"OperationInProcess"})
+
+
+def _refusal(response: Answer) -> UpstreamRejected | UpstreamUnavailable:
+    """A 4xx answer as one clear line of our words, naming the platform's documented error code; its
+    message (free text) goes to the log as the detail, never to the client."""
     code = reason = ""
     try:
         data = response.json()
@@ -188,10 +196,14 @@ def _refusal(response: httpx.Response) -> str:
             reason = str(data.get("message") or "")
     except ValueError:
         pass
+    status = response.status_code
+    log_detail = f"HTTP {status} {code}: {short_text(reason)}" if reason else f"HTTP {status} {code}"
+    if code in _RETRY_LATER:
+        return UpstreamUnavailable(f"the upstream is busy ({code})", busy=True)
     if code in _POLICY:
-        return f"{CONTENT_POLICY_PREFIX} {_POLICY[code]} ({code})."
-    detail = f" {short_text(code, 80)}" if code else ""
-    detail += f": {short_text(reason)}" if reason else ""
-    if response.status_code in (401, 403):
-        return f"Upstream refused the relay's credentials (HTTP {response.status_code}{detail})."
-    return f"Upstream refused the request (HTTP {response.status_code}{detail})."
+        return UpstreamRejected(f"{CONTENT_POLICY_PREFIX} {_POLICY[code]} ({code}).", status, log_detail)
+    named = f" {short_text(code, 80)}" if code.isidentifier() else ""
+    if status in (401, 403):
+        words = f"Upstream refused the relay's credentials (HTTP {status}{named})."
+        return UpstreamRejected(words, status, log_detail)
+    return UpstreamRejected(f"Upstream refused the request (HTTP {status}{named}).", status, log_detail)

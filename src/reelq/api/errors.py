@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from reelq.service.errors import ApiError, error_body
 
@@ -48,11 +50,21 @@ def _validation_message(error: dict[str, Any]) -> tuple[str | None, str]:
 def _allowed_methods(request: Request) -> str:
     """Every method some route serves at this path: Starlette's 405 names only the first route's, and
     one path may have several routes (`GET` list and `POST` create of /v1/vidu/videos)."""
+    return ", ".join(sorted(_methods_at(request.app.router.routes, request.scope)))
+
+
+def _methods_at(routes: Sequence[BaseRoute], scope: Scope) -> set[str]:
+    # FastAPI keeps an included router as one entry (its `original_router` holds the routes) whose own
+    # `methods` is None: looked into, or a 405 on any route of api/*.py would send an empty Allow.
+    # Every router here is included without a prefix, so its routes match the same scope.
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] != Match.NONE:
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            methods |= _methods_at(inner.routes, scope)
+        elif route.matches(scope)[0] != Match.NONE:
             methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+    return methods
 
 
 def install_error_handlers(app: FastAPI) -> None:

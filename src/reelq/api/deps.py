@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from reelq.api.bodies import BodyBudget
+from reelq.catalog import DEFAULT_POOL
 from reelq.config import Settings
 from reelq.database import TaskStore
 from reelq.database.fastread import CachedReader
@@ -17,6 +20,7 @@ from reelq.metrics import ApiCollector, HttpStats
 from reelq.ratelimit import MemoryRateLimiter, RateLimiter
 from reelq.service import TaskService
 from reelq.service.covers import Covers
+from reelq.service.relay import RelayCallbacks
 from reelq.storage import Storage
 
 if TYPE_CHECKING:
@@ -34,6 +38,9 @@ class Services:
     draining: threading.Event = field(default_factory=threading.Event)
     # Request counts and latency of both transports, plain ints (metrics.py).
     http_stats: HttpStats = field(default_factory=HttpStats)
+    # `reelq serve` on a node whose workers load weights (diffusers): why its render workers cannot
+    # take work yet (Supervisor.worker_problem), so /readyz waits for the models; None elsewhere.
+    workers_problem: Callable[[], str | None] | None = None
 
     def __post_init__(self) -> None:
         # With a broker, each stored create is published to the render workers' queue (dispatch/broker.py).
@@ -41,7 +48,7 @@ class Services:
         if self.settings.broker_url:
             from reelq.dispatch.broker import Publisher
 
-            self.publisher = Publisher(self.settings)
+            self.publisher = Publisher(self.settings, self.store.models_of)
         # The task rules both transports call (api/vidu.py, api/fastpath.py).
         self.tasks = TaskService(
             self.settings,
@@ -53,9 +60,19 @@ class Services:
             on_stored=self.notify_workers,
             on_created=self.publisher.publish if self.publisher is not None else None,
         )
-        self.metrics = ApiCollector(self.http_stats, self.tasks.create_stats, self.store)
-        # Cover images (first frames) behind signed links: the Vidu platform's and OpenAI's surfaces.
-        self.covers = Covers(self.settings.secret_bytes())
+        self.metrics = ApiCollector(
+            self.http_stats, self.tasks.create_stats, self.store, pool_of=self._pool_of
+        )
+        # Cover images (first frames) behind signed links (service/covers.py), made by the task service.
+        self.covers: Covers = self.tasks.covers
+        # Bytes of request bodies held at once (api/bodies.py), shared by both transports.
+        self.bodies = BodyBudget(int(self.settings.body_budget_mb * 1024 * 1024))
+        # The Vidu platform's callbacks (one per process: it remembers signatures against replays).
+        self.relay_callbacks = RelayCallbacks(self.settings, self.store)
+
+    def _pool_of(self, model: str) -> str:
+        entry = self.settings.catalog.get(model)
+        return entry.pool if entry is not None else DEFAULT_POOL
 
     def notify_workers(self) -> None:
         """Wake idle workers now (embedded dispatch; with a broker the published message wakes them)."""

@@ -20,8 +20,16 @@ from typing import Any
 
 import orjson
 
-from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX, Status, frame_size, wire_status
+from reelq.database.views import TaskView
+from reelq.domain import (
+    CANCELLED_ERROR,
+    CONTENT_POLICY_PREFIX,
+    Status,
+    frame_size,
+    parse_ascii_int,
+)
 from reelq.service.errors import ApiError, InvalidRequest
+from reelq.service.links import Shown
 
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4")
 RESOLUTIONS = ("540p", "720p", "1080p")
@@ -53,15 +61,14 @@ _PARAM = {
 }
 _TYPE = {401: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
 # Passed through untouched (reelq extensions, e.g. with the SDK's `extra_body`).
-_EXTENSIONS = ("seed", "callback_url", "last_image")
+_EXTENSIONS = ("seed", "callback_url", "last_image", "off_peak")
 
 
 def error_body(exc: ApiError) -> bytes:
     """An ApiError in OpenAI's envelope (what its SDK parses into `e.message`, `e.code`, `e.param`)."""
     param = _PARAM.get(exc.param, exc.param) if exc.param else None
-    message = exc.message
-    if exc.param and param != exc.param:
-        message = message.replace(f"'{exc.param}'", f"'{param}'").replace(exc.param, param or exc.param)
+    # Built around OpenAI's name for the field (ApiError.named), never by rewriting the service's text.
+    message = exc.message_for(param)
     kind = _TYPE.get(exc.status, "invalid_request_error")
     return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": exc.code}})
 
@@ -99,7 +106,8 @@ def create_fields(body: dict[str, Any], models: Sequence[str], first_image: str 
     size = body.get("size", DEFAULT_SIZE)
     if not isinstance(size, str) or size not in SIZES:
         raise InvalidRequest(
-            f"Invalid value for 'size': {size!r} is not supported; supported sizes are {', '.join(SIZES)}.",
+            f"Invalid value for 'size': {_shown(size)} is not supported; "
+            f"supported sizes are {', '.join(SIZES)}.",
             param="size",
             code="invalid_size",
         )
@@ -111,22 +119,34 @@ def create_fields(body: dict[str, Any], models: Sequence[str], first_image: str 
     for name in _EXTENSIONS:
         if body.get(name) is not None:
             data[name] = body[name]
-    if isinstance(data.get("seed"), str) and data["seed"].isdigit():
-        data["seed"] = int(data["seed"])  # a form sends every field as a string
+    if isinstance(data.get("seed"), str):
+        # A form sends every field as a string. Anything but ASCII digits stays a string, which the
+        # create's strict validation refuses as "not an integer".
+        seed = parse_ascii_int(data["seed"])
+        if seed is not None:
+            data["seed"] = seed
     return data
 
 
 def _seconds(value: Any) -> Any:
     """OpenAI's `seconds` ("4", a string; an integer accepted too) as our integer duration."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, str):
+        seconds = parse_ascii_int(value.strip(" \t"))
+        if seconds is not None:
+            return seconds
+    elif isinstance(value, int) and not isinstance(value, bool):
         return value
     raise InvalidRequest(
-        f"Invalid value for 'seconds': {value!r} is not a whole number of seconds.",
+        f"Invalid value for 'seconds': {_shown(value)} is not a whole number of seconds.",
         param="seconds",
         code="invalid_seconds",
     )
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A client's value quoted in an error, cut short: a 5,000-digit `seconds` need not come back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _reference(value: Any) -> str | None:
@@ -146,7 +166,7 @@ def list_params(after: str | None, limit: str | None, order: str | None) -> tupl
     """`after`, `limit`, `order` of a list as (after id, limit, ascending); InvalidRequest naming one."""
     count = DEFAULT_LIST_LIMIT
     if limit is not None:
-        count = int(limit) if limit.isdigit() else 0
+        count = parse_ascii_int(limit) or 0
         if not 1 <= count <= MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}.", param="limit")
     if order not in (None, "asc", "desc"):
@@ -163,32 +183,29 @@ def error_code(error: str | None) -> str:
     return "generation_failed"
 
 
-def status_of(view: Any) -> str:
-    """A task's (view or row) status as OpenAI spells it."""
-    return _STATUS[wire_status(view.status, view.started_at is not None)]
+def spelled_status(shown: str) -> str:
+    """A wire status (service/links.py `Shown.status`) as OpenAI spells it."""
+    return _STATUS[shown]
 
 
-def video_object(view: Any, video_url_ttl: float) -> dict[str, Any]:
-    """The task (a database.fastread.TaskView) as OpenAI's `video` object."""
-    shown = wire_status(view.status, view.started_at is not None)
-    completed = shown == Status.COMPLETED
-    terminal = shown in (Status.COMPLETED, Status.FAILED)
+def video_object(view: TaskView, shown: Shown) -> dict[str, Any]:
+    """The task as OpenAI's `video` object; `shown` is what it shows (TaskService.shown)."""
     return {
         "id": view.id,
         "object": "video",
         "model": view.model,
-        "status": _STATUS[shown],
-        "progress": 100 if completed else (view.progress if shown == Status.PROCESSING else 0),
+        "status": _STATUS[shown.status],
+        "progress": shown.progress,
         "created_at": int(view.created_at),
-        "completed_at": int(view.finished_at) if terminal and view.finished_at is not None else None,
-        # The content can be downloaded until the video link expires (REELQ_VIDEO_URL_TTL).
-        "expires_at": int(view.finished_at + video_url_ttl)
-        if completed and view.finished_at is not None
+        "completed_at": int(view.finished_at)
+        if (shown.completed or shown.failed) and view.finished_at is not None
         else None,
+        # The content can be downloaded until the video link expires (REELQ_VIDEO_URL_TTL).
+        "expires_at": shown.expires_at,
         "seconds": str(view.duration),
         "size": "{}x{}".format(*frame_size(view.resolution, view.aspect_ratio)),
         "remixed_from_video_id": None,
-        "error": {"code": error_code(view.error), "message": view.error} if shown == Status.FAILED else None,
+        "error": {"code": error_code(view.error), "message": view.error} if shown.failed else None,
     }
 
 

@@ -5,9 +5,9 @@ real platform (engines/relay/vidu_upstream.py), seen from the other side:
 
 - create: `POST /ent/v2/text2video` (no `images`), `/img2video` (`images`: one), `/start-end2video`
   (`images`: two, first and last frame); fields `model prompt duration seed aspect_ratio resolution
-  callback_url payload`, others of the platform (`style movement_amplitude bgm off_peak audio`)
-  accepted and ignored. Answer: `{task_id, state: "created", model, prompt, images, duration, seed,
-  aspect_ratio, resolution, payload, credits, created_at}`.
+  callback_url payload off_peak` (off_peak: SPEC §6), others of the platform (`style movement_amplitude
+  bgm audio`) accepted and ignored. Answer: `{task_id, state: "created", model, prompt, images,
+  duration, seed, aspect_ratio, resolution, payload, credits, created_at}`.
 - `GET /ent/v2/tasks/{id}/creations`: `{id, state, err_code, credits, payload, progress,
   creations: [{id, url, cover_url}]}`; states `created` (the create's own answer), `queueing`,
   `processing`, `success`, `failed`.
@@ -23,11 +23,13 @@ from typing import Any
 
 import orjson
 
-from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX, Status, total_tokens, wire_status
+from reelq.database.views import TaskView
+from reelq.domain import CANCELLED_ERROR, CONTENT_POLICY_PREFIX, Status, total_tokens
 from reelq.service.errors import ApiError, InvalidRequest
+from reelq.service.links import Shown
 
 ROUTES = {"text2video": 0, "img2video": 1, "start-end2video": 2}
-_FIELDS = ("model", "prompt", "duration", "seed", "aspect_ratio", "resolution", "callback_url")
+_FIELDS = ("model", "prompt", "duration", "seed", "aspect_ratio", "resolution", "callback_url", "off_peak")
 _STATE = {
     Status.QUEUED.value: "queueing",
     Status.PROCESSING.value: "processing",
@@ -49,13 +51,14 @@ _REASON = {
 
 def error_body(exc: ApiError) -> bytes:
     reason = _REASON.get(exc.status, "InternalServiceFailure")
-    if exc.code == "missing_field" or (exc.status == 400 and exc.message.startswith("Missing required")):
+    if exc.code == "missing_field":
         reason = "FieldLacking"
     elif exc.code == "invalid_image":
         reason = "ImageFormatInvalid"
     elif exc.code == "images_count":
         reason = "FieldItemCountOutOfRange"
-    return orjson.dumps({"reason": reason, "message": exc.message, "param": exc.param})
+    param = param_name(exc.param)  # our first_image/last_image are its `images`
+    return orjson.dumps({"reason": reason, "message": exc.message_for(param), "param": param})
 
 
 def create_fields(route: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +74,9 @@ def create_fields(route: str, body: dict[str, Any]) -> dict[str, Any]:
             )
         images = []
     elif images is None:
-        raise InvalidRequest(f"Missing required field 'images' ({route} takes {wanted}).", param="images")
+        raise InvalidRequest(
+            f"Missing required field 'images' ({route} takes {wanted}).", param="images", code="missing_field"
+        )
     if not isinstance(images, list) or len(images) != wanted:
         raise InvalidRequest(
             f"'images' must be a list of exactly {wanted} image{'s' if wanted > 1 else ''} on {route}.",
@@ -105,17 +110,16 @@ def err_code(error: str | None) -> str:
     return "InternalServiceFailure"
 
 
-def credits(view: Any, rates: dict[str, float], factors: dict[str, float]) -> int:
-    shown = wire_status(view.status, view.started_at is not None)
-    if shown == Status.COMPLETED:
+def credits(view: TaskView, shown: Shown, rates: dict[str, float], factors: dict[str, float]) -> int:
+    if shown.completed:
         return int(view.total_tokens or 0)
-    if shown == Status.FAILED or view.model not in rates or view.resolution not in factors:
+    if shown.failed or view.model not in rates or view.resolution not in factors:
         return 0
     return total_tokens(view.model, view.duration, view.resolution, rates, factors)
 
 
 def create_answer(
-    view: Any, data: dict[str, Any], payload: Any, credit: int, images: list[Any]
+    view: TaskView, data: dict[str, Any], payload: Any, credit: int, images: list[Any]
 ) -> dict[str, Any]:
     """The create's answer: the task id, `state: "created"`, and the request echoed."""
     return {
@@ -134,21 +138,20 @@ def create_answer(
     }
 
 
-def creations_answer(view: Any, credit: int, video_url: str | None, cover_url: str | None) -> dict[str, Any]:
-    shown = wire_status(view.status, view.started_at is not None)
+def creations_answer(view: TaskView, shown: Shown, credit: int) -> dict[str, Any]:
+    """`GET /ent/v2/tasks/{id}/creations`; `shown` is what the task shows, with its links
+    (TaskService.shown with a base URL)."""
     creations = []
-    if shown == Status.COMPLETED and video_url is not None:
-        creations = [{"id": f"{view.id}-0", "url": video_url, "cover_url": cover_url or ""}]
+    if shown.completed and shown.video_url is not None:
+        creations = [{"id": f"{view.id}-0", "url": shown.video_url, "cover_url": shown.cover_url or ""}]
     return {
         "id": view.id,
-        "state": _STATE[shown],
-        "err_code": err_code(view.error) if shown == Status.FAILED else "",
-        "err_msg": view.error if shown == Status.FAILED else "",  # reelq extension: the reason in words
+        "state": _STATE[shown.status],
+        "err_code": err_code(view.error) if shown.failed else "",
+        "err_msg": view.error if shown.failed else "",  # reelq extension: the reason in words
         "credits": credit,
         "payload": "",
-        "progress": 100
-        if shown == Status.COMPLETED
-        else (view.progress if shown == Status.PROCESSING else 0),
+        "progress": shown.progress,
         "creations": creations,
     }
 
