@@ -182,6 +182,57 @@ def test_two_servers_with_in_flight_caps_and_failover(
         b.stop()
 
 
+def _left_by_a_dead_worker(front: RelayFront, channel: str) -> str:
+    """A task a worker claimed and sent a create for to `channel`, then died before the answer: its row
+    notes the create's upstream (lifecycle.aim_create) and has no upstream id; it is queued again."""
+    row = front.create(MODEL)
+    front.store.aim_create(row.id, channel)
+    return row.id
+
+
+@pytest.mark.parametrize("ambiguous_create", ["fail", "retry"])
+def test_a_create_of_unknown_fate_never_goes_to_a_second_upstream(
+    tmp_path: Path,
+    mp4: bytes,
+    fronts: list[RelayFront],
+    monkeypatch: pytest.MonkeyPatch,
+    ambiguous_create: str,
+) -> None:
+    # SPEC §7: the worker that sent the create died, so its fate is unknown. With `fail` (an upstream
+    # that cannot deduplicate) the task fails rather than risk a second paid video; with `retry` it is
+    # sent to the same upstream again, however often that upstream refuses and cools down meanwhile,
+    # and never to B, which has room all along.
+    monkeypatch.setenv("FLEET_SGLANG_KEY", KEY)
+    a = FakeOpenAIVideos(mp4, delay=0.3, require_key=KEY).start()
+    b = FakeOpenAIVideos(mp4, delay=0.3, require_key=KEY).start()
+    try:
+        a.busy_creates = 3
+        channels = [_channel(a, name="a", ambiguous_create=ambiguous_create), _channel(b, name="b")]
+        models = write_models(tmp_path / "models.toml", MODEL, channels, cooldown=60, cooldown_after=1)
+        front = RelayFront(tmp_path / "home", models)
+        fronts.append(front)
+        task_id = _left_by_a_dead_worker(front, "a")
+        front.start()
+        (row,) = front.wait_all([task_id])
+        assert b.creates == []
+        if ambiguous_create == "fail":
+            assert row.status == "failed" and a.busy_creates == 3  # nothing sent anywhere
+            assert row.error == (
+                "Upstream did not answer the create; not sent again, so that the video is never paid for "
+                "twice."
+            )
+        else:
+            assert row.status == "completed", row.error
+            assert a.busy_creates == 0 and len(a.creates) == 1 and row.upstream_channel == "a"
+        # A new task is free to go anywhere: A is cooling down after its refusals, so B.
+        fresh = front.create(MODEL, prompt="a new one")
+        (done,) = front.wait_all([fresh.id])
+        assert done.status == "completed" and len(b.creates) == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_models_file_channels(tmp_path: Path) -> None:
     path = write_models(
         tmp_path / "m.toml",

@@ -305,6 +305,14 @@ def record_upstream(
     return written
 
 
+def aim_create(conn: Connection, task_id: str, channel: str | None) -> None:
+    """Note which upstream a create is about to be sent to (None: the last one refused it for sure) on
+    a live task with no upstream id yet. A worker that finds the note on a task it claims knows a
+    create of unknown fate may be there, and sends it nowhere else (SPEC §7)."""
+    live = and_(tasks.c.id == task_id, tasks.c.status.in_([QUEUED, PROCESSING]))
+    conn.execute(update(tasks).where(live, tasks.c.upstream_id.is_(None)).values(upstream_channel=channel))
+
+
 def renew(conn: Connection, task_id: str, worker: str, lease_seconds: float, progress: int) -> bool:
     """Extend the lease and record progress; False means the lease was lost (stop working)."""
     larger = func.greatest if conn.dialect.name == "postgresql" else func.max  # SQLite's 2-arg max()

@@ -287,6 +287,12 @@ class TaskStore:
         with self._write(None) as conn:  # only `lease_until`, which no reader shows
             return lifecycle.renew_all(conn, worker, lease_seconds)
 
+    def aim_create(self, task_id: str, channel: str | None) -> None:
+        """Note the upstream a create goes to before it is sent (lifecycle.aim_create)."""
+        # No reader shows the column and the create's answer is written with TASK: nobody to tell.
+        with self._write(None) as conn:
+            lifecycle.aim_create(conn, task_id, channel)
+
     def record_upstream(
         self,
         task_id: str,

@@ -99,6 +99,7 @@ class _Held:
     resubmits: int = 0  # creates made again after the upstream forgot the task (openai)
 
     home: Channel | None = None  # the last channel it was on (for a cancel after it is let go)
+    aimed: str | None = None  # the upstream the row notes a create was sent to (lifecycle.aim_create)
 
     def move_to(self, channel: Channel | None) -> None:
         """Count this task on `channel` (None: on none) instead of where it was."""
@@ -271,10 +272,13 @@ class RelayWorker:
     def _start(self, row: TaskRow) -> None:
         held = _Held(row=row, spent_attempt=row.upstream_id is None, claimed_at=time.monotonic())
         channels = self.channels[row.model]
-        # A task an upstream holds stays on it (its id means nothing elsewhere); a new one goes where
-        # there is room. None: the models file no longer lists its upstream (`_run` fails it).
-        held.move_to(channels.named(row.upstream_channel) if row.upstream_id else channels.pick())
-        if held.channel is None and row.upstream_id is None:
+        # A task an upstream holds, or may hold (a create sent there went unanswered: the worker that sent
+        # it died), stays on it (its id means nothing elsewhere); a new one goes where there is room.
+        # None: the models file no longer lists its upstream (`_run` fails it).
+        held.aimed = row.upstream_channel if row.upstream_id is None else None
+        placed = row.upstream_id is not None or held.aimed is not None
+        held.move_to(channels.named(row.upstream_channel) if placed else channels.pick())
+        if held.channel is None and not placed:
             # No room after all (resumed tasks filled a channel): back to the queue, attempt refunded.
             self._side_tasks.add(task := asyncio.create_task(self._hand_back(held)))
             task.add_done_callback(self._side_tasks.discard)
@@ -431,10 +435,14 @@ class RelayWorker:
         tried: set[Channel] = set()
         delay = options.poll_initial
         first_failure: float | None = None
+        # Once a create went unanswered, the upstream may hold the task: from then on it is sent to that
+        # upstream only (its Idempotency-Key makes that safe), even when it is later refused or cooling,
+        # or the video could be made (and paid for) twice.
+        pinned = held.aimed is not None  # sent before this claim (see _start)
         while True:
             channel = held.channel
             assert channel is not None
-            if channel.cooling():
+            if channel.cooling() and not pinned:
                 # Its upstream keeps refusing: another with room, or wait for one (never send to it now).
                 other = channels.pick()
                 if other is not None:
@@ -445,7 +453,12 @@ class RelayWorker:
                 await self._sleep_unless_draining(delay)
                 delay = min(options.poll_max, delay * options.poll_backoff)
                 continue
+            if pinned and not _may_resend(channel.options):
+                raise _unanswered_create(row.id, channel, "its worker stopped before the answer")
             request = await self._request(held, channel)
+            if held.aimed != channel.name:  # on the row before it is sent: see lifecycle.aim_create
+                await asyncio.to_thread(self.store.aim_create, row.id, channel.name)
+                held.aimed = channel.name
             started = time.monotonic()
             try:
                 created = await channel.upstream.create(request)
@@ -458,18 +471,17 @@ class RelayWorker:
                 # it). The Vidu platform and OpenAI-shaped servers have none: an unanswered create is
                 # sent again only if configured, and never to another upstream.
                 if exc.ambiguous:
+                    pinned = True
                     metrics.upstream_error(row.model, channel.name, "no_answer")
-                    chosen = channel.options
-                    if not (chosen.upstream == "reelq" or chosen.ambiguous_create == "retry"):
-                        log.warning("task %s: %s did not answer the create: %s", row.id, channel.name, exc)
-                        raise TaskFailed(
-                            "Upstream did not answer the create; not sent again, so that the video is never "
-                            "paid for twice."
-                        ) from None
+                    if not _may_resend(channel.options):
+                        raise _unanswered_create(row.id, channel, str(exc)) from None
                 else:
                     channel.refused("busy" if exc.busy else "unavailable")
+                    if not pinned:  # refused for sure: nothing is there, any upstream may take it
+                        await asyncio.to_thread(self.store.aim_create, row.id, None)
+                        held.aimed = None
                     tried.add(channel)
-                    other = channels.pick(exclude=tried)
+                    other = None if pinned else channels.pick(exclude=tried)
                     if other is not None:
                         log.info(
                             "task %s: upstream %s refused the create (%s); trying %s",
@@ -492,7 +504,7 @@ class RelayWorker:
                 await self._sleep_unless_draining(wait)  # nothing in flight now: a drain may hand it back
                 delay = min(options.poll_max, delay * options.poll_backoff)
                 tried.clear()
-                best = channels.pick() if not exc.ambiguous else None
+                best = None if pinned else channels.pick()
                 if best is not None and best is not channel:
                     held.move_to(best)
                 continue
@@ -737,6 +749,20 @@ async def _by_deadline(call: Awaitable[T], deadline: float, options: RelayOption
             return await call
     except TimeoutError:
         raise TaskFailed(_too_long(options)) from None
+
+
+def _may_resend(options: RelayOptions) -> bool:
+    """May a create of unknown fate be sent again (to the same upstream)? A reelq upstream deduplicates
+    on the Idempotency-Key; the Vidu platform and OpenAI-shaped servers have none, so only if the
+    models file says so (`ambiguous_create = "retry"`)."""
+    return options.upstream == "reelq" or options.ambiguous_create == "retry"
+
+
+def _unanswered_create(task_id: str, channel: Channel, why: str) -> TaskFailed:
+    log.warning("task %s: %s did not answer the create (%s); not sent again", task_id, channel.name, why)
+    return TaskFailed(
+        "Upstream did not answer the create; not sent again, so that the video is never paid for twice."
+    )
 
 
 def _too_long(options: RelayOptions) -> str:
