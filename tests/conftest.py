@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -335,6 +334,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _drop_the_template() -> Iterator[None]:
+    """The migrated database this test process copied PostgreSQL databases from, if any
+    (tests/scaled.migrated_template), dropped at the session's end."""
+    yield
+    if scaled_state.TEMPLATE is None:
+        return
+    from sqlalchemy import create_engine, text
+
+    from tests.scaled import POSTGRES_ADMIN_URL
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {scaled_state.TEMPLATE.rsplit('/', 1)[1]} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _scaled_services() -> Iterator[None]:
     """In scaled mode: one moto S3 server and bucket for the session; databases dropped at the end."""
     if not SCALED:
@@ -370,35 +386,9 @@ def _scaled_services() -> Iterator[None]:
 
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        urls = [home_env["REELQ_DATABASE_URL"] for home_env in scaled_state.HOMES.values()]
-        if scaled_state.TEMPLATE is not None:
-            urls.append(scaled_state.TEMPLATE)
-        for url in urls:
+        for url in [home_env["REELQ_DATABASE_URL"] for home_env in scaled_state.HOMES.values()]:
             conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
     admin.dispose()
-
-
-def _migrated_template(admin_url: str) -> str:
-    """The name of a database migrated once by `reelq db upgrade` (the operator's command, in a
-    subprocess), which every scaled home's database is then copied from (CREATE DATABASE ... TEMPLATE):
-    a copy costs PostgreSQL a file copy where a migration costs a Python process and Alembic."""
-    from sqlalchemy import create_engine, make_url, text
-
-    if scaled_state.TEMPLATE is not None:
-        return scaled_state.TEMPLATE.rsplit("/", 1)[1]
-    name = f"reelq_tpl_{os.getpid()}_{time.time_ns() % 10**9}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    url = make_url(admin_url).set(database=name).render_as_string(False)
-    scaled_state.TEMPLATE = url
-    migrate_env = {k: v for k, v in os.environ.items() if not k.startswith("REELQ_")}
-    home = Path(tempfile.mkdtemp(prefix="reelq-template-"))
-    migrate_env.update(REELQ_HOME=str(home), REELQ_DATABASE_URL=url)
-    subprocess.run([*REELQ, "db", "upgrade"], env=migrate_env, check=True, capture_output=True, timeout=120)
-    shutil.rmtree(home, ignore_errors=True)
-    return name
 
 
 def _scaled_home(home: Path) -> dict[str, str]:
@@ -415,7 +405,7 @@ def _scaled_home(home: Path) -> dict[str, str]:
         return found
     tag = hashlib.sha256(f"{home}{time.time_ns()}".encode()).hexdigest()[:12]
     name = f"reelq_t_{tag}"
-    template = _migrated_template(POSTGRES_ADMIN_URL)
+    template = scaled_state.migrated_template()
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))

@@ -6,6 +6,11 @@ Under CI=true a missing PostgreSQL or RabbitMQ fails the test instead of skippin
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -30,16 +35,50 @@ def _unavailable(what: str, exc: BaseException) -> None:
     pytest.skip(f"{what} not reachable: {exc}")
 
 
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the test server (dropped afterwards); yields its SQLAlchemy URL."""
+def migrated_template() -> str:
+    """The name of a database migrated once by `reelq db upgrade` (the operator's command, in a
+    subprocess), which migrated databases are then copied from (CREATE DATABASE ... TEMPLATE): a copy
+    costs PostgreSQL a file copy where a migration costs a Python process and Alembic. One per test
+    process, dropped at the session's end (tests/conftest.py)."""
+    global TEMPLATE
     from sqlalchemy import create_engine, make_url, text
 
+    if TEMPLATE is not None:
+        return TEMPLATE.rsplit("/", 1)[1]
+    name = f"reelq_tpl_{os.getpid()}_{time.time_ns() % 10**9}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        _unavailable("PostgreSQL", exc)
+    finally:
+        admin.dispose()
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+    TEMPLATE = url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELQ_")}
+    home = tempfile.mkdtemp(prefix="reelq-template-")
+    env.update(REELQ_HOME=home, REELQ_DATABASE_URL=url)
+    try:
+        command = [sys.executable, "-m", "reelq", "db", "upgrade"]
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return name
+
+
+@contextmanager
+def fresh_postgres_database(migrated: bool = False) -> Iterator[str]:
+    """A new database on the test server (dropped afterwards); yields its SQLAlchemy URL. Empty, or
+    `migrated`: at the schema's head, as `reelq db upgrade` leaves it (a copy of `migrated_template`)."""
+    from sqlalchemy import create_engine, make_url, text
+
+    template = f" TEMPLATE {migrated_template()}" if migrated else ""
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"reelq_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
+            conn.execute(text(f"CREATE DATABASE {name}{template}"))
     except Exception as exc:
         admin.dispose()
         _unavailable("PostgreSQL", exc)

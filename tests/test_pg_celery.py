@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from reelq.database import TaskStore, make_engine
-from tests.conftest import Server, free_port, reelq_env, run_cli, wait_terminal
+from tests.conftest import Server, create_key, free_port, reelq_env, run_cli, wait_terminal
 from tests.scaled import BROKER_URL, fresh_postgres_database, fresh_queue, purge_queue
 
 pytest.importorskip("celery")
@@ -41,6 +41,14 @@ BODY = {"model": "viduq3-turbo", "prompt": "a scaled task", "duration": 1, "reso
 
 @pytest.fixture
 def database_url() -> Iterator[str]:
+    """A database at the schema's head, as `reelq db upgrade` leaves it (the command itself is tested on
+    `empty_database_url`)."""
+    with fresh_postgres_database(migrated=True) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
     with fresh_postgres_database() as url:
         yield url
 
@@ -62,8 +70,7 @@ def replicas(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Server
     def env(**extra: str) -> dict[str, str]:
         return reelq_env(home, REELQ_DATABASE_URL=database_url, **extra)
 
-    run_cli(home, "db", "upgrade", env=env())
-    key = run_cli(home, "keys", "create", "--name", "scaled", env=env()).stdout.strip().splitlines()[-1]
+    key = create_key(home, "scaled", env=env())
 
     def factory(workers: int = 0, start: bool = True, **extra: str) -> Server:
         server = Server(home=home, port=free_port(), env=env(**extra))
@@ -85,8 +92,8 @@ def _store(database_url: str) -> TaskStore:
 # --- schema ------------------------------------------------------------------------------------------
 
 
-def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path, database_url: str) -> None:
-    env = reelq_env(tmp_path, REELQ_DATABASE_URL=database_url)
+def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path, empty_database_url: str) -> None:
+    env = reelq_env(tmp_path, REELQ_DATABASE_URL=empty_database_url)
     port = str(free_port())
     refused = run_cli(tmp_path, "serve", "--port", port, "--workers", "0", env=env, check=False, timeout=60)
     assert refused.returncode == 2
@@ -107,10 +114,10 @@ def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path, datab
         server.stop(signal.SIGKILL)
 
 
-def test_the_plain_postgresql_url_forms_work(tmp_path: Path, database_url: str) -> None:
+def test_the_plain_postgresql_url_forms_work(tmp_path: Path, empty_database_url: str) -> None:
     """SPEC §5 writes `postgresql://…`; libpq and most hosting panels write `postgres://…`. Both mean
     psycopg 3 (the `postgres` extra), whatever SQLAlchemy would pick for them by itself."""
-    rest = database_url.split("://", 1)[1]
+    rest = empty_database_url.split("://", 1)[1]
     upgraded = run_cli(
         tmp_path, "db", "upgrade", env=reelq_env(tmp_path, REELQ_DATABASE_URL=f"postgres://{rest}")
     )

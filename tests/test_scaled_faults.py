@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from reelq.database import TaskStore, make_engine
-from tests.conftest import Server, free_port, reelq_env, run_cli
+from tests.conftest import Server, create_key, free_port, reelq_env
 from tests.scaled import fresh_postgres_database, private_vhost
 from tests.test_s3 import aws_env
 from tests.videos import decode_frames
@@ -99,7 +99,7 @@ def test_forty_tasks_survive_a_killed_worker_a_broker_reset_and_an_api_restart(
     bucket = f"reelq-{uuid.uuid4().hex[:12]}"
     aws = aws_env(s3_endpoint)
     boto3.client("s3", **_client_args(aws)).create_bucket(Bucket=bucket)
-    with fresh_postgres_database() as database_url, private_vhost() as broker_url:
+    with fresh_postgres_database(migrated=True) as database_url, private_vhost() as broker_url:
         home = tmp_path / "home"
         home.mkdir()
         env = reelq_env(
@@ -115,8 +115,7 @@ def test_forty_tasks_survive_a_killed_worker_a_broker_reset_and_an_api_restart(
             REELQ_QUEUED_REDISPATCH_SECONDS="2",
             **aws,
         )
-        run_cli(home, "db", "upgrade", env=env)
-        key = run_cli(home, "keys", "create", "--name", "faults", env=env).stdout.strip().splitlines()[-1]
+        key = create_key(home, "faults", env=env)
         node = Server(home=home, port=free_port(), env=env, keys=[key])  # API + 2 render workers
         api = Server(home=home, port=free_port(), env=env, keys=[key])  # a second API replica
         watcher = Watcher([node, api], key)

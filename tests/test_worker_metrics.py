@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REELQ, Server, free_port, reelq_env, run_cli, wait_terminal
+from tests.conftest import REELQ, Server, create_key, free_port, reelq_env, run_cli, wait_terminal
 from tests.test_hardening import wait_for
 from tests.test_metrics import Samples, scrape_url, value
 
@@ -182,13 +182,12 @@ def celery_server(tmp_path: Path) -> Iterator[Server]:
     pytest.importorskip("celery")
     from tests.scaled import BROKER_URL, fresh_postgres_database, fresh_queue
 
-    with fresh_postgres_database() as url, fresh_queue() as queue:
+    with fresh_postgres_database(migrated=True) as url, fresh_queue() as queue:
         home = tmp_path / "celery-home"
         home.mkdir()
         env = reelq_env(home, REELQ_DATABASE_URL=url, REELQ_BROKER_URL=BROKER_URL, REELQ_QUEUE=queue)
-        run_cli(home, "db", "upgrade", env=env)
         server = Server(home=home, port=free_port(), env=env)
-        server.keys.append(run_cli(home, "keys", "create", env=env).stdout.strip().splitlines()[-1])
+        server.keys.append(create_key(home, env=env))
         server.start(workers=0)
         try:
             yield server

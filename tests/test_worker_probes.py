@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests import test_hardening
-from tests.conftest import Server, free_port, reelq_env, run_cli
+from tests.conftest import Server, free_port, reelq_env
 from tests.test_hardening import fill, wait_for
 from tests.test_worker_metrics import Worker
 
@@ -208,13 +208,12 @@ def test_readyz_says_when_the_database_is_unreachable(
 
     from tests.scaled import fresh_postgres_database
 
-    with fresh_postgres_database() as direct:
+    with fresh_postgres_database(migrated=True) as direct:
         url = make_url(direct)
         relay = Relay((url.host or "127.0.0.1", url.port or 5432))
         relayed = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
         home = tmp_path / "home"
         home.mkdir()
-        run_cli(home, "db", "upgrade", env=reelq_env(home, REELQ_DATABASE_URL=direct))
         worker = node(home, REELQ_DATABASE_URL=relayed)
         wait_ready(worker)
         if failure == "cut":
