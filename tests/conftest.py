@@ -270,8 +270,14 @@ def is_our_video_url(server: Server, task_id: str, url: str) -> bool:
 
 def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
+    body: dict = {}
     while time.monotonic() < deadline:
-        body = client.get(f"/v1/result/{task_id}").json()
+        try:
+            body = client.get(f"/v1/result/{task_id}").json()
+        except httpx.RemoteProtocolError:
+            # The server closed the kept-alive connection as this read went out on it (a client
+            # stalled past uvicorn's keep-alive on a loaded machine): read again, as any client would.
+            continue
         if body["status"] in ("completed", "failed"):
             return body
         time.sleep(0.1)

@@ -98,7 +98,7 @@ def submit(server: Server, poller: Poller, count: int, prompt: str = "fault dril
     return ids
 
 
-def wait_processing(server: Server, minimum: int = 1, timeout: float = 30) -> None:
+def wait_processing(server: Server, minimum: int = 1, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         n = server.query("SELECT count(*) FROM tasks WHERE status = 'processing'")[0][0]

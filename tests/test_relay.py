@@ -269,16 +269,14 @@ def test_vidu_429_retry_after_and_5xx(vidu_relay: Callable[..., Server], fake_vi
 
 @pytest.mark.scaled  # an accepted callback reaches the relay worker through the backend's notifications
 def test_vidu_signed_callbacks(vidu_relay: Callable[..., Server], fake_vidu: FakeVidu) -> None:
-    # Polls are 120 s apart: only an accepted callback can finish the task within the 30 s bound below
-    # (a 4x margin from the first poll, so a slow machine cannot fail it); the read count says the same.
-    server = vidu_relay(public=True, poll_initial=120, poll_max=120)
+    # Polls are 600 s apart: only an accepted callback can finish the task within wait_terminal's bound
+    # (a slow machine's start-up fits in it many times over); the read count says the same.
+    server = vidu_relay(public=True, poll_initial=600, poll_max=600)
     with server.client() as client:
-        created = time.monotonic()
         task_id = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "call me"}).json()[
             "id"
         ]
-        body = wait_terminal(client, task_id, timeout=60)
-        assert time.monotonic() - created < 30
+        body = wait_terminal(client, task_id, timeout=240)
     check_our_video(server, client, body)
     call = fake_vidu.create_calls[0]
     assert call["callback_url"] == f"{server.base_url}/callbacks/vidu/{task_id}"
@@ -315,7 +313,7 @@ def test_vidu_kill_9_while_waiting_creates_once(
         task_id = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "survive"}).json()[
             "id"
         ]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # a bound on a slow start, not an expectation
         while row(server, task_id)["upstream_id"] is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert row(server, task_id)["upstream_id"] is not None
@@ -350,7 +348,7 @@ def test_reelq_upstream_full_chain_and_kill_9(make_server: Callable[..., Server]
                 "last_image": last,
             },
         ).json()["id"]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # a bound on a slow start, not an expectation
         while row(front, task_id)["upstream_id"] is None and time.monotonic() < deadline:
             time.sleep(0.05)
         upstream_id = row(front, task_id)["upstream_id"]
@@ -420,7 +418,7 @@ def test_an_owners_cancel_stops_the_upstream_generation_too(
         task_id = client.post("/v1/vidu/videos", json={"model": "viduq3-pro", "prompt": "never mind"}).json()[
             "id"
         ]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # a bound on a slow start, not an expectation
         while row(front, task_id)["upstream_id"] is None and time.monotonic() < deadline:
             time.sleep(0.05)
         upstream_id = row(front, task_id)["upstream_id"]
