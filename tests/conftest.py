@@ -14,9 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import prometheus_client.values
 import pytest
 
 from tests import scaled as scaled_state
+
+# prometheus-client picks its value class once, at import, from PROMETHEUS_MULTIPROC_DIR: imported
+# first while a test had set it (test_fair_probes' node endpoint), every later metric of this test
+# process would be a multiprocess one with no directory, and the in-process servers' counters would
+# raise. Imported here, with the environment the test process started with, as `reelq serve` does.
+assert prometheus_client.values.ValueClass is not None
 
 REELQ = [sys.executable, "-m", "reelq"]
 

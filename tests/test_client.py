@@ -213,7 +213,7 @@ def server() -> Iterator[StandIn]:
     runner = uvicorn.Server(config)
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not runner.started:
         assert thread.is_alive() and time.monotonic() < deadline, "stand-in server did not start"
         time.sleep(0.01)

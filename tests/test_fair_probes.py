@@ -72,8 +72,8 @@ def test_a_trickled_request_is_cut_at_its_deadline(
 
     threading.Thread(target=trickle, daemon=True).start()
     try:
-        # The handler's whole-request deadline is 1 s here; 15 s is far beyond it however loaded.
-        assert _closed_by_server(sock, time.monotonic() + 15)
+        # The handler's whole-request deadline is 1 s here; 60 s is far beyond it however loaded.
+        assert _closed_by_server(sock, time.monotonic() + 60)
     finally:
         stop.set()
         sock.close()

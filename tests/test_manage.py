@@ -135,7 +135,7 @@ def test_cancel_a_rendering_task_frees_its_worker(make_app_server) -> None:  # t
         # the bound only rules out rendering the two minutes out (4x), so a slow machine cannot fail it.
         wait_status(client, waiting["id"], "processing", timeout=60)
         assert time.monotonic() - cancelled_at < 30
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while temp_files(server, rendering["id"]):  # its partial file is removed
             assert time.monotonic() < deadline, temp_files(server, rendering["id"])
             time.sleep(0.05)

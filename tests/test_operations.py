@@ -23,12 +23,12 @@ def test_finished_tasks_are_purged_after_retention(make_app_server) -> None:  # 
         task = client.post("/v1/vidu/videos", json=BODY).json()
         done = wait_terminal(client, task["id"])
         assert done["status"] == "completed"
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while client.get(f"/v1/result/{task['id']}").status_code != 404:
             assert time.monotonic() < deadline, "task was never purged"
             time.sleep(0.2)
     # The sweeper deletes the purged rows' videos just after the purge commits: wait for that too.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while server.stored_videos(task["id"]):
         assert time.monotonic() < deadline, "the purged task's video was never deleted"
         time.sleep(0.2)
