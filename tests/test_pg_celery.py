@@ -16,26 +16,14 @@ import httpx
 import pytest
 
 from reelq.database import TaskStore, make_engine
+from reelq.database.db import migrations_head
 from tests.conftest import Server, create_key, free_port, reelq_env, run_cli, wait_terminal
 from tests.scaled import BROKER_URL, fresh_postgres_database, fresh_queue, purge_queue
 
 pytest.importorskip("celery")
 
 
-def _head() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from reelq.database.db import MIGRATIONS_DIR
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
-    assert head is not None
-    return head
-
-
-HEAD = _head()
+HEAD = migrations_head()
 BODY = {"model": "viduq3-turbo", "prompt": "a scaled task", "duration": 1, "resolution": "540p"}
 
 

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from reelq.database import NewTask, QuotaExceeded, Quotas, TaskStore, make_engine, migrate
+from reelq.database.db import SCHEMA_HEAD, migrations_head
 from reelq.domain import Status
 
 POSTGRES_URL = os.environ.get("REELQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -65,6 +66,13 @@ def new(prompt: str = "a store test", **extra: object) -> NewTask:
         **extra,
     }
     return NewTask(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.unit
+def test_the_schema_head_every_start_compares_with_is_the_migrations_head() -> None:
+    # Starts read SCHEMA_HEAD instead of importing Alembic to read the folder: a new migration
+    # must move it too.
+    assert migrations_head() == SCHEMA_HEAD
 
 
 def test_claim_is_exclusive_and_ordered(store: TaskStore) -> None:
