@@ -94,7 +94,8 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         if not inspect(conn).has_table(ALEMBIC_VERSION_TABLE):
             return None
-        rows = sorted(conn.execute(text(f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}")).scalars())
+        query = text(f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}")
+        rows: list[str] = sorted(conn.execute(query).scalars())
     return ", ".join(rows) if rows else None
 
 
