@@ -232,7 +232,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def make_app_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """make_server's in-process tier (tests/harness.py): the same factory and Server interface, the
-    node on threads of this process; `reelq serve` itself when REELQ_TEST_SCALED=1."""
+    node on threads of this process (scaled out with REELQ_TEST_SCALED=1, Celery workers on threads)."""
     from tests.harness import AppServer
 
     servers: list[Server] = []
@@ -391,6 +391,9 @@ def _scaled_services() -> Iterator[None]:
         region_name="us-east-1",
     ).create_bucket(Bucket="reelq-scaled")
     scaled_state.ENV.update(aws, REELQ_BROKER_URL=BROKER_URL, REELQ_REDIS_URL="redis://127.0.0.1:6379/0")
+    # The in-process nodes' S3 clients (tests/harness.py) find their endpoint and credentials in this
+    # process's environment, as a `reelq serve` finds them in its own: the same for every node here.
+    os.environ.update(aws)
     yield
     server.stop()
     from sqlalchemy import create_engine, text

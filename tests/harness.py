@@ -8,9 +8,11 @@ stored_videos()), so a contract test switches tiers by its fixture alone. What i
   ASGI transport, because the contract tests long-poll, stream SSE and drive the `openai` SDK
   and `reelq.client` synchronously; an in-process ASGI client is `AppServer.asgi_client()`;
 - render workers: `worker/process.py`'s `worker_loop` on threads (the loop the processes run,
-  drained through its `stop` event), woken by the same doorbells;
-- the sweeper: `Supervisor.sweep_once` (the supervisor's own sweep) on a thread, with no
-  processes spawned;
+  drained through its `stop` event), woken by the same doorbells; with REELQ_TEST_SCALED=1
+  (PostgreSQL, RabbitMQ, S3, Redis) Celery render workers on threads instead (`CeleryThreadWorker`:
+  `worker/celery.py`'s app and task, woken by the API's published messages);
+- the sweeper: `Supervisor.sweep_once` (the supervisor's own sweep, and scaled out its reconciler)
+  on a thread, with no processes spawned;
 - webhooks: the `WebhookDeliverer` of `reelq serve`.
 
 Keys are made with the store directly (`store_key`, for the process tier's servers too), not a
@@ -18,9 +20,9 @@ Keys are made with the store directly (`store_key`, for the process tier's serve
 
 What it does not run, and so what stays in the process tier (`make_server`): kill -9 and signals,
 the supervisor's restarts, the connection guard's limits measured on a real process, the relay
-worker process, Celery, probes, /metrics from worker processes, and the server's log. With
-REELQ_TEST_SCALED=1 an AppServer starts `reelq serve` as a process (PostgreSQL, Celery, S3, Redis
-need their worker processes), so a test marked `scaled` proves the same behaviour in both modes.
+worker process, Celery's worker processes (their start-up, signals and prefetch across processes),
+probes, /metrics from worker processes, and the server's log. A test marked `scaled` runs on the
+same node in both modes, so it proves the same behaviour on either backend.
 """
 
 from __future__ import annotations
@@ -75,6 +77,68 @@ def store_key(env: dict[str, str], name: str) -> str:
         engine.dispose()
 
 
+class CeleryThreadWorker:
+    """A Celery render worker on a thread: what `reelq.worker.celery.worker_main` runs in a worker
+    process (the same app and task, `render_app`; solo pool, one message at a time, no gossip,
+    mingle or heartbeat), minus the process: its consumer runs Celery's blocking loop
+    (`use_eventloop=False`), because the event loop's hub is one per process and every worker here
+    shares this one. Stopped alone (`request_stop`): Celery's own test worker stops through a flag
+    that would stop every worker of the process."""
+
+    def __init__(self, settings: Any, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.ready = threading.Event()
+        self.ctx: Any = None
+        self.worker: Any = None
+
+    def run(self) -> None:
+        import socket
+
+        from reelq.dispatch.broker import worker_queues
+        from reelq.worker.bootstrap import render_context
+        from reelq.worker.celery import render_app
+
+        self.ctx = render_context(self.settings, self.name, hard_stop=None)
+        app = render_app(self.settings, self.ctx)
+        # Celery runs a message's task by name from the current app, which is per thread: this one's.
+        app.set_current()
+        self.worker = app.WorkController(
+            pool="solo",
+            concurrency=1,
+            prefetch_multiplier=1,
+            queues=worker_queues(self.settings),
+            hostname=f"{self.name}@{socket.gethostname()}",
+            loglevel=self.settings.log_level,
+            without_gossip=True,
+            without_mingle=True,
+            without_heartbeat=True,
+            use_eventloop=False,
+            ready_callback=lambda _consumer: self.ready.set(),
+        )
+        try:
+            self.worker.start()
+        finally:
+            self.ready.set()  # a worker that failed to start must not hold up start() either
+            self.ctx.store.engine.dispose()
+
+    def request_stop(self) -> None:
+        """Hand back the render in flight (REELQ_DRAIN_SECONDS; 0 under AppServer), then a warm stop
+        run by the worker's own thread: its consumer's next loop (within Celery's 2 s read timeout)
+        raises WorkerShutdown, as Celery's own flag would. A stop from this thread instead would
+        read the broker's answers on the socket the worker's thread is reading (a deadlock)."""
+        from celery.exceptions import WorkerShutdown
+
+        def shut_down() -> None:
+            raise WorkerShutdown(0)
+
+        self.ready.wait(60)
+        if self.ctx is not None:
+            self.ctx.start_drain()
+        if self.worker is not None and self.worker.consumer is not None:
+            self.worker.consumer.call_soon(shut_down)
+
+
 class ShiftedTime:
     """The `time` module as reelq's modules see it under an `AppServer`: wall-clock time moved
     forward by `offset` (link expiry, leases, the sweeper's cutoffs, retention), everything else
@@ -112,6 +176,8 @@ class AppServer(Server):
     settings: Any = None
     clock: ShiftedTime = field(default_factory=ShiftedTime)
     _patched: list[Any] = field(default_factory=list)
+    _celery: list[CeleryThreadWorker] = field(default_factory=list)
+    _sweeper: Any = None
 
     def _settings(self, **overrides: Any) -> Any:
         from reelq.config import load_settings
@@ -120,9 +186,6 @@ class AppServer(Server):
             return load_settings(**overrides)
 
     def start(self, workers: int = 2, timeout: float = 30) -> None:
-        if SCALED:
-            super().start(workers=workers, timeout=timeout)
-            return
         import uvicorn
 
         from reelq.api import create_asgi
@@ -131,7 +194,6 @@ class AppServer(Server):
         from reelq.cli import _webhook_link_base
         from reelq.dispatch.supervisor import Supervisor
         from reelq.webhooks.delivery import WebhookDeliverer
-        from reelq.worker.process import worker_loop
 
         # A test's end stops the node at once, as the kill of `reelq serve` does: a render still in
         # flight is handed back rather than waited for (drain semantics are the process tier's).
@@ -158,18 +220,30 @@ class AppServer(Server):
         self._capture_log(settings.log_level)
         self._spawn(self._uvicorn.run, "api")
         for i in range(workers):
-            self._spawn(lambda i=i: worker_loop(settings, f"w{i}", self._stop_workers), f"w{i}")
-        # The supervisor's sweep (leases, retries, link expiry, retention, stale queued rows); its
-        # workers are the threads above, so it is never started.
-        sweeper = Supervisor(settings, 0)
-        self._spawn(lambda: self._sweep(sweeper), "sweeper")
+            self._start_worker(f"w{i}")
+        # The supervisor's sweep (leases, retries, link expiry, retention, stale queued rows, and
+        # with a broker the reconciler's re-publishing); its workers are the threads above, so it is
+        # never started.
+        self._sweeper = Supervisor(settings, 0)
+        self._spawn(lambda: self._sweep(self._sweeper), "sweeper")
         self._deliverer.start()
         deadline = time.monotonic() + timeout
-        while not self._uvicorn.started:
+        while not self._uvicorn.started or not all(w.ready.is_set() for w in self._celery):
             if not self._threads[0].is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the in-process API did not start")
+                raise RuntimeError("the in-process node did not start")
             time.sleep(0.01)
+
+    def _start_worker(self, name: str) -> None:
+        """One render worker on a thread: the doorbell loop, or with a broker a Celery worker."""
+        from reelq.worker.process import worker_loop
+
+        if not self.settings.broker_url:
+            self._spawn(lambda: worker_loop(self.settings, name, self._stop_workers), name)
+            return
+        worker = CeleryThreadWorker(self.settings, f"{name}-{self.port}")
+        self._celery.append(worker)
+        self._spawn(worker.run, name)
 
     def _capture_log(self, level: str) -> None:
         """The node's log lines into a file, as `reelq serve`'s go to its output: `log()` reads them.
@@ -209,6 +283,8 @@ class AppServer(Server):
             except Exception:
                 if not self._stop_sweeper.is_set():
                     raise
+        if supervisor.reconciler is not None:
+            supervisor.reconciler.publisher.close()
         supervisor.store.engine.dispose()
 
     def advance(self, seconds: float) -> None:
@@ -237,8 +313,6 @@ class AppServer(Server):
         return httpx.AsyncClient(transport=transport, base_url=self.base_url, headers=headers, timeout=30)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
-        if SCALED:
-            return super().stop(sig, timeout)
         if not self._threads:
             return None
         # As `reelq serve` stops: the API drains (held long-polls answer), then the workers.
@@ -246,6 +320,9 @@ class AppServer(Server):
         self._threads[0].join(timeout)
         self._deliverer.stop()
         self._stop_workers.set()
+        for worker in self._celery:
+            worker.request_stop()  # their threads end within a couple of seconds: joined below
+        self._celery = []
         self._stop_sweeper.set()
         for thread in self._threads[1:]:
             thread.join(timeout)

@@ -185,6 +185,46 @@ def test_a_render_without_disk_space_is_handed_back(
     engine.dispose()
 
 
+@pytest.mark.service
+def test_the_attempt_that_completes_removes_the_file_a_killed_attempt_left(tmp_path: Path) -> None:
+    # A worker killed between committing its attempt's video and completing the task left that file,
+    # which nothing serves or expires; the lease brings the task back, and the attempt that completes
+    # removes it (the scaled fault drill saw it as a second object in the bucket).
+    settings = load_settings(home=tmp_path / "home")
+    settings.home_dir.mkdir()
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    store = TaskStore(engine)
+    new = NewTask(
+        model="viduq3-turbo", prompt="a killed commit", duration=1, aspect_ratio="16:9", resolution="540p"
+    )
+    row, _ = store.create_task(store.ensure_local_key(), new)
+    storage = LocalStorage(settings.videos_dir)
+    first = store.claim_next("killed-worker", 0.01)
+    assert first is not None and first.attempts == 1
+    temp = storage.temp_path(first.id, "killed-worker")
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(b"attempt one's video")
+    orphan = storage.commit(temp, first.id, first.attempts)  # ... and the worker dies here
+    time.sleep(0.05)  # past the 10 ms lease
+    assert store.sweep(settings.max_attempts, settings.queued_redispatch_seconds).requeued == [row.id]
+    ctx = WorkerContext(
+        settings=settings,
+        store=store,
+        storage=storage,
+        engines=build_engines(settings),
+        worker_id=make_worker_id("t"),
+    )
+    second = store.claim_next(ctx.worker_id, 30)
+    assert second is not None and second.attempts == 2
+    assert run_task(ctx, second) == Outcome.COMPLETED
+    done = store.get_task(row.id)
+    assert done is not None and done.video_key == f"{row.id}-2.mp4"
+    assert not storage.path(orphan).exists()
+    assert sorted(p.name for p in settings.videos_dir.glob("*.mp4")) == [done.video_key]
+    engine.dispose()
+
+
 # The SQLite file and the videos share the API's disk; scaled out, neither PostgreSQL nor S3 is on it (the
 # workers' temporary renders on a full disk: test_a_render_without_disk_space_is_handed_back).
 # The in-process node (tests/harness.py): the API, its worker and the checks of the disk are the same code

@@ -2,7 +2,7 @@
 with `executable_path`; nothing is downloaded): paste a key, submit a real task with an uploaded
 first image, watch it complete over server-sent events, play it, cancel and delete another. The
 node serving the page is the in-process one (tests/harness.py: the same app, workers and sweeper on
-threads; `reelq serve` itself when REELQ_TEST_SCALED=1): nothing here is about processes. The
+threads, scaled out with REELQ_TEST_SCALED=1): nothing here is about processes. The
 run with REELQ_UPDATE_SCREENSHOT=1 saves docs/screenshot.png, which docs/api.md shows (otherwise the
 screenshot goes to the test's temporary directory: a test run leaves the checkout as it found it).
 

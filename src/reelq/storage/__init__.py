@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reelq.storage.base import Storage
+from reelq.storage.base import Storage, video_key
 from reelq.storage.local import LocalStorage
 
 if TYPE_CHECKING:
@@ -21,4 +21,4 @@ def build_storage(settings: Settings) -> Storage:
     return LocalStorage(settings.videos_dir)
 
 
-__all__ = ["LocalStorage", "Storage", "build_storage"]
+__all__ = ["LocalStorage", "Storage", "build_storage", "video_key"]

@@ -16,6 +16,12 @@ from typing import Protocol
 TEMP_SUFFIX = ".part"
 
 
+def video_key(task_id: str, attempt: int) -> str:
+    """An attempt's video's key, in every storage: the attempt in it, so a late worker that lost its
+    lease never replaces the file of the attempt that won (it deletes its own file instead)."""
+    return f"{task_id}-{attempt}.mp4"
+
+
 def _safe_name(worker: str) -> str:
     return worker.replace("/", "_").replace(":", "_")
 

@@ -10,7 +10,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from reelq.storage.base import TempFiles
+from reelq.storage.base import TempFiles, video_key
 
 # Free space below which a filesystem counts as full for readiness: a render or a few thousand task rows
 # need more than this, and an operator needs the warning before the last byte goes.
@@ -56,12 +56,8 @@ class LocalStorage(TempFiles):
 
     # ---- files ------------------------------------------------------------------------------
     def commit(self, temp: Path, task_id: str, attempt: int) -> str:
-        """Move a finished render into place; returns its storage key.
-
-        The key carries the attempt so a late worker that lost its lease never replaces
-        the file of the attempt that won (it deletes its own file instead).
-        """
-        key = f"{task_id}-{attempt}.mp4"
+        """Move a finished render into place; returns its storage key (`video_key`)."""
+        key = video_key(task_id, attempt)
         with open(temp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temp, self.root / key)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from reelq.storage.base import TempFiles
+from reelq.storage.base import TempFiles, video_key
 
 log = logging.getLogger("reelq.storage")
 
@@ -101,7 +101,7 @@ class S3Storage(TempFiles):
     # ---- videos -----------------------------------------------------------------------------
     def commit(self, temp: Path, task_id: str, attempt: int) -> str:
         """Upload a finished render (multipart when large) and delete the local file; its storage key."""
-        key = f"{task_id}-{attempt}.mp4"
+        key = video_key(task_id, attempt)
         self._client.upload_file(
             str(temp),
             self.bucket,

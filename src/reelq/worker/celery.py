@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reelq.config import Settings
 from reelq.dispatch.broker import TASK_NAME, make_app, worker_queues
@@ -21,23 +21,34 @@ from reelq.engines import unrendered_models
 from reelq.worker.bootstrap import end_worker_process, render_context
 from reelq.worker.context import WorkerContext
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger("reelq.dispatch")
 
-_context: WorkerContext | None = None
-_relayed: frozenset[str] = frozenset()  # every model this worker does not render (relayed, other pools)
+
+def render_app(settings: Settings, ctx: WorkerContext) -> Celery:
+    """The Celery app of one render worker: `reelq.run` bound to this worker's context."""
+    relayed = frozenset(unrendered_models(settings))  # what it does not render (relayed, other pools)
+    app = make_app(settings)
+
+    def run(task_id: str) -> str:
+        return _run_message(ctx, relayed, task_id)
+
+    # Not shared: a shared task is added to every Celery app the process makes, so a second worker's
+    # app (several on threads of one process, tests/harness.py) would run the first one's context.
+    app.task(name=TASK_NAME, ignore_result=True, shared=False)(run)
+    return app
 
 
-def _run_message(task_id: str) -> str:
+def _run_message(ctx: WorkerContext, relayed: frozenset[str], task_id: str) -> str:
     """One message: claim that row (or nothing) and run it; what happened, for the log."""
-    ctx = _context
-    if ctx is None:  # pragma: no cover - only if someone runs the task outside `worker_main`
-        raise RuntimeError("reelq.run executes only in a reelq render worker")
     if ctx.draining.is_set():
         # Shutting down: leave the row queued (the reconciler re-publishes it) rather than start a render.
         return "draining"
     # The message only wakes this worker: it claims the fairest task (SPEC §6 fair share), not the
     # message's. Every create sends one message, so each queued task still has a wake-up of its own.
-    task = ctx.store.claim_next(ctx.worker_id, ctx.settings.lease_seconds, exclude_models=_relayed)
+    task = ctx.store.claim_next(ctx.worker_id, ctx.settings.lease_seconds, exclude_models=relayed)
     if task is None:
         return "not queued"  # someone else claimed it, it finished, or it is not ours to render
     from reelq.worker.run import run_task
@@ -49,11 +60,10 @@ def _run_message(task_id: str) -> str:
 
 def worker_main(settings: Settings, name: str) -> None:
     """Run one Celery render worker in this process (solo pool: the render runs on its main thread)."""
-    global _context, _relayed
     from celery.signals import worker_shutting_down
 
     ctx = render_context(settings, name, hard_stop=end_worker_process)
-    _context, _relayed = ctx, frozenset(unrendered_models(settings))
+    app = render_app(settings, ctx)
     mark_models_loaded(settings)  # the engines above loaded their models: readiness may count this one
 
     def _drain(**_: Any) -> None:
@@ -62,8 +72,6 @@ def worker_main(settings: Settings, name: str) -> None:
         ctx.start_drain()
 
     worker_shutting_down.connect(_drain, weak=False)
-    app = make_app(settings)
-    app.task(name=TASK_NAME, ignore_result=True)(_run_message)
     queues = ",".join(worker_queues(settings))
     log.info("celery render worker %s ready on queue %s", ctx.worker_id, queues)
     app.worker_main(

@@ -3,7 +3,8 @@ relayed task's re-hosted download (worker/relay.py) end the same way.
 
 probe (frames, duration) -> price -> commit into storage under the attempt's key -> conditional
 complete, which charges the key and queues the webhook in the same transaction
-(database/lifecycle.py `complete`) -> on a lost lease, the attempt's file is deleted.
+(database/lifecycle.py `complete`) -> on a lost lease, the attempt's file is deleted; on a complete,
+the files earlier attempts may have left (a worker killed between its commit and its complete).
 
 The steps are two calls, `store_video` then `settle_video`, because a render worker commits under its
 heartbeat (a long upload keeps the lease, a full disk hands the task back) and completes after it.
@@ -11,6 +12,7 @@ heartbeat (a long upload keeps the lease, a full disk hands the task back) and c
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,9 @@ from reelq.config import Settings
 from reelq.database import TaskRow, TaskStore
 from reelq.engines.base import RenderError
 from reelq.media import Probe, probe
-from reelq.storage import Storage
+from reelq.storage import Storage, video_key
+
+log = logging.getLogger("reelq.worker")
 
 
 class EmptyVideo(RenderError):
@@ -54,7 +58,19 @@ def settle_video(
 ) -> bool:
     """Complete the task if this worker still owns it; False (and the file deleted) when it does not."""
     if store.complete(task.id, worker_id, video.key, video.duration, video.tokens):
+        _remove_earlier_attempts(storage, task)
         return True
     # Someone else owns the task now: this attempt's file must never be served.
     storage.delete(video.key)
     return False
+
+
+def _remove_earlier_attempts(storage: Storage, task: TaskRow) -> None:
+    """A worker killed after committing its attempt's file and before completing left that file,
+    which nothing serves or expires: the attempt that completes removes every earlier one's (best
+    effort: the task is complete whatever happens here)."""
+    for attempt in range(1, task.attempts):
+        try:
+            storage.delete(video_key(task.id, attempt))
+        except Exception as exc:
+            log.warning("task %s: attempt %d's file not removed (%s)", task.id, attempt, exc)
