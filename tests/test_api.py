@@ -215,7 +215,7 @@ def test_data_uri_image_is_checked_at_create(app_server: Server) -> None:
     ],
 )
 def test_auth_failures_are_401_with_www_authenticate(app_server: Server, headers: dict) -> None:
-    with httpx.Client(base_url=app_server.base_url, headers=headers) as client:
+    with httpx.Client(base_url=app_server.base_url, headers=headers, timeout=60) as client:
         for response in (
             client.post("/v1/vidu/videos", json=GOOD),
             client.get("/v1/result/video_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"),
@@ -274,12 +274,12 @@ def test_unknown_routes_and_methods_use_the_envelope(app_server: Server) -> None
 
 @pytest.mark.scaled
 def test_health_and_readiness(app_server: Server) -> None:
-    assert httpx.get(app_server.base_url + "/healthz").json() == {"status": "ok"}
-    assert httpx.get(app_server.base_url + "/readyz").status_code == 200
+    assert httpx.get(app_server.base_url + "/healthz", timeout=60).json() == {"status": "ok"}
+    assert httpx.get(app_server.base_url + "/readyz", timeout=60).status_code == 200
 
 
 def test_openapi_document_is_served(app_server: Server) -> None:
-    doc = httpx.get(app_server.base_url + "/openapi.json").json()
+    doc = httpx.get(app_server.base_url + "/openapi.json", timeout=60).json()
     assert "/v1/vidu/videos" in doc["paths"] and "/v1/result/{task_id}" in doc["paths"]
 
 
@@ -301,10 +301,10 @@ def test_root_path_serves_both_spellings(make_app_server) -> None:  # type: igno
         assert done and done["status"] == "completed"
         # Read under the prefix, the link is under the prefix too, and it downloads.
         assert done["video_url"].startswith(server.base_url + "/kyyReactApiServer/v1/files/")
-        assert httpx.get(done["video_url"]).status_code == 200
+        assert httpx.get(done["video_url"], timeout=60).status_code == 200
         plain = client.get(f"/v1/result/{task_id}").json()["video_url"]
         assert plain.startswith(server.base_url + "/v1/files/")
-        assert httpx.get(plain).status_code == 200
+        assert httpx.get(plain, timeout=60).status_code == 200
 
 
 @pytest.mark.scaled
@@ -398,7 +398,7 @@ def test_usage_adds_up_what_each_key_was_charged(make_app_server) -> None:  # ty
         assert client.get("/v1/usage", params={"until": "2000-01-01"}).json()["totalTokens"] == 0
         assert_error(client.get("/v1/usage", params={"since": "yesterday"}), 400, "since")
         assert other.get("/v1/usage").json()["totalTokens"] == 0  # one key never sees another's usage
-    with httpx.Client(base_url=server.base_url) as anon:
+    with httpx.Client(base_url=server.base_url, timeout=60) as anon:
         assert_error(anon.get("/v1/usage"), 401)
 
 

@@ -288,15 +288,15 @@ def test_custom_blocked_terms(make_app_server) -> None:  # type: ignore[no-untyp
 def test_range_head_and_signatures(app_server: Server) -> None:
     done, data = render(app_server)
     url = done["video_url"]
-    part = httpx.get(url, headers={"Range": "bytes=100-199"})
+    part = httpx.get(url, headers={"Range": "bytes=100-199"}, timeout=60)
     assert part.status_code == 206
     assert part.content == data[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
-    head = httpx.head(url)
+    head = httpx.head(url, timeout=60)
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["content-length"]) == len(data)
     assert head.headers["accept-ranges"] == "bytes"
-    tail = httpx.get(url, headers={"Range": "bytes=-10"})
+    tail = httpx.get(url, headers={"Range": "bytes=-10"}, timeout=60)
     assert tail.status_code == 206 and tail.content == data[-10:]
 
     parts = urlsplit(url)
@@ -309,20 +309,21 @@ def test_range_head_and_signatures(app_server: Server) -> None:
         {"expires": query["expires"]},
         {},
     ):
-        assert_error(httpx.get(f"{base}?{urlencode(bad)}"), 403)
+        assert_error(httpx.get(f"{base}?{urlencode(bad)}", timeout=60), 403)
     other_id = done["id"][:-1] + ("0" if done["id"][-1] != "0" else "1")
-    assert_error(httpx.get(f"{parts.scheme}://{parts.netloc}/v1/files/{other_id}.mp4?{parts.query}"), 403)
+    other = f"{parts.scheme}://{parts.netloc}/v1/files/{other_id}.mp4?{parts.query}"
+    assert_error(httpx.get(other, timeout=60), 403)
 
 
 @pytest.mark.embedded_only  # local files (S3 expiry: tests/test_s3.py)
 def test_links_expire_and_files_are_swept(make_app_server) -> None:  # type: ignore[no-untyped-def]
     server = make_app_server(workers=1, REELQ_VIDEO_URL_TTL="3600", REELQ_SWEEP_INTERVAL="0.3")
     done, _ = render(server)
-    assert httpx.get(done["video_url"]).status_code == 200
+    assert httpx.get(done["video_url"], timeout=60).status_code == 200
     videos = server.home / "videos"
     assert [p.name for p in videos.glob("*.mp4")]
     server.advance(3601)  # the node's clock (tests/harness.py), not a sleep past the TTL
-    assert_error(httpx.get(done["video_url"]), 410)
+    assert_error(httpx.get(done["video_url"], timeout=60), 410)
     deadline = time.monotonic() + 60
     while list(videos.glob("*.mp4")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -392,5 +393,5 @@ def wait_for_worker_pids(server: Server, count: int, timeout: float = 20) -> lis
 
 def test_video_sha_stable_across_downloads(app_server: Server) -> None:
     done, data = render(app_server, seed=11)
-    again = httpx.get(done["video_url"]).content
+    again = httpx.get(done["video_url"], timeout=60).content
     assert hashlib.sha256(data).hexdigest() == hashlib.sha256(again).hexdigest()

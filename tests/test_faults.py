@@ -115,7 +115,7 @@ def assert_one_valid_video_each(server: Server, ids: list[str]) -> None:
             assert task["status"] == "completed", task
             stored = server.stored_videos(f"{task_id}-")
             assert len(stored) == 1, list(stored)  # one video per task, whatever was retried
-            served = httpx.get(task["video_url"]).content
+            served = httpx.get(task["video_url"], timeout=60).content
             assert served == next(iter(stored.values()))
             with av.open(io.BytesIO(served)) as container:
                 assert sum(1 for _ in container.decode(video=0)) == 24

@@ -41,7 +41,7 @@ def test_non_ascii_signature_is_403_without_a_traceback(app_server: Server, sign
     before = app_server.log()
     path = f"/v1/files/video_{uuid.uuid4()}.mp4?expires=4102444800&signature={signature}"
     for method in ("GET", "HEAD"):
-        response = httpx.request(method, f"{app_server.base_url}{path}")
+        response = httpx.request(method, f"{app_server.base_url}{path}", timeout=60)
         assert response.status_code == 403
         if method == "GET":
             assert assert_error(response, 403, None)["code"] == "invalid_signature"

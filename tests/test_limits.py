@@ -122,7 +122,7 @@ def test_concurrent_retries_with_one_idempotency_key_make_one_task(make_app_serv
 
 
 def test_unauthenticated_requests_are_not_rate_limited_into_other_keys(app_server: Server) -> None:
-    with httpx.Client(base_url=app_server.base_url) as anonymous:
+    with httpx.Client(base_url=app_server.base_url, timeout=60) as anonymous:
         for _ in range(5):
             assert_error(anonymous.post("/v1/vidu/videos", json=BODY), 401)
     with app_server.client() as client:

@@ -91,7 +91,7 @@ def test_list_pages_across_250_tasks_of_two_keys(make_app_server) -> None:  # ty
         for limit in ("0", "101", "x"):
             assert_error(mine.get("/v1/vidu/videos", params={"limit": limit}), 400, "limit")
         assert_error(mine.get("/v1/vidu/videos", params={"status": "done"}), 400, "status")
-    assert httpx.get(f"{server.base_url}/v1/vidu/videos").status_code == 401
+    assert httpx.get(f"{server.base_url}/v1/vidu/videos", timeout=60).status_code == 401
 
 
 # --- cancel ------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_delete_removes_the_task_and_its_video(make_app_server) -> None:  # type
         task = create(client)
         done = wait_terminal(client, task["id"])
         link = done["video_url"]
-        assert httpx.get(link).status_code == 200
+        assert httpx.get(link, timeout=60).status_code == 200
         files = list((server.home / "videos").glob(f"{task['id']}*.mp4"))
         assert len(files) == 1
         assert_error(stranger.delete(f"/v1/vidu/videos/{task['id']}"), 404, "id")
@@ -183,7 +183,7 @@ def test_delete_removes_the_task_and_its_video(make_app_server) -> None:  # type
         assert answer.json() == {"id": task["id"], "object": "video.deleted", "deleted": True}
         assert_error(client.get(f"/v1/result/{task['id']}"), 404, "id")
         assert_error(client.get(f"/v1/result/{task['id']}", params={"wait": 1}), 404, "id")
-        assert httpx.get(link).status_code == 404  # the signed link no longer serves anything
+        assert httpx.get(link, timeout=60).status_code == 404  # the signed link no longer serves anything
         assert not files[0].exists()
         assert_error(client.delete(f"/v1/vidu/videos/{task['id']}"), 404, "id")
         assert task["id"] not in [t["id"] for t in client.get("/v1/vidu/videos").json()["data"]]
@@ -268,7 +268,7 @@ def test_events_stream_reconnects_and_ends_with_the_terminal_event(make_app_serv
         assert wait_terminal(client, blocker["id"])["status"] == "completed"
     with server.client(other) as stranger:
         assert_error(stranger.get(url), 404, "id")
-    assert_error(httpx.get(server.base_url + url), 401)
+    assert_error(httpx.get(server.base_url + url, timeout=60), 401)
 
 
 def test_an_event_stream_sees_a_cancel_at_once(make_app_server) -> None:  # type: ignore[no-untyped-def]

@@ -62,7 +62,7 @@ def test_task_counts_histograms_and_gauges_across_the_worker_processes(make_serv
             assert client.get(f"/v1/result/{done['id']}").status_code == 200
         assert client.get("/v1/result/video_nope").status_code == 404
         assert client.get(f"/v1/result/{done['id']}?wait=1").status_code == 200  # the routed path
-    httpx.get(f"{server.base_url}/no/such/route")
+    httpx.get(f"{server.base_url}/no/such/route", timeout=60)
 
     model = {"model": "viduq3-turbo", "engine": "synthetic"}
 

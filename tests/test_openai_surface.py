@@ -77,7 +77,9 @@ def test_sdk_lifecycle(server: Server, tmp_path: Path) -> None:
 
     # Range works on /content (players and resumable downloads).
     headers = {"Authorization": f"Bearer {server.keys[0]}", "Range": "bytes=0-99"}
-    part = httpx.get(f"{server.base_url}/v1/videos/{done.id}/content", headers=headers, follow_redirects=True)
+    part = httpx.get(
+        f"{server.base_url}/v1/videos/{done.id}/content", headers=headers, follow_redirects=True, timeout=60
+    )
     assert part.status_code == 206 and len(part.content) == 100
     assert part.headers["content-type"] == "video/mp4"
     assert part.content == target.read_bytes()[:100]
@@ -88,6 +90,7 @@ def test_sdk_lifecycle(server: Server, tmp_path: Path) -> None:
     platform = httpx.get(
         f"{server.base_url}/ent/v2/tasks/{done.id}/creations",
         headers={"Authorization": f"Token {server.keys[0]}"},
+        timeout=60,
     ).json()
     assert platform["state"] == "success"
 
@@ -149,15 +152,15 @@ def test_sdk_errors_are_its_own_classes(server: Server) -> None:
 def test_error_envelope_and_json_create(server: Server) -> None:
     url = f"{server.base_url}/v1/videos"
     headers = {"Authorization": f"Bearer {server.keys[0]}"}
-    bad = httpx.post(url, headers=headers, json={"prompt": "x", "size": "1x1"})
+    bad = httpx.post(url, headers=headers, json={"prompt": "x", "size": "1x1"}, timeout=60)
     assert bad.status_code == 400
     error = bad.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error" and error["param"] == "size"
-    unauth = httpx.get(url, headers={"Authorization": "Bearer nope"})
+    unauth = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=60)
     assert unauth.status_code == 401 and unauth.json()["error"]["code"] == "invalid_api_key"
     # A JSON create (not multipart) with OpenAI's defaults: 4 s, 720x1280, the first served model.
-    made = httpx.post(url, headers=headers, json={"prompt": "defaults"})
+    made = httpx.post(url, headers=headers, json={"prompt": "defaults"}, timeout=60)
     assert made.status_code == 200, made.text
     body = made.json()
     assert (body["seconds"], body["size"], body["model"]) == ("4", "720x1280", "viduq3-pro")
@@ -165,10 +168,10 @@ def test_error_envelope_and_json_create(server: Server) -> None:
     with server.client() as http:
         http.post(f"/v1/vidu/videos/{body['id']}/cancel")
         assert wait_terminal(http, body["id"])["error"] == "Cancelled by user."
-    failed = httpx.get(f"{url}/{body['id']}", headers=headers).json()
+    failed = httpx.get(f"{url}/{body['id']}", headers=headers, timeout=60).json()
     assert failed["status"] == "failed"
     assert failed["error"] == {"code": "cancelled", "message": "Cancelled by user."}
-    content = httpx.get(f"{url}/{body['id']}/content", headers=headers)
+    content = httpx.get(f"{url}/{body['id']}/content", headers=headers, timeout=60)
     assert content.status_code == 400 and content.json()["error"]["code"] == "video_not_ready"
 
 

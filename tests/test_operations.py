@@ -34,9 +34,9 @@ def test_finished_tasks_are_purged_after_retention(make_app_server) -> None:  # 
         time.sleep(0.2)
     assert is_our_video_url(server, task["id"], done["video_url"])
     if done["video_url"].startswith(server.base_url):
-        assert_error(httpx.get(done["video_url"]), 404)
+        assert_error(httpx.get(done["video_url"], timeout=60), 404)
     else:  # a presigned link: S3 answers for its deleted object, in its own words
-        assert httpx.get(done["video_url"]).status_code == 404
+        assert httpx.get(done["video_url"], timeout=60).status_code == 404
 
 
 @pytest.mark.scaled  # the video storage's write path (S3 stages its uploads in the same local directory)
@@ -70,7 +70,7 @@ def test_secrets_never_appear_in_logs_answers_or_listings(make_server) -> None: 
         task = client.post("/v1/vidu/videos", json=BODY).json()
         done = wait_terminal(client, task["id"])
         assert_error(client.post("/v1/vidu/videos", json={**BODY, "duration": 99}), 400)
-    with httpx.Client(base_url=server.base_url) as anon:
+    with httpx.Client(base_url=server.base_url, timeout=60) as anon:
         wrong = anon.get(f"/v1/result/{task['id']}", headers={"Authorization": f"Bearer {key}x"})
         assert_error(wrong, 401)
         assert key not in wrong.text

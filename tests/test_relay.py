@@ -294,11 +294,11 @@ def test_vidu_signed_callbacks(vidu_relay: Callable[..., Server], fake_vidu: Fak
     )
     other = signature.signed_callback_headers(VIDU_KEY, "/callbacks/vidu/video_other", "", date, "n3")
     for headers in (forged, stale, {}, other):
-        answer = httpx.post(url, json={"id": "x", "state": "success"}, headers=headers)
+        answer = httpx.post(url, json={"id": "x", "state": "success"}, headers=headers, timeout=60)
         assert answer.status_code == 403, answer.text
         assert answer.json()["error"]["code"] == "invalid_signature"
     unknown = f"{server.base_url}/callbacks/vidu/video_{uuid.uuid4()}"
-    assert httpx.post(unknown, json={}, headers=forged).status_code == 404
+    assert httpx.post(unknown, json={}, headers=forged, timeout=60).status_code == 404
     time.sleep(0.5)
     assert len(fake_vidu.query_times) == reads
 

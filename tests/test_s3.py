@@ -116,9 +116,9 @@ def test_a_video_is_uploaded_and_served_by_a_presigned_url_with_ranges(
         assert cover.status_code == 200 and cover.content.startswith(b"\xff\xd8\xff")
         ours = cover_url.replace("/covers/", "/").replace(".jpg", ".mp4")
         assert httpx.get(ours, timeout=30).status_code == 403
-    assert httpx.get(f"{server.base_url}/readyz").json() == {"status": "ready"}
+    assert httpx.get(f"{server.base_url}/readyz", timeout=60).json() == {"status": "ready"}
     # The web page may play it: the bucket's origin is a media source of its Content-Security-Policy.
-    csp = httpx.get(f"{server.base_url}/").headers["content-security-policy"]
+    csp = httpx.get(f"{server.base_url}/", timeout=60).headers["content-security-policy"]
     assert f"media-src 'self' blob: {parts.scheme}://{parts.netloc};" in csp
 
 
@@ -140,11 +140,11 @@ def test_the_sweeper_deletes_the_object_when_its_link_expires(
 def test_readiness_follows_the_bucket(make_server: Callable, s3_endpoint: str, bucket: str, s3) -> None:
     server = s3_server(make_server, s3_endpoint, f"s3://{bucket}/p", REELQ_WORKERS="0")
     s3.delete_bucket(Bucket=bucket)
-    answer = httpx.get(f"{server.base_url}/readyz")
+    answer = httpx.get(f"{server.base_url}/readyz", timeout=60)
     assert answer.status_code == 503
     assert bucket in answer.json()["reason"]
     s3.create_bucket(Bucket=bucket)
-    assert httpx.get(f"{server.base_url}/readyz").status_code == 200
+    assert httpx.get(f"{server.base_url}/readyz", timeout=60).status_code == 200
 
 
 def test_large_videos_are_uploaded_in_parts(tmp_path: Path, bucket: str, s3) -> None:

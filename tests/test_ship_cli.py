@@ -70,13 +70,15 @@ def test_generate_get_download_and_list_on_a_server_with_other_models(
 
     # The list's items say what was asked and link a poster (the video's first frame).
     page = httpx.get(
-        f"{server.base_url}/v1/vidu/videos", headers={"Authorization": f"Bearer {server.keys[0]}"}
+        f"{server.base_url}/v1/vidu/videos",
+        headers={"Authorization": f"Bearer {server.keys[0]}"},
+        timeout=60,
     ).json()
     item = page["data"][0]
     assert (item["prompt"], item["duration"], item["resolution"], item["aspect_ratio"], item["seed"]) == (
         "a kite\tover the dunes", 1, "540p", "16:9", None
     )
-    cover = httpx.get(httpx.URL(server.base_url + "/").join(item["cover_url"]))
+    cover = httpx.get(httpx.URL(server.base_url + "/").join(item["cover_url"]), timeout=60)
     assert cover.status_code == 200
     assert Image.open(io.BytesIO(cover.content)).size == (960, 540)
 
@@ -89,10 +91,12 @@ def test_generate_get_download_and_list_on_a_server_with_other_models(
         f"{server.base_url}/v1/vidu/videos",
         headers={"Authorization": f"Bearer {server.keys[0]}"},
         json={"model": "studio-pro", "prompt": "cancelled before its render", "duration": 1},
+        timeout=60,
     ).json()
     httpx.post(
         f"{server.base_url}/v1/vidu/videos/{queued['id']}/cancel",
         headers={"Authorization": f"Bearer {server.keys[0]}"},
+        timeout=60,
     )
     refused = run_cli(server.home, "download", queued["id"], *flags, env=env, check=False)
     assert refused.returncode == 1 and "failed: Cancelled by user." in refused.stderr

@@ -199,7 +199,7 @@ def test_gallery_player_form_and_code(server: Server, browser: object, tmp_path:
 
 
 def test_the_page_still_has_a_strict_policy(server: Server) -> None:
-    page = httpx.get(f"{server.base_url}/")
+    page = httpx.get(f"{server.base_url}/", timeout=60)
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
     assert "img-src 'self' data: blob:" in csp  # covers from this server, previews from the browser

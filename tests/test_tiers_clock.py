@@ -42,10 +42,10 @@ def test_a_link_lives_its_whole_default_ttl_then_expires_and_its_file_is_swept(m
     videos = server.home / "videos"
     assert list(videos.glob(f"{done['id']}*.mp4"))
     server.advance(DAY - 60)  # a minute before expiry: still served, still stored
-    assert httpx.get(done["video_url"]).status_code == 200
+    assert httpx.get(done["video_url"], timeout=60).status_code == 200
     assert list(videos.glob(f"{done['id']}*.mp4"))
     server.advance(61)
-    expired = httpx.get(done["video_url"])
+    expired = httpx.get(done["video_url"], timeout=60)
     assert expired.status_code == 410, expired.text
     assert expired.json()["error"]["code"]
     until(lambda: not list(videos.glob(f"{done['id']}*.mp4")))

@@ -94,17 +94,17 @@ def test_text2video_to_success_with_creations_and_cover(server: Server, tmp_path
     assert done["credits"] == 450
     [creation] = done["creations"]
     assert set(creation) >= {"id", "url", "cover_url"}
-    video = httpx.get(creation["url"])  # signed: no Authorization, as the platform's links
+    video = httpx.get(creation["url"], timeout=60)  # signed: no Authorization, as the platform's links
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     (tmp_path / "v.mp4").write_bytes(video.content)
     frames = decode_frames(tmp_path / "v.mp4")
     assert len(frames) == 48 and frames[0].shape == (540, 960, 3)
-    cover = httpx.get(creation["cover_url"])
+    cover = httpx.get(creation["cover_url"], timeout=60)
     assert cover.status_code == 200 and cover.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(cover.content)).size == (960, 540)
     # A cover link's signature does not open the video, nor one altered.
     forged = creation["cover_url"].replace("signature=", "signature=0")
-    assert httpx.get(forged).status_code == 403
+    assert httpx.get(forged, timeout=60).status_code == 403
     # Our own relay engine's client, written from the same docs, reads the answer as completed.
     status = parse_status(done)
     assert status.status == COMPLETED and status.video_url == creation["url"]
@@ -157,6 +157,7 @@ def test_errors_in_the_platform_shape(server: Server) -> None:
         f"{server.base_url}/ent/v2/text2video",
         headers={"Authorization": f"Bearer {server.keys[0]}"},
         json={"model": "viduq3-pro", "prompt": "x"},
+        timeout=60,
     )
     assert bearer.status_code == 401 and bearer.json()["reason"] == "Unauthorized"
     assert bearer.headers["www-authenticate"] == "Token"

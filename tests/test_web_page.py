@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.mark.service  # the node in this process; no browser
 @pytest.mark.scaled  # scaled out, the CSP must let the videos play from the S3 endpoint
 def test_headers_keep_the_key_safe(server: Server) -> None:
-    page = httpx.get(f"{server.base_url}/")
+    page = httpx.get(f"{server.base_url}/", timeout=60)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
@@ -56,8 +56,9 @@ def test_headers_keep_the_key_safe(server: Server) -> None:
     assert page.headers["referrer-policy"] == "no-referrer"
     assert page.headers["x-content-type-options"] == "nosniff"
     assert "<script>" not in page.text  # no inline script: the CSP would refuse it
-    assert httpx.get(f"{server.base_url}/static/app.js").headers["content-type"].startswith("text/javascript")
-    assert httpx.get(f"{server.base_url}/static/nope.js").status_code == 404
+    script = httpx.get(f"{server.base_url}/static/app.js", timeout=60)
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert httpx.get(f"{server.base_url}/static/nope.js", timeout=60).status_code == 404
 
 
 # The browser (a Chromium process) against the node: SSE from the store's changes, the video from the

@@ -311,6 +311,6 @@ def test_tasks_without_callback_send_nothing_and_list_no_deliveries(
         task = client.post("/v1/vidu/videos", json=GOOD).json()
         wait_terminal(client, task["id"])
     assert deliveries(server, server.keys[0], task["id"]) == []
-    with httpx.Client(base_url=server.base_url) as anonymous:
+    with httpx.Client(base_url=server.base_url, timeout=60) as anonymous:
         assert anonymous.get(f"/v1/vidu/videos/{task['id']}/deliveries").status_code == 401
     assert receiver.received == []
