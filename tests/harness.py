@@ -177,7 +177,6 @@ class AppServer(Server):
     clock: ShiftedTime = field(default_factory=ShiftedTime)
     _patched: list[Any] = field(default_factory=list)
     _celery: list[CeleryThreadWorker] = field(default_factory=list)
-    _sweeper: Any = None
 
     def _settings(self, **overrides: Any) -> Any:
         from reelq.config import load_settings
@@ -224,12 +223,14 @@ class AppServer(Server):
         # The supervisor's sweep (leases, retries, link expiry, retention, stale queued rows, and
         # with a broker the reconciler's re-publishing); its workers are the threads above, so it is
         # never started.
-        self._sweeper = Supervisor(settings, 0)
-        self._spawn(lambda: self._sweep(self._sweeper), "sweeper")
+        sweeper = Supervisor(settings, 0)
+        self._spawn(lambda: self._sweep(sweeper), "sweeper")
         self._deliverer.start()
         deadline = time.monotonic() + timeout
         while not self._uvicorn.started or not all(w.ready.is_set() for w in self._celery):
-            if not self._threads[0].is_alive() or time.monotonic() > deadline:
+            # Any thread of the node that ended (the API, or a Celery worker that could not start
+            # and set `ready` on its way out) is a failed start, not a node to test.
+            if not all(t.is_alive() for t in self._threads) or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the in-process node did not start")
             time.sleep(0.01)
@@ -289,7 +290,8 @@ class AppServer(Server):
 
     def advance(self, seconds: float) -> None:
         """Move the node's wall clock forward (this process's reelq modules read it: see ShiftedTime)."""
-        assert not SCALED, "the clock of a reelq serve process cannot be moved: mark the test embedded_only"
+        # Scaled out, leases and the sweeper's cutoffs are judged by PostgreSQL's own clock (`now()`).
+        assert not SCALED, "the database's clock cannot be moved: mark the test embedded_only"
         for module in list(sys.modules.values()):
             name = getattr(module, "__name__", "")
             if name.startswith("reelq.") and getattr(module, "time", None) is _REAL_TIME:
